@@ -1,0 +1,408 @@
+"""The protocol: everything steadyhand's actors can say to each other.
+
+Every message is a small frozen dataclass, picklable (Thespian sends them over TCP between
+processes). Times are timezone-aware UTC ``datetime``s; money that is summed is ``Decimal``.
+Market data (``Bar``) carries floats, because it is fed straight into pandas.
+
+Hot-path messages are batches (``Bars``, ``Signals``, ``OrderRequests``, ``Fills``): Thespian's TCP
+transport acknowledges every message, so one message per tick, never one per symbol.
+
+Who sends what (-> receiver):
+
+    Feed        Bars -> strategy, risk, portfolio; HistoryReply -> strategy
+    Strategy    Signals -> risk; HistoryRequest -> feed
+    Risk        OrderRequests -> oms; RequestHalt -> supervisor
+    OMS         Fills -> portfolio, risk; OpenOrders -> risk; ReconcileStarted/Finished -> risk;
+                BrokerSnapshot -> portfolio
+    Portfolio   PositionsSnapshot -> strategy, risk; PnlUpdate -> risk
+    Heartbeat   Ping -> every actor; ActorUnresponsive -> supervisor; FeedStale/FeedFresh -> risk
+    Supervisor  Configure, Wiring, TradingStateChanged -> children; replies to operator requests
+    anyone      Alert -> alerter
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------------------------
+# Vocabulary
+# ---------------------------------------------------------------------------------------------
+
+
+class Side(enum.StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+
+class OrderType(enum.StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"
+    STOP_LIMIT = "stop_limit"
+
+
+class TimeInForce(enum.StrEnum):
+    DAY = "day"
+    GTC = "gtc"
+
+
+class OrderStatus(enum.StrEnum):
+    """The journal's order state machine (DESIGN §5).
+
+    PENDING_SUBMIT is written before the broker sees the order; NEVER_SUBMITTED is what
+    reconciliation concludes when a pending order is unknown to the broker.
+    """
+
+    PENDING_SUBMIT = "pending_submit"
+    SUBMITTED = "submitted"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELED = "canceled"
+    EXPIRED = "expired"
+    REJECTED = "rejected"
+    NEVER_SUBMITTED = "never_submitted"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def is_open(self) -> bool:
+        return not self.is_terminal
+
+
+TERMINAL_STATUSES = frozenset(
+    {
+        OrderStatus.FILLED,
+        OrderStatus.CANCELED,
+        OrderStatus.EXPIRED,
+        OrderStatus.REJECTED,
+        OrderStatus.NEVER_SUBMITTED,
+    }
+)
+
+
+class TradingState(enum.StrEnum):
+    ACTIVE = "active"  # everything risk allows
+    REDUCING = "reducing"  # only orders that shrink a position
+    HALTED = "halted"  # nothing
+
+
+class Severity(enum.IntEnum):
+    INFO = 10
+    WARNING = 20
+    HIGH = 30
+    CRITICAL = 40
+
+
+# ---------------------------------------------------------------------------------------------
+# Market data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bar:
+    """One closed bar; ``ts`` is the bar's start (UTC)."""
+
+    symbol: str
+    ts: datetime
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: int
+
+
+@dataclass(frozen=True, slots=True)
+class Bars:
+    """Every symbol's bar for one tick. ``sent_at`` is wall time (time.time) for latency."""
+
+    ts: datetime
+    bars: tuple[Bar, ...]
+    sent_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """Strategy asks the feed for the last ``count`` bars per symbol (after a (re)start)."""
+
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryReply:
+    bars: tuple[Bar, ...]
+
+
+# ---------------------------------------------------------------------------------------------
+# Order path
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    """A strategy's intent. ``intent_id`` becomes the client order id (DESIGN §5 step 1)."""
+
+    intent_id: str
+    strategy: str
+    symbol: str
+    side: Side
+    qty: int
+    bar_ts: datetime
+    ref_price: float
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Signals:
+    signals: tuple[Signal, ...]
+    bar_ts: datetime
+    bar_sent_at: float = 0.0  # Bars.sent_at, carried for end-to-end latency
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequest:
+    """An order risk approved; the OMS journals it before the broker sees it."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    qty: int
+    type: OrderType = OrderType.MARKET
+    time_in_force: TimeInForce = TimeInForce.DAY
+    limit_price: Decimal | None = None
+    stop_price: Decimal | None = None
+    ref_price: float = 0.0
+    bar_ts: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OrderRequests:
+    requests: tuple[OrderRequest, ...]
+    bar_sent_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution, recorded once (unique ``fill_id``)."""
+
+    fill_id: str
+    client_order_id: str
+    broker_order_id: str
+    symbol: str
+    side: Side
+    qty: int
+    price: Decimal
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Fills:
+    fills: tuple[Fill, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenOrders:
+    """OMS -> risk after any change: what is working at the broker, by symbol."""
+
+    by_symbol: dict[str, int]  # symbol -> number of open orders
+    pending_qty: dict[str, int]  # symbol -> signed qty still to fill
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileStarted:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileFinished:
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerSnapshot:
+    """OMS -> portfolio: the broker's view, for the periodic position comparison."""
+
+    positions: dict[str, int]
+    cash: Decimal
+    equity: Decimal
+    ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class PositionsSnapshot:
+    """Portfolio -> strategy, risk: current positions (symbol -> signed qty)."""
+
+    positions: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class PnlUpdate:
+    """Portfolio -> risk, once per bar tick."""
+
+    equity: Decimal
+    day_pnl: Decimal
+    peak_equity: Decimal
+    gross_exposure: Decimal
+    ts: datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# Control (supervisor <-> children)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Configure:
+    """First message a child gets: its name and the whole run configuration."""
+
+    name: str
+    settings: Any  # steadyhand.config.RunSettings (kept Any to avoid an import cycle)
+
+
+@dataclass(frozen=True, slots=True)
+class Wiring:
+    """The current address of every peer; re-sent to everyone after any (re)start."""
+
+    peers: dict[str, Any]  # name -> ActorAddress
+
+
+@dataclass(frozen=True, slots=True)
+class ChildReady:
+    """Child -> supervisor once configured: its process id (for kill-by-pid)."""
+
+    name: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class TradingStateChanged:
+    state: TradingState
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class RequestHalt:
+    """Any actor -> supervisor: stop trading now (breaker trip, store fault ...)."""
+
+    reason: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStale:
+    last_bar_at: datetime | None
+    since_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class FeedFresh:
+    last_bar_at: datetime
+
+
+# ---------------------------------------------------------------------------------------------
+# Heartbeat
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    name: str
+    pid: int
+    seq: int
+    info: dict[str, Any] = field(default_factory=dict)  # e.g. feed: last_bar_at
+
+
+@dataclass(frozen=True, slots=True)
+class ActorUnresponsive:
+    name: str
+    pid: int
+    silent_for_s: float
+
+
+# ---------------------------------------------------------------------------------------------
+# Alerts
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """``key`` identifies the condition, for cooldown/dedup (e.g. "restart:feed")."""
+
+    key: str
+    severity: Severity
+    title: str
+    body: str = ""
+    source: str = ""
+    ts: datetime = field(default_factory=utcnow)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operator requests (CLI -> supervisor) and replies
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    trading_state: TradingState
+    halt_reason: str
+    actors: dict[str, dict[str, Any]]  # name -> {"pid", "restarts", "alive"}
+    started_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownRequest:
+    reason: str = "operator"
+
+
+@dataclass(frozen=True, slots=True)
+class ShutdownComplete:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ActorStatusRequest:
+    """Supervisor -> child: report anything worth showing (best effort)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Test hooks (honoured only when STEADYHAND_TEST_HOOKS=1)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class DebugHang:
+    """Block the handler for ``seconds`` (a hung actor, for the heartbeat test)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DebugCrash:
+    """Raise inside the handler (a crashing actor, for let-it-crash tests)."""
+
+    reason: str = "debug crash"

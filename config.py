@@ -1,0 +1,305 @@
+"""Configuration: one TOML file, validated completely before anything starts.
+
+Every section is a frozen dataclass; a key the dataclass does not have, a value of the wrong type
+or a negative limit is a :class:`ConfigError` naming the key (``risk.max_order_qty``), and the CLI
+exits with code 2 having started nothing. Secrets never come from the file: only from the
+environment (``ALPACA_API_KEY`` ...), so a config file can be committed and shared.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+DEFAULT_SYMBOLS = ("AAPL", "MSFT", "NVDA", "SPY", "QQQ")
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class SimSettings:
+    seed: int = 7
+    speed: float = 60.0  # simulated seconds per wall-clock second; 1 = real pace
+    clock: Literal["simulated", "real"] = "simulated"
+    replay: str = ""  # CSV of bars to replay instead of the synthetic market
+    start_cash: float = 100_000.0
+    partial_fill_probability: float = 0.10  # as Alpaca paper does
+    slippage_bps: float = 1.0
+    latency_ms: float = 50.0
+    spread_bps: float = 2.0
+
+
+@dataclass(frozen=True)
+class StrategySettings:
+    name: Literal["sma_crossover"] = "sma_crossover"
+    fast: int = 5
+    slow: int = 20
+    qty: int = 10
+    allow_short: bool = False
+
+
+@dataclass(frozen=True)
+class RiskSettings:
+    max_order_qty: int = 1_000
+    max_position_qty: int = 2_000
+    max_order_value: float = 100_000.0
+    max_gross_exposure: float = 500_000.0
+    max_daily_loss: float = 5_000.0
+    max_drawdown: float = 10_000.0
+    price_band_pct: float = 5.0  # limit/ref price within this % of the last trade
+    max_open_orders: int = 50
+    max_orders_per_minute: int = 120  # wall-clock minute
+    whitelist: tuple[str, ...] = ()  # empty: the configured symbols
+    stale_after_s: float = 180.0  # simulated seconds without a bar during a session
+    require_market_hours: bool = True
+
+
+@dataclass(frozen=True)
+class OmsSettings:
+    poll_interval_s: float = 0.2
+    unknown_order_policy: Literal["cancel", "adopt", "alert"] = "cancel"
+    stale_order_age_s: float = 3600.0  # simulated seconds
+    cancel_on_shutdown: Literal["all", "day", "none"] = "day"
+
+
+@dataclass(frozen=True)
+class HeartbeatSettings:
+    interval_s: float = 1.0
+    deadline_s: float = 5.0
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    max_restarts: int = 5  # OTP MaxR ...
+    period_s: float = 60.0  # ... within MaxT
+    backoff_s: float = 0.05  # first restart delay; doubles per recent restart
+    max_backoff_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    urls: tuple[str, ...] = ()  # apprise URLs; STEADYHAND_ALERT_URLS adds more
+    min_severity: Literal["info", "warning", "high", "critical"] = "high"
+    cooldown_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    max_bytes: int = 10_000_000
+    backups: int = 5
+
+
+@dataclass(frozen=True)
+class AlpacaSettings:
+    paper: bool = True
+    allow_live: bool = False
+    feed: Literal["iex", "sip"] = "iex"
+    trading_url: str = ""
+    data_url: str = ""
+    data_stream_url: str = ""
+    trading_stream_url: str = ""
+
+
+@dataclass(frozen=True)
+class IbkrSettings:
+    host: str = "127.0.0.1"
+    port: int = 7497  # TWS paper
+    client_id: int = 1
+    allow_live: bool = False
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The whole configuration file."""
+
+    broker: Literal["sim", "alpaca", "ibkr"] = "sim"
+    symbols: tuple[str, ...] = DEFAULT_SYMBOLS
+    admin_port: int = 0  # 0: pick a free port and record it in the data dir
+    sim: SimSettings = field(default_factory=SimSettings)
+    strategy: StrategySettings = field(default_factory=StrategySettings)
+    risk: RiskSettings = field(default_factory=RiskSettings)
+    oms: OmsSettings = field(default_factory=OmsSettings)
+    heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
+    supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    logging: LogSettings = field(default_factory=LogSettings)
+    alpaca: AlpacaSettings = field(default_factory=AlpacaSettings)
+    ibkr: IbkrSettings = field(default_factory=IbkrSettings)
+
+    @property
+    def whitelist(self) -> frozenset[str]:
+        return frozenset(self.risk.whitelist or self.symbols)
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What every actor is configured with: the file's settings plus where and when to run."""
+
+    settings: Settings
+    data_dir: str
+    clock: Any  # steadyhand.clock.SimClock
+    test_hooks: bool = False
+
+    @property
+    def db_path(self) -> str:
+        return str(Path(self.data_dir) / "steadyhand.db")
+
+    @property
+    def exchange_db_path(self) -> str:
+        return str(Path(self.data_dir) / "exchange.db")
+
+    @property
+    def log_dir(self) -> str:
+        return str(Path(self.data_dir) / "logs")
+
+
+# Limits that must not be negative (a negative limit would deny everything or nothing silently).
+_NON_NEGATIVE = (int, float)
+
+
+def _check_value(key: str, annotation: Any, value: Any) -> Any:
+    """Return ``value`` converted to the annotated type, or raise ConfigError naming ``key``."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{key}: must be one of {', '.join(map(repr, allowed))}, got {value!r}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise ConfigError(f"{key}: must be a list of non-empty strings, got {value!r}")
+        return tuple(value)
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: must be an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{key}: must not be negative, got {value}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key}: must be a number, got {value!r}")
+        if value != value or value < 0:  # NaN or negative
+            raise ConfigError(f"{key}: must be a non-negative number, got {value}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: must be a string, got {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported setting type {annotation!r}")  # pragma: no cover
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            raise ConfigError(f"{dotted}: unknown setting (known: {', '.join(sorted(fields))})")
+        annotation = hints[key]
+        if dataclasses.is_dataclass(annotation):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: must be a table [{dotted}]")
+            values[key] = _build(annotation, value, f"{dotted}.")
+        else:
+            values[key] = _check_value(dotted, annotation, value)
+    return cls(**values)
+
+
+def _validate(settings: Settings) -> None:
+    if not settings.symbols:
+        raise ConfigError("symbols: at least one symbol is needed")
+    for symbol in settings.symbols:
+        if not symbol.replace(".", "").isalnum() or symbol != symbol.upper():
+            raise ConfigError(f"symbols: {symbol!r} is not an upper-case ticker")
+    strategy = settings.strategy
+    if strategy.fast < 1 or strategy.slow <= strategy.fast:
+        raise ConfigError(
+            f"strategy.slow: must be greater than strategy.fast >= 1 "
+            f"(got fast={strategy.fast}, slow={strategy.slow})"
+        )
+    if strategy.qty < 1:
+        raise ConfigError("strategy.qty: must be at least 1")
+    if settings.sim.speed <= 0:
+        raise ConfigError(f"sim.speed: must be positive, got {settings.sim.speed}")
+    if not 0 <= settings.sim.partial_fill_probability <= 1:
+        raise ConfigError("sim.partial_fill_probability: must be between 0 and 1")
+    if settings.admin_port > 65535:
+        raise ConfigError(f"admin_port: {settings.admin_port} is not a TCP port")
+    if settings.heartbeat.interval_s <= 0 or settings.heartbeat.deadline_s <= 0:
+        raise ConfigError("heartbeat.interval_s: interval and deadline must be positive")
+    if settings.supervisor.period_s <= 0:
+        raise ConfigError("supervisor.period_s: must be positive")
+
+
+def required_secrets(settings: Settings) -> tuple[str, ...]:
+    """The environment variables the chosen broker needs."""
+    if settings.broker == "alpaca":
+        return ("ALPACA_API_KEY", "ALPACA_SECRET_KEY")
+    return ()
+
+
+def check_secrets(settings: Settings, environ: typing.Mapping[str, str] | None = None) -> None:
+    env = os.environ if environ is None else environ
+    missing = [name for name in required_secrets(settings) if not env.get(name)]
+    if missing:
+        raise ConfigError(
+            f"broker: {settings.broker!r} needs the environment variable(s) "
+            f"{', '.join(missing)} (secrets are read from the environment only)"
+        )
+    if settings.broker == "alpaca" and not settings.alpaca.paper and not settings.alpaca.allow_live:
+        raise ConfigError("alpaca.paper: live trading refused; set alpaca.allow_live = true to allow it")
+
+
+def parse_settings(data: dict[str, Any]) -> Settings:
+    """Settings from an already-parsed TOML document (validated)."""
+    settings = _build(Settings, data, "")
+    _validate(settings)
+    return settings
+
+
+def load_settings(path: str | os.PathLike[str] | None) -> Settings:
+    """Read and validate a config file; no file means the defaults (sim broker, no secrets)."""
+    if path is None:
+        settings = Settings()
+    else:
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"config: cannot read {p}: {exc.strerror}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config: {p} is not valid TOML: {exc}") from None
+        settings = parse_settings(data)
+    check_secrets(settings)
+    return settings
+
+
+def with_overrides(settings: Settings, **sim_overrides: Any) -> Settings:
+    """Settings with some ``[sim]`` values replaced (CLI flags such as --speed, --seed)."""
+    given = {k: v for k, v in sim_overrides.items() if v is not None}
+    if not given:
+        return settings
+    sim = _build(SimSettings, {**dataclasses.asdict(settings.sim), **given}, "sim.")
+    result = dataclasses.replace(settings, sim=sim)
+    _validate(result)
+    return result
+
+
+def asdict(settings: Settings) -> dict[str, Any]:
+    return dataclasses.asdict(settings)
+
+

@@ -1,0 +1,259 @@
+"""The bot's state: one SQLite file (``steadyhand.db``) in the data directory.
+
+- WAL mode and a busy timeout, so readers (the CLI, ``status``) never block the writers.
+- Every table has exactly one writing actor (``TABLE_OWNERS``); an actor never writes another's
+  table, it sends a message. The CLI only reads.
+- Order-journal and control writes use ``synchronous=FULL`` (a commit survives power loss);
+  high-volume tables may use a ``NORMAL`` connection.
+- Schema changes are numbered migrations, applied in order at open and recorded in
+  ``schema_migrations``; a database newer than this code is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 5_000
+
+TABLE_OWNERS: dict[str, str] = {
+    "control": "supervisor",  # trading state, halt reason (persisted: a halted bot comes back halted)
+    "actors": "supervisor",  # pid, restarts, alive per actor
+    "restarts": "supervisor",  # every restart and escalation
+    "orders": "oms",  # the order journal (write-ahead)
+    "fills": "oms",  # each fill once (unique fill_id)
+    "reconciliations": "oms",  # reconciliation reports
+    "risk_decisions": "risk",  # every approval and denial with its reason
+    "risk_state": "risk",  # session day, start-of-day equity, peak
+    "bad_bars": "feed",  # rejected market data with the reason
+    "positions": "portfolio",  # position, average cost, realized P&L per symbol
+    "equity": "portfolio",  # equity snapshot per bar tick
+    "alerts": "alerter",  # the alert outbox
+}
+
+
+def _m1_initial(db: sqlite_utils.Database) -> None:
+    db["control"].create({"key": str, "value": str, "updated_at": str}, pk="key")
+    db["actors"].create(
+        {"name": str, "pid": int, "restarts": int, "alive": int, "started_at": str}, pk="name"
+    )
+    db["restarts"].create(
+        {"id": int, "ts": str, "actor": str, "event": str, "detail": str}, pk="id"
+    )
+    db["orders"].create(
+        {
+            "client_order_id": str,
+            "broker_order_id": str,
+            "symbol": str,
+            "side": str,
+            "qty": int,
+            "type": str,
+            "time_in_force": str,
+            "limit_price": str,
+            "stop_price": str,
+            "status": str,
+            "filled_qty": int,
+            "avg_fill_price": str,
+            "bar_ts": str,
+            "created_at": str,
+            "submitted_at": str,
+            "updated_at": str,
+            "reason": str,
+        },
+        pk="client_order_id",
+        not_null={"symbol", "side", "qty", "type", "status", "created_at"},
+        defaults={"filled_qty": 0},
+    )
+    db["orders"].create_index(["status"])
+    db["orders"].create_index(["broker_order_id"])
+    db["fills"].create(
+        {
+            "fill_id": str,
+            "client_order_id": str,
+            "broker_order_id": str,
+            "symbol": str,
+            "side": str,
+            "qty": int,
+            "price": str,
+            "ts": str,
+            "recorded_at": str,
+        },
+        pk="fill_id",
+        not_null={"client_order_id", "symbol", "side", "qty", "price", "ts"},
+    )
+    db["fills"].create_index(["client_order_id"])
+    db["reconciliations"].create(
+        {"id": int, "started_at": str, "finished_at": str, "reason": str, "report": str}, pk="id"
+    )
+    db["risk_decisions"].create(
+        {
+            "id": int,
+            "ts": str,
+            "client_order_id": str,
+            "symbol": str,
+            "side": str,
+            "qty": int,
+            "approved": int,
+            "reason": str,
+        },
+        pk="id",
+    )
+    db["risk_state"].create({"key": str, "value": str}, pk="key")
+    db["bad_bars"].create(
+        {"id": int, "recorded_at": str, "symbol": str, "bar_ts": str, "reason": str, "raw": str},
+        pk="id",
+    )
+    db["positions"].create(
+        {"symbol": str, "qty": int, "avg_cost": str, "realized_pnl": str, "updated_at": str},
+        pk="symbol",
+    )
+    db["equity"].create(
+        {"ts": str, "equity": str, "cash": str, "realized": str, "unrealized": str}, pk="ts"
+    )
+    db["alerts"].create(
+        {
+            "id": int,
+            "key": str,
+            "severity": str,
+            "title": str,
+            "body": str,
+            "source": str,
+            "created_at": str,
+            "delivered_at": str,
+            "attempts": int,
+            "suppressed": int,
+            "last_error": str,
+        },
+        pk="id",
+        defaults={"attempts": 0, "suppressed": 0},
+    )
+    db["alerts"].create_index(["key"])
+
+
+# Numbered migrations: append, never edit a released one.
+MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
+    (1, "initial schema", _m1_initial),
+]
+
+
+class SchemaTooNew(RuntimeError):
+    pass
+
+
+def iso(ts: datetime | None) -> str | None:
+    """UTC ISO-8601 text for the database (sortable)."""
+    if ts is None:
+        return None
+    return ts.astimezone(UTC).isoformat()
+
+
+def parse_ts(text: str | None) -> datetime | None:
+    return None if not text else datetime.fromisoformat(text)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat()
+
+
+def connect(
+    path: str | Path,
+    synchronous: Literal["FULL", "NORMAL"] = "FULL",
+    readonly: bool = False,
+) -> sqlite_utils.Database:
+    """A connection with WAL, busy timeout and the durability level asked for."""
+    if readonly:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_MS / 1000)
+    else:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+    db = sqlite_utils.Database(conn)
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    if not readonly:
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute(f"PRAGMA synchronous = {synchronous}")
+    return db
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    if "schema_migrations" not in db.table_names():
+        return 0
+    row = db.execute("SELECT max(version) FROM schema_migrations").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(db: sqlite_utils.Database) -> int:
+    """Apply every migration not yet applied, each in its own transaction; return the version."""
+    if "schema_migrations" not in db.table_names():
+        db["schema_migrations"].create(
+            {"version": int, "name": str, "applied_at": str}, pk="version", if_not_exists=True
+        )
+    current = schema_version(db)
+    latest = MIGRATIONS[-1][0]
+    if current > latest:
+        raise SchemaTooNew(
+            f"steadyhand.db has schema version {current}, this steadyhand knows up to {latest}"
+        )
+    for version, name, apply in MIGRATIONS:
+        if version <= current:
+            continue
+        with transaction(db):
+            apply(db)
+            db["schema_migrations"].insert(
+                {"version": version, "name": name, "applied_at": now_iso()}
+            )
+    return schema_version(db)
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """BEGIN IMMEDIATE ... COMMIT (durable per the connection's synchronous level), or ROLLBACK."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def open_store(
+    data_dir: str | Path, synchronous: Literal["FULL", "NORMAL"] = "FULL"
+) -> sqlite_utils.Database:
+    """Open (creating and migrating as needed) ``steadyhand.db`` in ``data_dir``."""
+    db = connect(Path(data_dir) / "steadyhand.db", synchronous=synchronous)
+    migrate(db)
+    return db
+
+
+def open_readonly(data_dir: str | Path) -> sqlite_utils.Database | None:
+    """A read-only connection for reports, or None when there is no database yet."""
+    path = Path(data_dir) / "steadyhand.db"
+    if not path.exists():
+        return None
+    return connect(path, readonly=True)
+
+
+# --- small helpers every owner uses ------------------------------------------------------------
+
+
+def get_control(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
+    row = db.execute("SELECT value FROM control WHERE key = ?", [key]).fetchone()
+    return default if row is None else row[0]
+
+
+def set_control(db: sqlite_utils.Database, **values: str) -> None:
+    """Supervisor only: durable key/value writes to ``control``."""
+    with transaction(db):
+        for key, value in values.items():
+            db["control"].upsert({"key": key, "value": value, "updated_at": now_iso()}, pk="key")
+
+
+def to_json(value: Any) -> str:
+    return json.dumps(value, default=str, sort_keys=True)
