@@ -241,6 +241,7 @@ class BrokerSnapshot:
     cash: Decimal
     equity: Decimal
     ts: datetime
+    authoritative: bool = False  # from a reconciliation: the portfolio adopts it (the broker wins)
 
 
 @dataclass(frozen=True, slots=True)
@@ -399,6 +400,14 @@ class DebugHang:
     """Block the handler for ``seconds`` (a hung actor, for the heartbeat test)."""
 
     seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DebugToActor:
+    """Operator client -> supervisor: forward ``message`` (a Debug* hook) to the named actor."""
+
+    actor: str
+    message: Any
 
 
 @dataclass(frozen=True, slots=True)

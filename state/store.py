@@ -243,9 +243,16 @@ def open_readonly(data_dir: str | Path) -> sqlite_utils.Database | None:
 # --- small helpers every owner uses ------------------------------------------------------------
 
 
-def get_control(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
-    row = db.execute("SELECT value FROM control WHERE key = ?", [key]).fetchone()
+def _get_value(db: sqlite_utils.Database, table: str, key: str, default: str | None) -> str | None:
+    if table not in db.table_names():
+        return default
+    row = db.execute(f"SELECT value FROM [{table}] WHERE key = ?", [key]).fetchone()
     return default if row is None else row[0]
+
+
+def get_control(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
+    """A value of the supervisor's ``control`` table (trading_state, halt_reason)."""
+    return _get_value(db, "control", key, default)
 
 
 def set_control(db: sqlite_utils.Database, **values: str) -> None:
@@ -253,6 +260,17 @@ def set_control(db: sqlite_utils.Database, **values: str) -> None:
     with transaction(db):
         for key, value in values.items():
             db["control"].upsert({"key": key, "value": value, "updated_at": now_iso()}, pk="key")
+
+
+def get_risk_state(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
+    return _get_value(db, "risk_state", key, default)
+
+
+def set_risk_state(db: sqlite_utils.Database, **values: str) -> None:
+    """Risk only: key/value writes to ``risk_state``."""
+    with transaction(db):
+        for key, value in values.items():
+            db["risk_state"].upsert({"key": key, "value": value}, pk="key")
 
 
 def to_json(value: Any) -> str:

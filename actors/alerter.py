@@ -1,0 +1,60 @@
+"""Alerter: every alert is stored in the durable outbox first, then delivered through apprise.
+
+Delivery runs in a worker thread of this actor's process, so a slow or unreachable endpoint never
+delays trading (other actors only ever *send* to the alerter) and never makes the alerter miss a
+heartbeat. Undelivered alerts stay in the outbox and are retried with backoff, across restarts.
+With no URL configured, alerts go to the log only.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+
+from steadyhand.actors.base import SteadyActor
+from steadyhand.actors.messages import Alert, Severity
+from steadyhand.alerting import AlertOutbox, Notifier, alert_urls, deliver_pending
+from steadyhand.state import store
+from thespian.actors import ActorAddress
+
+DELIVERY_PERIOD_S = 1.0
+
+
+class AlerterActor(SteadyActor):
+    def setup(self) -> None:
+        settings = self.run.settings.alerts
+        self.db = store.connect(self.run.db_path, synchronous="FULL")
+        self.outbox = AlertOutbox(self.db)
+        self.routes = alert_urls(settings)
+        self.wake = threading.Event()
+        self.stop = threading.Event()
+        self.worker = threading.Thread(target=self._deliver_forever, name="alert-delivery", daemon=True)
+        self.worker.start()
+        self.handlers = {Alert: self.on_alert}
+
+    def on_alert(self, message: Alert, sender: ActorAddress) -> None:
+        level = {Severity.CRITICAL: "critical", Severity.HIGH: "error", Severity.WARNING: "warning"}.get(
+            message.severity, "info")
+        self.event("alert", level=level, key=message.key, severity=message.severity.name,
+                   title=message.title, body=message.body, source=message.source)
+        alert_id = self.outbox.record(message, self.run.settings.alerts.cooldown_s, datetime.now(UTC))
+        if alert_id is not None:
+            self.wake.set()
+
+    def _deliver_forever(self) -> None:
+        # Its own connection: sqlite3 connections are not shared across threads.
+        db = store.connect(self.run.db_path, synchronous="FULL")
+        outbox = AlertOutbox(db)
+        notifier = Notifier(self.routes)
+        while not self.stop.is_set():
+            try:
+                deliver_pending(outbox, notifier, datetime.now(UTC))
+            except Exception:  # delivery trouble must never take the alerter down
+                self.event("delivery_error", level="error", exc_info=True)
+            self.wake.wait(DELIVERY_PERIOD_S)
+            self.wake.clear()
+
+    def on_stop(self) -> None:
+        self.stop.set()
+        self.wake.set()
+        self.worker.join(timeout=2.0)

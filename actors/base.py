@@ -1,0 +1,191 @@
+"""The base every steadyhand actor shares: configure, wiring, heartbeat, timers, let-it-crash.
+
+Let it crash: Thespian retries a message whose handler raised and then lives on with whatever
+state it had. We want the opposite: an actor that raises logs the error and exits, and the
+supervisor restarts it fresh from SQLite. So an unhandled exception marks the actor crashed (every
+later message is dropped) and sends it an ``ActorExitRequest``; the supervisor sees
+``ChildActorExited`` and restarts it. This works the same under multiprocTCPBase and the in-process
+simpleSystemBase, so actor code never cares which base runs it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from steadyhand.actors.messages import (
+    Alert,
+    ChildReady,
+    Configure,
+    DebugCrash,
+    DebugHang,
+    Ping,
+    Pong,
+    Severity,
+    Wiring,
+)
+from steadyhand.config import RunSettings
+from steadyhand.logs import EventLog, setup_actor_logging
+from thespian.actors import (
+    Actor,
+    ActorAddress,
+    ActorExitRequest,
+    ChildActorExited,
+    DeadEnvelope,
+    PoisonMessage,
+    WakeupMessage,
+)
+
+Handler = Callable[[Any, ActorAddress], None]
+
+
+class SteadyActor(Actor):
+    """Subclasses set ``handlers`` in ``setup`` and override the ``on_*`` hooks they need."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = type(self).__name__
+        self.run: RunSettings | None = None
+        self.peers: dict[str, ActorAddress] = {}
+        self.supervisor: ActorAddress | None = None
+        self.log: EventLog | None = None
+        self.handlers: dict[type, Handler] = {}
+        self.timers: dict[str, Callable[[], None]] = {}
+        self._schedules: dict[str, tuple[float, float, int]] = {}  # name -> (t0, period, k)
+        self._crashed = False
+        self._wired_once = False
+
+    # --- Thespian entry point ---------------------------------------------------------------
+
+    def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
+        if self._crashed:
+            return
+        try:
+            self._dispatch(message, sender)
+        except Exception as exc:  # let it crash: log, exit, be restarted fresh
+            self._crash(exc, message)
+
+    def _dispatch(self, message: Any, sender: ActorAddress) -> None:
+        if isinstance(message, WakeupMessage):
+            self._on_timer(message.payload)
+        elif isinstance(message, Ping):
+            self.send(sender, Pong(self.name, os.getpid(), message.seq, self.pong_info()))
+        elif isinstance(message, Configure):
+            self._configure(message, sender)
+        elif isinstance(message, Wiring):
+            self._rewire(message)
+        elif isinstance(message, ActorExitRequest):
+            self.on_stop()
+        elif isinstance(message, (ChildActorExited, PoisonMessage, DeadEnvelope)):
+            self.on_system_message(message, sender)
+        elif isinstance(message, DebugHang) and self._test_hooks:
+            time.sleep(message.seconds)  # deliberately blocks the handler: a hung actor
+        elif isinstance(message, DebugCrash) and self._test_hooks:
+            raise RuntimeError(message.reason)
+        else:
+            handler = self.handlers.get(type(message))
+            if handler is None:
+                self.event("unexpected_message", level="warning", type=type(message).__name__)
+                return
+            handler(message, sender)
+
+    def _crash(self, exc: Exception, message: Any) -> None:
+        self._crashed = True
+        self.event("crashed", level="error", exc_info=True, error=repr(exc),
+                   message=type(message).__name__)
+        self.send(self.myAddress, ActorExitRequest())
+
+    @property
+    def _test_hooks(self) -> bool:
+        return bool(self.run and self.run.test_hooks)
+
+    # --- lifecycle --------------------------------------------------------------------------
+
+    def _configure(self, message: Configure, sender: ActorAddress) -> None:
+        self.name = message.name
+        self.run = message.settings
+        self.supervisor = sender
+        log_settings = self.run.settings.logging
+        self.log = setup_actor_logging(self.name, self.run.log_dir, log_settings.max_bytes,
+                                       log_settings.backups)
+        if self._test_hooks and os.environ.get("STEADYHAND_TEST_CRASH_ON_START") == self.name:
+            raise RuntimeError(f"test hook: {self.name} crashes on start")
+        self.setup()
+        self.event("started", pid=os.getpid())
+        self.send(sender, ChildReady(self.name, os.getpid()))
+
+    def _rewire(self, message: Wiring) -> None:
+        old = self.peers
+        self.peers = dict(message.peers)
+        changed = {name for name, addr in self.peers.items() if old.get(name) != addr}
+        first = not self._wired_once
+        self._wired_once = True
+        if first:
+            self.on_first_wiring()
+        elif changed:
+            self.on_peers_changed(changed)
+
+    def setup(self) -> None:
+        """Open state, build handlers. Called once per process, after Configure."""
+
+    def on_first_wiring(self) -> None:
+        """Peers are known for the first time in this process: start timers, catch up."""
+
+    def on_peers_changed(self, names: set[str]) -> None:
+        """Some peers restarted: re-send them whatever state they need from us."""
+
+    def on_stop(self) -> None:
+        """Graceful stop (not called after a crash)."""
+
+    def on_system_message(self, message: Any, sender: ActorAddress) -> None:
+        if isinstance(message, PoisonMessage):
+            self.event("poison_message", level="warning", message=type(message.poisonMessage).__name__)
+
+    def pong_info(self) -> dict[str, Any]:
+        """Extra facts for the heartbeat monitor (e.g. the feed's last bar time)."""
+        return {}
+
+    # --- helpers ----------------------------------------------------------------------------
+
+    def event(self, event: str, level: str = "info", exc_info: bool = False, **fields: Any) -> None:
+        if self.log is not None:
+            self.log.event(event, level=level, exc_info=exc_info, **fields)
+
+    def tell_peer(self, name: str, message: Any) -> bool:
+        """Send to a peer by name; False when it is not wired (down, or not started yet)."""
+        address = self.peers.get(name)
+        if address is None:
+            return False
+        self.send(address, message)
+        return True
+
+    def alert(self, key: str, severity: Severity, title: str, body: str = "") -> None:
+        self.tell_peer("alerter", Alert(key=key, severity=severity, title=title, body=body,
+                                        source=self.name))
+
+    def after(self, seconds: float, name: str) -> None:
+        """Run ``self.timers[name]`` once after ``seconds`` (wall clock)."""
+        self.wakeupAfter(timedelta(seconds=max(0.0, seconds)), payload=name)
+
+    def every(self, name: str, period_s: float, first_in: float | None = None) -> None:
+        """Run ``self.timers[name]`` every ``period_s`` on an absolute schedule (t0 + k·period),
+        so a slow handler does not make the period drift."""
+        t0 = time.time() + (period_s if first_in is None else first_in)
+        self._schedules[name] = (t0, period_s, 0)
+        self.wakeupAfter(timedelta(seconds=max(0.0, t0 - time.time())), payload=name)
+
+    def _on_timer(self, payload: Any) -> None:
+        name = payload if isinstance(payload, str) else None
+        if name is None or name not in self.timers:
+            return
+        schedule = self._schedules.get(name)
+        if schedule is not None:
+            t0, period, k = schedule
+            now = time.time()
+            k = max(k + 1, int((now - t0) / period) + 1)  # skip missed slots, never pile up
+            self._schedules[name] = (t0, period, k)
+            self.wakeupAfter(timedelta(seconds=max(0.0, t0 + k * period - now)), payload=name)
+        self.timers[name]()

@@ -1,0 +1,167 @@
+"""Feed: market data in, one ``Bars`` batch per tick out; bad bars never get past it.
+
+On the sim, bars come from the market model (synthetic or replay) as simulated time crosses each
+minute boundary; the tick is scheduled on the absolute wall-clock time at which that boundary
+arrives (``SimClock.real_at``), so it does not drift. Rejected bars are journaled in ``bad_bars``
+with their reason and counted; the counts and the last good bar time ride on heartbeat pongs.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import datetime, timedelta
+from typing import Any
+
+from steadyhand import market_hours
+from steadyhand.actors.base import SteadyActor
+from steadyhand.actors.messages import Bar, Bars, HistoryReply, HistoryRequest
+from steadyhand.bar_checks import BarValidator
+from steadyhand.market import MarketModel, ReplayMarket, load_market
+from steadyhand.state import store
+from thespian.actors import ActorAddress
+
+MINUTE = timedelta(minutes=1)
+MAX_CATCH_UP_TICKS = 5  # after a long pause, send only the most recent bars (history covers the rest)
+IDLE_RECHECK_S = 30.0  # wall seconds between looks at the clock while the market is closed
+
+
+def floor_minute(ts: datetime) -> datetime:
+    return ts.replace(second=0, microsecond=0)
+
+
+class FeedActor(SteadyActor):
+    def setup(self) -> None:
+        settings = self.run.settings
+        self.clock = self.run.clock
+        self.market: MarketModel = load_market(settings.sim, settings.symbols)
+        self.symbols = tuple(settings.symbols)
+        self.validator = BarValidator(self.symbols)
+        self.db = store.connect(self.run.db_path, synchronous="NORMAL")
+        self.next_minute: datetime | None = None  # start of the next bar to emit
+        self.last_bar_at: datetime | None = None  # sim time the last good bar closed
+        self.replay_rows: list[Bar] | None = None
+        self.replay_index = 0
+        if isinstance(self.market, ReplayMarket):
+            self.replay_rows = self.market.rows()
+        self.handlers = {HistoryRequest: self.on_history}
+        self.timers = {"tick": self.tick}
+
+    def on_first_wiring(self) -> None:
+        now = self.clock.now()
+        self.next_minute = floor_minute(now)  # bars before now are history, asked for separately
+        if self.replay_rows is not None:
+            self.replay_index = next(
+                (i for i, b in enumerate(self.replay_rows) if b.ts + MINUTE > now), len(self.replay_rows)
+            )
+        self.tick()
+
+    # --- ticks ------------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.clock.now()
+        if self.replay_rows is not None:
+            self._tick_replay(now)
+        else:
+            self._tick_synthetic(now)
+
+    def _tick_synthetic(self, now: datetime) -> None:
+        assert self.next_minute is not None
+        minutes = []
+        m = self.next_minute
+        while m + MINUTE <= now:  # every bar that has closed by now
+            minutes.append(m)
+            m += MINUTE
+        if len(minutes) > MAX_CATCH_UP_TICKS:
+            minutes = minutes[-MAX_CATCH_UP_TICKS:]
+        for minute in minutes:
+            bars = [b for b in (self.market.bar(s, minute) for s in self.symbols) if b is not None]
+            if bars:
+                self._publish(minute, bars)
+        if minutes:
+            self.next_minute = minutes[-1] + MINUTE
+        self._schedule_next(now)
+
+    def _tick_replay(self, now: datetime) -> None:
+        rows = self.replay_rows or []
+        batch: list[Bar] = []
+        batch_ts: datetime | None = None
+        while self.replay_index < len(rows) and rows[self.replay_index].ts + MINUTE <= now:
+            bar = rows[self.replay_index]
+            if batch_ts is not None and bar.ts != batch_ts:
+                self._publish(batch_ts, batch)
+                batch = []
+            batch_ts = bar.ts
+            batch.append(bar)
+            self.replay_index += 1
+        if batch and batch_ts is not None:
+            self._publish(batch_ts, batch)
+        if self.replay_index >= len(rows):
+            return  # replay finished: nothing more will come
+        next_close = rows[self.replay_index].ts + MINUTE
+        self.after(max(0.0, self.clock.real_at(next_close) - time.time()), "tick")
+
+    def _schedule_next(self, now: datetime) -> None:
+        assert self.next_minute is not None
+        boundary = self.next_minute + MINUTE
+        if not market_hours.is_open(self.next_minute):
+            # Closed: jump to the next open, but look again now and then (the clock may be re-anchored).
+            opens = market_hours.next_open(now)
+            self.next_minute = max(self.next_minute, opens)
+            boundary = self.next_minute + MINUTE
+            wait = min(self.clock.real_at(boundary) - time.time(), IDLE_RECHECK_S)
+        else:
+            wait = self.clock.real_at(boundary) - time.time()
+        self.after(max(0.0, wait), "tick")
+
+    def _publish(self, minute: datetime, bars: list[Bar]) -> None:
+        good, rejected = self.validator.validate(bars)
+        if rejected:
+            self._journal_rejected(rejected)
+        if not good:
+            return
+        batch = Bars(ts=minute, bars=tuple(good))
+        self.last_bar_at = minute + MINUTE
+        for peer in ("strategy", "risk", "portfolio"):
+            self.tell_peer(peer, batch)
+
+    def _journal_rejected(self, rejected: list[tuple[Bar, str]]) -> None:
+        with store.transaction(self.db):
+            self.db["bad_bars"].insert_all(
+                {"recorded_at": store.now_iso(), "symbol": bar.symbol, "bar_ts": store.iso(bar.ts),
+                 "reason": reason, "raw": _raw(bar)}
+                for bar, reason in rejected
+            )
+        for bar, reason in rejected:
+            self.event("bar_rejected", level="warning", symbol=bar.symbol, bar_ts=bar.ts, reason=reason)
+
+    # --- history ----------------------------------------------------------------------------
+
+    def on_history(self, message: HistoryRequest, sender: ActorAddress) -> None:
+        end = self.next_minute or floor_minute(self.clock.now())
+        if self.replay_rows is not None:
+            past = [b for b in self.replay_rows[: self.replay_index] if b.ts < end]
+            validator = BarValidator(self.symbols)
+            good, _ = validator.validate(past)
+            per_symbol: dict[str, list[Bar]] = {}
+            for bar in good:
+                per_symbol.setdefault(bar.symbol, []).append(bar)
+            bars = [b for s in per_symbol.values() for b in s[-message.count:]]
+        else:
+            bars = [b for s in self.symbols for b in self.market.history(s, end, message.count)]
+        bars.sort(key=lambda b: b.ts)
+        for bar in bars:  # later live bars must be newer than the history
+            self.validator.seed(bar.symbol, bar.ts)
+        self.send(sender, HistoryReply(tuple(bars)))
+
+    def pong_info(self) -> dict[str, Any]:
+        return {"last_bar_at": self.last_bar_at, "bad_bars": dict(self.validator.counts),
+                "replay_done": self.replay_rows is not None and self.replay_index >= len(self.replay_rows)}
+
+
+def _raw(bar: Bar) -> str:
+    def num(x: float) -> Any:
+        return x if isinstance(x, float) and math.isfinite(x) else str(x)
+
+    return store.to_json({"open": num(bar.open), "high": num(bar.high), "low": num(bar.low),
+                          "close": num(bar.close), "volume": bar.volume})

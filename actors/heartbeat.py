@@ -1,0 +1,102 @@
+"""Heartbeat monitor: pings every actor on an absolute schedule and watches the feed's freshness.
+
+An actor whose last pong is older than the deadline is reported to the supervisor, which kills its
+process by pid and restarts it. During an open session (XNYS, on the simulated clock) a feed whose
+last bar is older than ``risk.stale_after_s`` makes risk deny new entries and raises an alert;
+both clear when bars flow again.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any
+
+from steadyhand import market_hours
+from steadyhand.actors.base import SteadyActor
+from steadyhand.actors.messages import ActorUnresponsive, FeedFresh, FeedStale, Ping, Pong, Severity
+from thespian.actors import ActorAddress
+
+NOT_PINGED = ("heartbeat", "supervisor")
+
+
+class HeartbeatActor(SteadyActor):
+    def setup(self) -> None:
+        self.clock = self.run.clock
+        self.seq = 0
+        self.last_pong: dict[str, float] = {}  # name -> monotonic time of its last pong
+        self.pids: dict[str, int] = {}
+        self.reported: set[tuple[str, int]] = set()  # (name, pid) already reported as hung
+        self.feed_last_bar: datetime | None = None
+        self.feed_stale = False
+        self.replay_done = False
+        self.handlers = {Pong: self.on_pong}
+        self.timers = {"beat": self.beat}
+
+    def on_first_wiring(self) -> None:
+        now = time.monotonic()
+        self.last_pong = {name: now for name in self._watched()}
+        self.every("beat", self.run.settings.heartbeat.interval_s, first_in=0.0)
+
+    def on_peers_changed(self, names: set[str]) -> None:
+        now = time.monotonic()
+        for name in names:  # a restarted actor gets a fresh deadline
+            self.last_pong[name] = now
+            self.pids.pop(name, None)
+            self.reported = {r for r in self.reported if r[0] != name}
+        if "feed" in names and self.feed_stale:
+            self.tell_peer("risk", FeedStale(self.feed_last_bar, 0.0))  # a new risk must know too
+
+    def _watched(self) -> list[str]:
+        return [n for n in self.peers if n not in NOT_PINGED]
+
+    def beat(self) -> None:
+        self.seq += 1
+        now = time.monotonic()
+        deadline = self.run.settings.heartbeat.deadline_s
+        for name in self._watched():
+            self.tell_peer(name, Ping(self.seq))
+            silent = now - self.last_pong.get(name, now)
+            pid = self.pids.get(name, 0)
+            if silent > deadline and (name, pid) not in self.reported:  # pid 0: the supervisor knows it
+                self.reported.add((name, pid))
+                self.event("unresponsive", level="warning", actor_name=name, pid=pid,
+                           silent_s=round(silent, 2))
+                self.tell_peer("supervisor", ActorUnresponsive(name, pid, silent))
+        self._check_feed()
+
+    def on_pong(self, message: Pong, sender: ActorAddress) -> None:
+        if self.peers.get(message.name) != sender:
+            return  # from a process that has since been replaced
+        self.last_pong[message.name] = time.monotonic()
+        self.pids[message.name] = message.pid
+        if message.name == "feed":
+            self.feed_last_bar = message.info.get("last_bar_at") or self.feed_last_bar
+            self.replay_done = bool(message.info.get("replay_done"))
+
+    def _check_feed(self) -> None:
+        now = self.clock.now()
+        if not market_hours.is_open(now) or self.replay_done:
+            stale, since = False, 0.0
+        elif self.feed_last_bar is None:
+            session = market_hours.session_at(now)
+            since = (now - session[0]).total_seconds() if session else 0.0
+            stale = since > self.run.settings.risk.stale_after_s
+        else:
+            since = (now - self.feed_last_bar).total_seconds()
+            stale = since > self.run.settings.risk.stale_after_s
+        if stale and not self.feed_stale:
+            self.feed_stale = True
+            self.event("feed_stale", level="warning", since_s=round(since, 1))
+            self.tell_peer("risk", FeedStale(self.feed_last_bar, since))
+            self.alert("feed:stale", Severity.HIGH, "market data is stale",
+                       f"no bar for {since:.0f}s of an open session; new entries are denied")
+        elif not stale and self.feed_stale and self.feed_last_bar is not None:
+            self.feed_stale = False
+            self.event("feed_fresh")
+            self.tell_peer("risk", FeedFresh(self.feed_last_bar))
+            self.alert("feed:fresh", Severity.HIGH, "market data is fresh again (resolved)",
+                       "bars are flowing; new entries allowed")
+
+    def pong_info(self) -> dict[str, Any]:
+        return {"feed_stale": self.feed_stale}

@@ -1,0 +1,176 @@
+"""Portfolio: positions, average cost, realized/unrealized P&L, equity per bar, day P&L to risk.
+
+Cash and positions are checked against the broker: every OMS (re)start sends an authoritative
+snapshot that the portfolio adopts (the broker wins; differences are alerted), and the periodic
+snapshots are compared — a difference seen twice in a row (so not just a fill in flight) is alerted
+and the broker's figures adopted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from steadyhand.actors.base import SteadyActor
+from steadyhand.actors.messages import (
+    Bars,
+    BrokerSnapshot,
+    Fills,
+    PnlUpdate,
+    PositionsSnapshot,
+    Severity,
+)
+from steadyhand.state import store
+from thespian.actors import ActorAddress
+
+ZERO = Decimal(0)
+CENT = Decimal("0.01")
+
+
+@dataclass
+class Position:
+    qty: int = 0
+    avg_cost: Decimal = ZERO
+    realized: Decimal = ZERO
+
+    def apply(self, signed_qty: int, price: Decimal) -> None:
+        """A fill of ``signed_qty`` at ``price``: average in, or realize what it closes."""
+        if self.qty == 0 or (self.qty > 0) == (signed_qty > 0):
+            total = abs(self.qty) + abs(signed_qty)
+            self.avg_cost = (abs(self.qty) * self.avg_cost + abs(signed_qty) * price) / total
+            self.qty += signed_qty
+            return
+        closed = min(abs(signed_qty), abs(self.qty))
+        direction = 1 if self.qty > 0 else -1
+        self.realized += closed * (price - self.avg_cost) * direction
+        self.qty += signed_qty
+        if self.qty == 0:
+            self.avg_cost = ZERO
+        elif (self.qty > 0) != (direction > 0):  # crossed through zero: the rest is a new position
+            self.avg_cost = price
+
+
+class PortfolioActor(SteadyActor):
+    def setup(self) -> None:
+        self.db = store.connect(self.run.db_path, synchronous="NORMAL")
+        self.positions: dict[str, Position] = {
+            row["symbol"]: Position(int(row["qty"]), Decimal(row["avg_cost"]), Decimal(row["realized_pnl"]))
+            for row in self.db.query("SELECT * FROM positions")
+        }
+        self.cash: Decimal | None = None  # from the broker's first snapshot
+        self.marks: dict[str, float] = {}
+        self.session_day = ""
+        self.day_start_equity: Decimal | None = None
+        self.peak_equity: Decimal | None = None
+        self.last_equity: Decimal | None = None
+        self.mismatch_seen: dict[str, Any] | None = None
+        self.handlers = {Fills: self.on_fills, Bars: self.on_bars, BrokerSnapshot: self.on_broker_snapshot}
+
+    def on_first_wiring(self) -> None:
+        self._send_positions()
+
+    def on_peers_changed(self, names: set[str]) -> None:
+        if names & {"strategy", "risk"}:
+            self._send_positions()
+
+    # --- fills ------------------------------------------------------------------------------
+
+    def on_fills(self, message: Fills, sender: ActorAddress) -> None:
+        touched = set()
+        for fill in message.fills:
+            position = self.positions.setdefault(fill.symbol, Position())
+            signed = fill.side.sign * fill.qty
+            position.apply(signed, fill.price)
+            if self.cash is not None:
+                self.cash -= signed * fill.price
+            touched.add(fill.symbol)
+        self._save(touched)
+        self._send_positions()
+
+    def _save(self, symbols: set[str]) -> None:
+        now = store.now_iso()
+        with store.transaction(self.db):
+            for symbol in symbols:
+                p = self.positions[symbol]
+                self.db["positions"].upsert({"symbol": symbol, "qty": p.qty, "avg_cost": str(p.avg_cost),
+                                             "realized_pnl": str(p.realized), "updated_at": now}, pk="symbol")
+
+    def _send_positions(self) -> None:
+        snapshot = PositionsSnapshot({s: p.qty for s, p in self.positions.items() if p.qty})
+        self.tell_peer("strategy", snapshot)
+        self.tell_peer("risk", snapshot)
+
+    # --- marks and equity -------------------------------------------------------------------
+
+    def on_bars(self, message: Bars, sender: ActorAddress) -> None:
+        for bar in message.bars:
+            self.marks[bar.symbol] = bar.close
+        if self.cash is None:
+            return  # no broker snapshot yet: equity unknown
+        unrealized = ZERO
+        market_value = ZERO
+        gross = ZERO
+        for symbol, p in self.positions.items():
+            if not p.qty:
+                continue
+            mark = Decimal(str(self.marks.get(symbol, p.avg_cost)))
+            market_value += p.qty * mark
+            gross += abs(p.qty) * mark
+            unrealized += p.qty * (mark - p.avg_cost)
+        equity = (self.cash + market_value).quantize(CENT)
+        self._roll_session(message.ts, equity)
+        self.peak_equity = max(self.peak_equity or equity, equity)
+        self.last_equity = equity
+        realized = sum((p.realized for p in self.positions.values()), ZERO)
+        with store.transaction(self.db):
+            self.db["equity"].upsert({"ts": store.iso(message.ts), "equity": str(equity),
+                                      "cash": str(self.cash.quantize(CENT)), "realized": str(realized),
+                                      "unrealized": str(unrealized.quantize(CENT))}, pk="ts")
+        assert self.day_start_equity is not None
+        self.tell_peer("risk", PnlUpdate(equity=equity, day_pnl=equity - self.day_start_equity,
+                                         peak_equity=self.peak_equity, gross_exposure=gross, ts=message.ts))
+
+    def _roll_session(self, ts: datetime, equity: Decimal) -> None:
+        day = ts.date().isoformat()
+        if day == self.session_day:
+            return
+        self.session_day = day
+        # After a restart mid-day, the day's first snapshot and peak are in the equity table.
+        row = self.db.execute("SELECT equity FROM equity WHERE ts >= ? ORDER BY ts LIMIT 1", [day]).fetchone()
+        peak = self.db.execute("SELECT max(CAST(equity AS REAL)) FROM equity WHERE ts >= ?", [day]).fetchone()
+        start = Decimal(row[0]) if row else (self.last_equity or equity)
+        self.day_start_equity = start
+        self.peak_equity = max(Decimal(str(peak[0])) if peak and peak[0] is not None else start, start)
+
+    # --- comparison with the broker ---------------------------------------------------------
+
+    def on_broker_snapshot(self, message: BrokerSnapshot, sender: ActorAddress) -> None:
+        ours = {s: p.qty for s, p in self.positions.items() if p.qty}
+        theirs = {s: q for s, q in message.positions.items() if q}
+        differences = {s: {"portfolio": ours.get(s, 0), "broker": theirs.get(s, 0)}
+                       for s in set(ours) | set(theirs) if ours.get(s, 0) != theirs.get(s, 0)}
+        if message.authoritative or self.cash is None:
+            self.cash = message.cash
+        if not differences:
+            self.mismatch_seen = None
+            return
+        if not message.authoritative and self.mismatch_seen != differences:
+            self.mismatch_seen = differences  # maybe a fill in flight: look again next time
+            return
+        self.mismatch_seen = None
+        self.event("position_mismatch", level="warning", differences=differences)
+        self.alert("positions:mismatch", Severity.HIGH, "positions differ from the broker's",
+                   f"adopting the broker's positions: {differences}")
+        for symbol, diff in differences.items():
+            position = self.positions.setdefault(symbol, Position())
+            if diff["broker"] == 0:
+                position.qty, position.avg_cost = 0, ZERO
+            else:
+                mark = Decimal(str(self.marks.get(symbol, position.avg_cost or 0)))
+                position.qty = diff["broker"]
+                position.avg_cost = position.avg_cost or mark
+        self.cash = message.cash
+        self._save(set(differences))
+        self._send_positions()

@@ -1,0 +1,153 @@
+"""Risk: every order request passes here; every decision is journaled with its reason.
+
+The checks themselves are pure functions in ``steadyhand.risk_checks``; this actor keeps the
+``RiskBook`` up to date from what the others tell it (bars, positions, P&L, open orders, trading
+state, reconciliation, feed staleness), turns signals into order requests, and trips the daily-loss
+/ drawdown breaker (HALTED through the supervisor, CRITICAL alert). It denies everything until the
+OMS reports a finished reconciliation, and again whenever the OMS restarts.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from steadyhand import market_hours
+from steadyhand.actors.base import SteadyActor
+from steadyhand.actors.messages import (
+    Bars,
+    FeedFresh,
+    FeedStale,
+    Fills,
+    OpenOrders,
+    OrderRequest,
+    OrderRequests,
+    PnlUpdate,
+    PositionsSnapshot,
+    ReconcileFinished,
+    ReconcileStarted,
+    RequestHalt,
+    Signals,
+    TradingStateChanged,
+)
+from steadyhand.risk_checks import Decision, RiskBook, breaker_check
+from steadyhand.state import store
+from thespian.actors import ActorAddress
+
+
+class RiskActor(SteadyActor):
+    def setup(self) -> None:
+        settings = self.run.settings
+        self.clock = self.run.clock
+        self.book = RiskBook(settings.risk, settings.whitelist)
+        self.book.reconciling = True  # until the OMS says otherwise
+        self.db = store.connect(self.run.db_path, synchronous="NORMAL")
+        self.session_day: str = store.get_risk_state(self.db, "session_day") or ""
+        self.handlers = {
+            Signals: self.on_signals,
+            Bars: self.on_bars,
+            PositionsSnapshot: self.on_positions,
+            PnlUpdate: self.on_pnl,
+            OpenOrders: self.on_open_orders,
+            Fills: self.on_fills,
+            ReconcileStarted: self.on_reconcile_started,
+            ReconcileFinished: self.on_reconcile_finished,
+            TradingStateChanged: self.on_trading_state,
+            FeedStale: self.on_feed_stale,
+            FeedFresh: self.on_feed_fresh,
+        }
+
+    def on_peers_changed(self, names: set[str]) -> None:
+        if "oms" in names:
+            self.book.reconciling = True  # a new OMS reconciles before anything goes through
+
+    # --- decisions --------------------------------------------------------------------------
+
+    def on_signals(self, message: Signals, sender: ActorAddress) -> None:
+        now_sim = self.clock.now()
+        self.book.market_open = market_hours.is_open(now_sim)
+        now_wall = time.time()
+        approved: list[OrderRequest] = []
+        rows = []
+        for signal in message.signals:
+            request = OrderRequest(client_order_id=signal.intent_id, symbol=signal.symbol,
+                                   side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
+                                   bar_ts=signal.bar_ts)
+            decision = self.book.decide(request, now_wall, now_sim)
+            rows.append(_decision_row(request, decision))
+            self.event("risk_decision", client_order_id=request.client_order_id, symbol=request.symbol,
+                       side=request.side.value, qty=request.qty, approved=decision.approved,
+                       check=decision.check, reason=decision.reason)
+            if decision.approved:
+                approved.append(request)
+        with store.transaction(self.db):
+            self.db["risk_decisions"].insert_all(rows)
+        if approved:
+            self.tell_peer("oms", OrderRequests(tuple(approved), bar_sent_at=message.bar_sent_at))
+
+    # --- what the book knows ----------------------------------------------------------------
+
+    def on_bars(self, message: Bars, sender: ActorAddress) -> None:
+        for bar in message.bars:
+            self.book.last_prices[bar.symbol] = bar.close
+            self.book.last_bar_at[bar.symbol] = bar.ts
+        self._roll_session(message.ts)
+
+    def _roll_session(self, ts: datetime) -> None:
+        """Daily reset at session open: the breaker is re-armed for the new day."""
+        day = ts.date().isoformat()
+        if day != self.session_day:
+            self.session_day = day
+            self.book.breaker_tripped = ""
+            store.set_risk_state(self.db, session_day=day)
+            self.event("session_reset", day=day)
+
+    def on_positions(self, message: PositionsSnapshot, sender: ActorAddress) -> None:
+        self.book.positions = dict(message.positions)
+
+    def on_pnl(self, message: PnlUpdate, sender: ActorAddress) -> None:
+        self.book.day_pnl = float(message.day_pnl)
+        self.book.drawdown = float(message.peak_equity - message.equity)
+        self.book.gross_exposure = float(message.gross_exposure)
+        reason = breaker_check(self.book.day_pnl, self.book.drawdown, self.run.settings.risk)
+        if reason and not self.book.breaker_tripped:
+            self.book.breaker_tripped = reason
+            self.event("breaker_tripped", level="critical", reason=reason)
+            self.tell_peer("supervisor", RequestHalt(reason=reason, source="risk"))
+
+    def on_open_orders(self, message: OpenOrders, sender: ActorAddress) -> None:
+        self.book.open_orders = dict(message.by_symbol)
+        self.book.pending_qty = dict(message.pending_qty)
+
+    def on_fills(self, message: Fills, sender: ActorAddress) -> None:
+        for fill in message.fills:  # positions move now; the portfolio snapshot confirms later
+            pos = self.book.positions.get(fill.symbol, 0) + fill.side.sign * fill.qty
+            self.book.positions[fill.symbol] = pos
+
+    def on_reconcile_started(self, message: ReconcileStarted, sender: ActorAddress) -> None:
+        self.book.reconciling = True
+        self.event("reconciling", reason=message.reason)
+
+    def on_reconcile_finished(self, message: ReconcileFinished, sender: ActorAddress) -> None:
+        self.book.reconciling = False
+        self.event("reconciled")
+
+    def on_trading_state(self, message: TradingStateChanged, sender: ActorAddress) -> None:
+        self.book.trading_state = message.state
+
+    def on_feed_stale(self, message: FeedStale, sender: ActorAddress) -> None:
+        if not self.book.feed_stale:
+            self.event("feed_stale", level="warning", since_s=message.since_s)
+        self.book.feed_stale = True
+
+    def on_feed_fresh(self, message: FeedFresh, sender: ActorAddress) -> None:
+        if self.book.feed_stale:
+            self.event("feed_fresh")
+        self.book.feed_stale = False
+
+
+def _decision_row(request: OrderRequest, decision: Decision) -> dict[str, object]:
+    return {"ts": store.now_iso(), "client_order_id": request.client_order_id, "symbol": request.symbol,
+            "side": request.side.value, "qty": request.qty, "approved": int(decision.approved),
+            "reason": decision.reason if not decision.approved else "ok"}
+

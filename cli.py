@@ -1,0 +1,437 @@
+"""The ``steadyhand`` command line.
+
+``steadyhand run`` starts the actor system in the foreground; every other command finds the running
+system through ``<data dir>/run.json`` (admin port, pid) and talks to the supervisor, or reads the
+state database. A command that needs the running bot checks the admin port first and says
+"steadyhand is not running" rather than letting Thespian start a new, empty system on that port.
+
+Exit codes: 0 fine, 1 not running / failed, 2 bad configuration or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from steadyhand import procs
+from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides
+from steadyhand.state import store
+
+EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
+RUN_FILE = "run.json"
+START_TIMEOUT_S = 60.0
+ASK_TIMEOUT_S = 5.0
+
+
+class NotRunning(RuntimeError):
+    pass
+
+
+# --- data dir and run file ---------------------------------------------------------------------
+
+
+def data_dir_of(args: argparse.Namespace) -> Path:
+    given = getattr(args, "data_dir", None) or os.environ.get("STEADYHAND_DATA_DIR") or "./var"
+    return Path(given).expanduser().resolve()
+
+
+def read_run_file(data_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((data_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_run_file(data_dir: Path, info: dict[str, Any]) -> None:
+    tmp = data_dir / (RUN_FILE + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, data_dir / RUN_FILE)
+
+
+def running_info(data_dir: Path) -> dict[str, Any] | None:
+    """run.json of a live run (its process alive and its admin port listening), else None."""
+    info = read_run_file(data_dir)
+    if not info or not procs.pid_alive(int(info.get("pid", 0))):
+        return None
+    if not procs.port_listening(int(info["admin_port"])):
+        return None
+    return info
+
+
+# --- talking to the running system --------------------------------------------------------------
+
+
+@dataclass
+class Connection:
+    system: Any
+    supervisor: Any
+
+    def ask(self, message: Any, timeout: float = ASK_TIMEOUT_S) -> Any:
+        with self.system.private() as ctx:
+            return ctx.ask(self.supervisor, message, timeout)
+
+
+def connect(data_dir: Path) -> Connection:
+    """Join the running actor system as an external client (never start one by accident)."""
+    info = running_info(data_dir)
+    if info is None:
+        raise NotRunning(f"steadyhand is not running (data dir {data_dir})")
+    procs.bind_thespian_to_loopback()
+    from steadyhand.supervisor import SUPERVISOR_NAME, Supervisor
+    from thespian.actors import ActorSystem
+
+    system = ActorSystem("multiprocTCPBase", {"Admin Port": int(info["admin_port"])},
+                         logDefs=_quiet_logging(), transientUnique=True)
+    supervisor = system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
+    return Connection(system, supervisor)
+
+
+def _quiet_logging() -> dict[str, Any]:
+    return {"version": 1, "disable_existing_loggers": False,
+            "handlers": {"null": {"class": "logging.NullHandler"}},
+            "root": {"level": "WARNING", "handlers": ["null"]}}
+
+
+# --- run ------------------------------------------------------------------------------------------
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    data_dir = data_dir_of(args)
+    marker = procs.run_marker(data_dir)
+    if os.environ.get(procs.RUN_MARKER) != marker:
+        # Re-execute with the run marker in the environment, so every process of this run (even
+        # an orphan of a killed admin) can be found by data dir later (see procs.py).
+        env = {**os.environ, procs.RUN_MARKER: marker}
+        os.execve(sys.executable, [sys.executable, "-m", "steadyhand.cli", *sys.argv[1:]], env)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if os.getpgrp() != os.getpid() and not sys.stdin.isatty():
+        os.setpgid(0, 0)  # our own process group, so a drill or systemd can stop all of us at once
+    live = running_info(data_dir)
+    if live is not None:
+        print(f"steadyhand is already running on {data_dir} (pid {live['pid']})", file=sys.stderr)
+        return EXIT_FAIL
+    _clean_leftovers(data_dir)
+
+    db = store.open_store(data_dir)  # migrations run here, once, before any actor starts
+    db.close()
+    clock = _anchor_clock(settings, data_dir)
+    run = RunSettings(settings=settings, data_dir=str(data_dir), clock=clock,
+                      test_hooks=os.environ.get("STEADYHAND_TEST_HOOKS") == "1")
+    port = settings.admin_port or procs.free_port()
+
+    stop = threading.Event()
+    # Ctrl-C reaches the whole foreground process group; only this process should act on it,
+    # so the actors (forked below) inherit "ignore" and are stopped in order by the supervisor.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    procs.bind_thespian_to_loopback()
+    from steadyhand.supervisor import SUPERVISOR_NAME, Start, Started, Supervisor
+    from thespian.actors import ActorSystem
+
+    system = ActorSystem("multiprocTCPBase", {"Admin Port": port}, logDefs=_quiet_logging())
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    write_run_file(data_dir, {"pid": os.getpid(), "pgid": os.getpgrp(), "admin_port": port,
+                              "data_dir": str(data_dir), "started_at": datetime.now(UTC).isoformat()})
+    code = EXIT_OK
+    try:
+        supervisor = system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
+        started = system.ask(supervisor, Start(run), START_TIMEOUT_S)
+        if not isinstance(started, Started):
+            print("steadyhand: the actors did not all start in time", file=sys.stderr)
+            code = EXIT_FAIL
+        else:
+            print(f"steadyhand running: data dir {data_dir}, admin port {port} (127.0.0.1), "
+                  f"pid {os.getpid()}, broker {settings.broker}, clock {_clock_text(clock)}", flush=True)
+            print("  actors: " + ", ".join(f"{n}={p}" for n, p in started.children.items()), flush=True)
+            code = _live_view(system, supervisor, data_dir, stop)
+    finally:
+        _shutdown(system, data_dir, port)
+    return code
+
+
+def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
+    from steadyhand.brokers.sim import anchor_clock
+
+    start = None
+    if settings.sim.replay:
+        from steadyhand.market import ReplayMarket
+
+        start = ReplayMarket(settings.sim.replay).first_ts
+    return anchor_clock(str(data_dir / "exchange.db"), speed=settings.sim.speed, mode=settings.sim.clock,
+                        start=start)
+
+
+def _clock_text(clock: Any) -> str:
+    return f"{clock.now():%Y-%m-%d %H:%M:%S} UTC x{clock.speed:g}"
+
+
+def _clean_leftovers(data_dir: Path) -> None:
+    """Stop what a killed earlier run left behind (orphaned actors keep its admin port)."""
+    leftovers = procs.run_processes(data_dir)
+    if leftovers:
+        print(f"steadyhand: stopping {len(leftovers)} process(es) left by an earlier run", file=sys.stderr)
+        procs.terminate(leftovers)
+    old = read_run_file(data_dir)
+    if old and not procs.wait_until(lambda: not procs.port_listening(int(old["admin_port"])), 10):
+        raise SystemExit(f"steadyhand: port {old['admin_port']} of an earlier run is still in use")
+
+
+def _live_view(system: Any, supervisor: Any, data_dir: Path, stop: threading.Event) -> int:
+    """A compact status line every few seconds until SIGINT/SIGTERM."""
+    from steadyhand.actors.messages import StatusReply, StatusRequest
+
+    failures = 0
+    last_line = ""
+    while not stop.wait(2.0):
+        reply = system.ask(supervisor, StatusRequest(), ASK_TIMEOUT_S)
+        if not isinstance(reply, StatusReply):
+            failures += 1
+            if failures >= 3:
+                print("steadyhand: the supervisor does not answer; stopping", file=sys.stderr)
+                return EXIT_FAIL
+            continue
+        failures = 0
+        line = _status_line(reply, data_dir)
+        if line != last_line:
+            print(line, flush=True)
+            last_line = line
+    print("steadyhand: stopping ...", flush=True)
+    return EXIT_OK
+
+
+def _status_line(reply: Any, data_dir: Path) -> str:
+    report = read_report(data_dir)
+    restarts = sum(a["restarts"] for a in reply.actors.values())
+    down = [n for n, a in reply.actors.items() if not a["alive"]]
+    positions = " ".join(f"{s}:{q}" for s, q in sorted(report["positions"].items())) or "flat"
+    text = (f"[{datetime.now():%H:%M:%S}] {reply.trading_state.value.upper()} "
+            f"orders {report['orders']} (open {report['open_orders']}) fills {report['fills']} "
+            f"positions {positions} restarts {restarts}")
+    return text + (f" DOWN: {','.join(down)}" if down else "")
+
+
+def _shutdown(system: Any, data_dir: Path, port: int) -> None:
+    from steadyhand.actors.messages import ShutdownRequest
+    from steadyhand.supervisor import SUPERVISOR_NAME, Supervisor
+
+    try:
+        supervisor = system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
+        system.ask(supervisor, ShutdownRequest("operator"), 20.0)
+    except Exception as exc:  # keep going: the processes must go whatever happened
+        print(f"steadyhand: graceful stop failed: {exc!r}", file=sys.stderr)
+    system.shutdown()
+    gone = procs.wait_until(lambda: not procs.run_processes(data_dir) and not procs.port_listening(port), 10)
+    if not gone:
+        procs.terminate(procs.run_processes(data_dir))
+    (data_dir / RUN_FILE).unlink(missing_ok=True)
+    print("steadyhand stopped.", flush=True)
+
+
+# --- reports (read the state database; work whether or not the bot runs) ------------------------
+
+
+def read_report(data_dir: Path) -> dict[str, Any]:
+    db = store.open_readonly(data_dir)
+    empty = {"positions": {}, "open_orders": 0, "orders": 0, "fills": 0, "last_reconciliation": None,
+             "trading_state": "active", "halt_reason": ""}
+    if db is None or "orders" not in db.table_names():
+        return empty
+    try:
+        open_statuses = ("pending_submit", "submitted", "partially_filled")
+        positions = {r["symbol"]: r["qty"]
+                     for r in db.query("SELECT symbol, qty FROM positions WHERE qty != 0")}
+        open_orders = db.execute(
+            "SELECT count(*) FROM orders WHERE status IN (?, ?, ?)", open_statuses).fetchone()[0]
+        orders = db.execute("SELECT count(*) FROM orders").fetchone()[0]
+        fills = db.execute("SELECT count(*) FROM fills").fetchone()[0]
+        row = db.execute("SELECT report FROM reconciliations ORDER BY id DESC LIMIT 1").fetchone()
+        return {"positions": positions, "open_orders": open_orders, "orders": orders, "fills": fills,
+                "last_reconciliation": json.loads(row[0]) if row else None,
+                "trading_state": store.get_control(db, "trading_state", "active"),
+                "halt_reason": store.get_control(db, "halt_reason", "") or ""}
+    finally:
+        db.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from steadyhand.actors.messages import StatusReply, StatusRequest
+
+    data_dir = data_dir_of(args)
+    report = read_report(data_dir)
+    result: dict[str, Any] = {"running": False, "trading_state": report["trading_state"],
+                              "halt_reason": report["halt_reason"], "actors": {},
+                              "positions": report["positions"], "open_orders": report["open_orders"],
+                              "orders": report["orders"], "fills": report["fills"],
+                              "last_reconciliation": report["last_reconciliation"],
+                              "data_dir": str(data_dir)}
+    try:
+        reply = connect(data_dir).ask(StatusRequest())
+    except NotRunning as exc:
+        reply = None
+        if not args.json:
+            print(exc, file=sys.stderr)
+    if isinstance(reply, StatusReply):
+        result.update(running=True, trading_state=reply.trading_state.value, halt_reason=reply.halt_reason,
+                      actors={n: {"pid": a["pid"], "restarts": a["restarts"], "alive": a["alive"]}
+                              for n, a in reply.actors.items()},
+                      started_at=reply.started_at.isoformat())
+    if args.json:
+        print(json.dumps(result, default=str))
+    else:
+        _print_status(result)
+    return EXIT_OK if result["running"] else EXIT_FAIL
+
+
+def _print_status(result: dict[str, Any]) -> None:
+    print(f"running:        {'yes' if result['running'] else 'no'}")
+    print(f"trading state:  {result['trading_state']}"
+          + (f" ({result['halt_reason']})" if result["halt_reason"] else ""))
+    for name, actor in result["actors"].items():
+        print(f"  {name:<10} pid {actor['pid']:<8} restarts {actor['restarts']:<3} "
+              f"{'alive' if actor['alive'] else 'DOWN'}")
+    positions = ", ".join(f"{s} {q}" for s, q in sorted(result["positions"].items())) or "flat"
+    print(f"positions:      {positions}")
+    print(f"orders:         {result['orders']} ({result['open_orders']} open), fills {result['fills']}")
+    rec = result["last_reconciliation"]
+    if rec:
+        print(f"reconciled:     {rec.get('finished_at')} ({rec.get('reason')}): "
+              f"{rec.get('orders_checked')} checked, {len(rec.get('never_submitted', []))} never submitted, "
+              f"{len(rec.get('unknown_orders', []))} unknown, {rec.get('fills_recovered')} fills recovered")
+
+
+ORDER_KEYS = ("client_order_id", "broker_order_id", "symbol", "side", "qty", "type", "status",
+              "filled_qty", "avg_fill_price")
+FILL_KEYS = ("fill_id", "client_order_id", "symbol", "side", "qty", "price", "ts")
+
+
+def _rows(data_dir: Path, sql: str) -> list[dict[str, Any]]:
+    db = store.open_readonly(data_dir)
+    if db is None or "orders" not in db.table_names():
+        return []
+    try:
+        return list(db.query(sql))
+    finally:
+        db.close()
+
+
+def cmd_orders(args: argparse.Namespace) -> int:
+    rows = _rows(data_dir_of(args), "SELECT * FROM orders ORDER BY created_at")
+    orders = [{k: r[k] for k in ORDER_KEYS} for r in rows]
+    if args.json:
+        print(json.dumps(orders))
+    else:
+        for o in orders:
+            print(f"{o['client_order_id']:<34} {o['symbol']:<6} {o['side']:<4} {o['qty']:>6} {o['type']:<6} "
+                  f"{o['status']:<16} filled {o['filled_qty']:>6} @ {o['avg_fill_price'] or '-'}")
+    return EXIT_OK
+
+
+def cmd_fills(args: argparse.Namespace) -> int:
+    rows = _rows(data_dir_of(args), "SELECT * FROM fills ORDER BY ts")
+    fills = [{k: r[k] for k in FILL_KEYS} for r in rows]
+    if args.json:
+        print(json.dumps(fills))
+    else:
+        for f in fills:
+            print(f"{f['ts']} {f['symbol']:<6} {f['side']:<4} {f['qty']:>6} @ {f['price']:<10} "
+                  f"{f['client_order_id']}")
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    from steadyhand.logs import read_events, readable
+
+    events = read_events(data_dir_of(args) / "logs")[-args.lines:]
+    for event in events:
+        print(json.dumps(event) if args.json else readable(event))
+    return EXIT_OK
+
+
+def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
+    import pandas as pd
+    from steadyhand.bar_checks import BarValidator
+    from steadyhand.market import ReplayMarket
+    from steadyhand.strategies.sma import backtest
+
+    replay = ReplayMarket(args.replay)
+    good, rejected = BarValidator().validate(replay.rows())
+    frame = pd.DataFrame([{"ts": b.ts, "symbol": b.symbol, "open": b.open, "high": b.high, "low": b.low,
+                           "close": b.close, "volume": b.volume} for b in good])
+    if frame.empty:
+        print("backtest: no valid bars in the replay file", file=sys.stderr)
+        return EXIT_FAIL
+    result = backtest(frame, settings.strategy, start_cash=settings.sim.start_cash)
+    trades = [{"ts": t.ts.isoformat(), "symbol": t.symbol, "side": str(t.side), "qty": t.qty,
+               "price": t.price, "intent_id": t.intent_id} for t in result.trades]
+    if args.json:
+        print(json.dumps({"trades": trades, "bars": result.bars, "rejected_bars": len(rejected),
+                          "realized_pnl": result.realized_pnl, "final_positions": result.final_positions}))
+    else:
+        for t in trades:
+            print(f"{t['ts']} {t['side']:<4} {t['qty']:>5} {t['symbol']:<6} @ {t['price']:.2f}  "
+                  f"{t['intent_id']}")
+        print(f"{len(trades)} trades over {result.bars} bars ({len(rejected)} bad bars rejected); "
+              f"realized P&L {result.realized_pnl:.2f}; positions {result.final_positions}")
+    return EXIT_OK
+
+
+# --- argument parsing ---------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="steadyhand", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser, config: bool = False, json_flag: bool = True) -> None:
+        p.add_argument("--data-dir", help="state directory (default $STEADYHAND_DATA_DIR or ./var)")
+        if config:
+            p.add_argument("--config", help="TOML configuration file")
+        if json_flag:
+            p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    run = sub.add_parser("run", help="run the bot in the foreground")
+    common(run, config=True, json_flag=False)
+    run.add_argument("--speed", type=float, help="simulated seconds per second (sim clock)")
+    run.add_argument("--seed", type=int, help="seed of the synthetic market")
+    run.add_argument("--replay", help="CSV of bars to replay instead of the synthetic market")
+    common(sub.add_parser("status", help="state of the running bot"))
+    common(sub.add_parser("orders", help="the order journal"))
+    common(sub.add_parser("fills", help="every fill"))
+    logs = sub.add_parser("logs", help="recent log events, readable")
+    common(logs)
+    logs.add_argument("-n", "--lines", type=int, default=50)
+    backtest = sub.add_parser("backtest", help="the strategy's trades on a replay file")
+    common(backtest, config=True)
+    backtest.add_argument("--replay", required=True, help="CSV of bars: ts,symbol,open,high,low,close,volume")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command in ("run", "backtest"):
+            settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
+            if args.command == "run":
+                settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay)
+                if settings.broker != "sim":
+                    raise ConfigError(f"broker: {settings.broker!r} is not available in this version yet "
+                                      "(only 'sim')")
+                return cmd_run(args, settings)
+            return cmd_backtest(args, settings)
+    except ConfigError as exc:
+        print(f"steadyhand: configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    commands = {"status": cmd_status, "orders": cmd_orders, "fills": cmd_fills, "logs": cmd_logs}
+    return commands[args.command](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,387 @@
+"""SMA crossover: one signal function for live trading and for the backtest.
+
+``sma_crossover`` is the whole strategy. The live wrapper (:class:`SmaCrossover`, used by the
+strategy actor) and :func:`backtest` both call it, so paper trading and the backtest can be compared
+on the same bars and must agree on every intent.
+
+Rows are *each symbol's own bars*: the live wrapper keeps the last ``slow + 1`` closes per symbol,
+and the backtest lines symbols up by their k-th bar, not by clock time. A symbol that had no bar in
+some minute (common for illiquid names on IEX) therefore keeps trading on its own series instead of
+being NaN-padded into silence, and live and backtest see exactly the same windows.
+
+Moving averages are summed oldest-first in a fixed order (not with a running sum), so the value for
+a bar does not depend on how much history came before it: a 21-row live window and a 10,000-row
+backtest give bit-identical averages, hence identical crossings.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+from steadyhand.actors.messages import Bar, Side, Signal
+from steadyhand.config import StrategySettings
+
+STRATEGY = "sma"
+MAX_ID_LEN = 48  # Alpaca's client_order_id limit is 48 characters; IB's is laxer
+_ID_OK = re.compile(r"^[A-Za-z0-9._-]+$")
+# Averages closer than this (relative) count as equal: on flat prices the fast and slow averages
+# differ only by rounding noise, which must not flip back and forth as "crossings".
+_REL_EPS = 1e-12
+
+
+# ---------------------------------------------------------------------------------------------
+# The signal
+# ---------------------------------------------------------------------------------------------
+
+
+def _check_windows(fast: int, slow: int) -> None:
+    if fast < 1 or slow <= fast:
+        raise ValueError(f"need 1 <= fast < slow, got fast={fast}, slow={slow}")
+
+
+def _sma(values: np.ndarray, window: int) -> np.ndarray:
+    """Simple moving average along axis 0; NaN until ``window`` rows exist or if any is NaN.
+
+    Summed oldest-first, one shifted slice at a time: deterministic and independent of the
+    length of ``values`` (see module docstring), and still fully vectorized across symbols.
+    """
+    rows = values.shape[0]
+    out = np.full(values.shape, np.nan)
+    if rows >= window:
+        n = rows - window + 1
+        acc = values[0:n].copy()
+        for k in range(1, window):
+            acc += values[k : k + n]
+        out[window - 1 :] = acc / window
+    return out
+
+
+def sma_crossover(closes: pd.DataFrame, fast: int, slow: int) -> pd.DataFrame:
+    """+1 where SMA(fast) crosses above SMA(slow) at that row, -1 where it crosses below, else 0.
+
+    ``closes`` is wide (rows ascending in time, one column per symbol). A crossing needs both
+    averages defined on this row and the previous one; NaN/inf anywhere in a window gives 0.
+    """
+    _check_windows(fast, slow)
+    values = closes.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+    values[~np.isfinite(values)] = np.nan  # inf would make inf - inf = NaN averages anyway
+    diff = _sma(values, fast) - _sma(values, slow)
+    slow_abs = np.abs(_sma(values, slow))
+    with np.errstate(invalid="ignore"):
+        diff[np.abs(diff) <= _REL_EPS * slow_abs] = 0.0  # NaN compares False: stays NaN
+        prev = np.full(diff.shape, np.nan)
+        prev[1:] = diff[:-1]
+        # NaN on either row makes every comparison False: no signal without both averages.
+        up = (diff > 0) & (prev <= 0)
+        down = (diff < 0) & (prev >= 0)
+    out = up.astype(np.int8) - down.astype(np.int8)
+    return pd.DataFrame(out, index=closes.index, columns=closes.columns)
+
+
+# ---------------------------------------------------------------------------------------------
+# Intent ids and position logic
+# ---------------------------------------------------------------------------------------------
+
+
+def _ts_token(ts: datetime) -> str:
+    """Compact UTC timestamp; seconds/microseconds only when present (minute bars stay short)."""
+    ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC)  # naive = UTC
+    if ts.microsecond:
+        return ts.strftime("%Y%m%dT%H%M%S%fZ")
+    if ts.second:
+        return ts.strftime("%Y%m%dT%H%M%SZ")
+    return ts.strftime("%Y%m%dT%H%MZ")
+
+
+def intent_id(strategy: str, symbol: str, bar_ts: datetime, side: Side, seq: int = 0) -> str:
+    """Client order id derived from the intent only (DESIGN §5 step 1).
+
+    ``sma-AAPL-20261120T1431Z-B0``: the same bar re-processed after a crash yields the same id, so
+    the OMS recognises the duplicate. Raises ValueError rather than silently rewriting an
+    unusable symbol: a rewrite could make two different intents share one id.
+    """
+    if seq < 0:
+        raise ValueError(f"seq must be >= 0, got {seq}")
+    side_code = "B" if Side(side) is Side.BUY else "S"
+    cid = f"{strategy}-{symbol}-{_ts_token(bar_ts)}-{side_code}{seq}"
+    if len(cid) > MAX_ID_LEN or not _ID_OK.match(cid):
+        raise ValueError(
+            f"intent id {cid!r} is not a valid client order id (<= {MAX_ID_LEN} chars of [A-Za-z0-9._-])"
+        )
+    return cid
+
+
+def target_orders(
+    signal_row: Mapping[str, int], positions: Mapping[str, int], qty: int, allow_short: bool
+) -> dict[str, tuple[Side, int]]:
+    """Orders that move each signalled symbol to its target position.
+
+    +1 targets ``+qty`` (buying back any short on the way); -1 targets flat when long-only (only
+    a long is sold; nothing is shorted) or ``-qty`` when shorting is allowed; 0 does nothing.
+    """
+    if qty < 1:
+        raise ValueError(f"qty must be >= 1, got {qty}")
+    orders: dict[str, tuple[Side, int]] = {}
+    for symbol, sig in signal_row.items():
+        pos = int(positions.get(symbol, 0))
+        if sig > 0:
+            if pos < qty:
+                orders[symbol] = (Side.BUY, qty - pos)
+        elif sig < 0:
+            target = -qty if allow_short else 0
+            if pos > target:
+                orders[symbol] = (Side.SELL, pos - target)
+    return orders
+
+
+def _reason(sig: int, settings: StrategySettings) -> str:
+    kind = "golden cross" if sig > 0 else "death cross"
+    return f"sma {settings.fast}/{settings.slow} {kind}"
+
+
+def _make_signal(
+    settings: StrategySettings, symbol: str, ts: datetime, sig: int, side: Side, qty: int, close: float
+) -> Signal:
+    return Signal(
+        intent_id=intent_id(STRATEGY, symbol, ts, side),
+        strategy=STRATEGY,
+        symbol=symbol,
+        side=side,
+        qty=qty,
+        bar_ts=ts,
+        ref_price=float(close),
+        reason=_reason(sig, settings),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Live wrapper (the strategy actor's state)
+# ---------------------------------------------------------------------------------------------
+
+
+class SmaCrossover:
+    """Rolling per-symbol windows of the last ``slow + 1`` closes, fed one tick at a time.
+
+    The windows are one numpy array (symbols x window), shifted in place for the symbols that got
+    a bar: a 5,000-symbol tick costs one small array copy and one ``sma_crossover`` call on a
+    (slow + 1) x 5,000 frame, never a growing DataFrame.
+    """
+
+    def __init__(self, settings: StrategySettings, symbols: Sequence[str]) -> None:
+        _check_windows(settings.fast, settings.slow)
+        if settings.qty < 1:
+            raise ValueError(f"strategy qty must be >= 1, got {settings.qty}")
+        self.settings = settings
+        self.symbols: tuple[str, ...] = tuple(dict.fromkeys(symbols))  # dedupe, keep order
+        for symbol in self.symbols:  # fail at start, not on the first crossing
+            intent_id(STRATEGY, symbol, datetime(2000, 1, 1, tzinfo=UTC), Side.BUY)
+        self._index = {s: i for i, s in enumerate(self.symbols)}
+        self.window = settings.slow + 1  # slow SMA on this row and the previous one
+        self._buf = np.full((len(self.symbols), self.window), np.nan)
+        self._last_ts: list[datetime | None] = [None] * len(self.symbols)
+        self.ignored_unknown = 0  # bars for symbols we were not configured with
+        self.ignored_old = 0  # bars not newer than the last one seen for their symbol
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def last_ts(self, symbol: str) -> datetime | None:
+        return self._last_ts[self._index[symbol]]
+
+    def closes(self, symbol: str) -> np.ndarray:
+        """The symbol's window, oldest first (NaN where not yet filled)."""
+        return self._buf[self._index[symbol]].copy()
+
+    # -- feeding -------------------------------------------------------------------------------
+
+    def warm_up(self, bars: Iterable[Bar]) -> None:
+        """Fill the windows from history (any order); emits nothing."""
+        for group in _by_ts(bars):
+            self._append(group)
+
+    def on_bars(self, bars: Sequence[Bar], positions: Mapping[str, int]) -> list[Signal]:
+        """Signals for the new bars. Normally one bar per symbol; bars of several ticks are
+        processed tick by tick, each seeing the positions the earlier ticks' signals target."""
+        projected = dict(positions)  # so two ticks in one batch don't both buy
+        signals: list[Signal] = []
+        for group in _by_ts(bars):
+            rows, closes = self._append(group)
+            if rows.size == 0:
+                continue
+            frame = pd.DataFrame(self._buf.T, columns=self.symbols, copy=False)
+            last = sma_crossover(frame, self.settings.fast, self.settings.slow).to_numpy()[-1]
+            sigs = last[rows]
+            hit = np.flatnonzero(sigs)
+            if hit.size == 0:
+                continue
+            ts = group[0].ts
+            row = {self.symbols[rows[k]]: int(sigs[k]) for k in hit}
+            orders = target_orders(row, projected, self.settings.qty, self.settings.allow_short)
+            for k in hit:
+                symbol = self.symbols[rows[k]]
+                if symbol not in orders:
+                    continue
+                side, qty = orders[symbol]
+                signals.append(_make_signal(self.settings, symbol, ts, int(sigs[k]), side, qty, closes[k]))
+                projected[symbol] = projected.get(symbol, 0) + side.sign * qty
+        return signals
+
+    def _append(self, group: list[Bar]) -> tuple[np.ndarray, np.ndarray]:
+        """Shift the new closes into the windows; returns (row indices, closes) appended."""
+        rows: list[int] = []
+        closes: list[float] = []
+        last_ts = self._last_ts
+        for bar in group:
+            i = self._index.get(bar.symbol)
+            if i is None:
+                self.ignored_unknown += 1
+                continue
+            prev = last_ts[i]
+            if prev is not None and bar.ts <= prev:  # replayed history or duplicate: count once
+                self.ignored_old += 1
+                continue
+            last_ts[i] = bar.ts
+            rows.append(i)
+            closes.append(bar.close)
+        idx = np.fromiter(rows, dtype=np.intp, count=len(rows))
+        vals = np.fromiter(closes, dtype=np.float64, count=len(closes))
+        if idx.size:
+            self._buf[idx, :-1] = self._buf[idx, 1:]
+            self._buf[idx, -1] = vals
+        return idx, vals
+
+
+def _by_ts(bars: Iterable[Bar]) -> list[list[Bar]]:
+    """Bars grouped by ts, ascending (one group per tick; usually exactly one)."""
+    groups: dict[datetime, list[Bar]] = {}
+    for bar in bars:
+        groups.setdefault(bar.ts, []).append(bar)
+    return [groups[ts] for ts in sorted(groups)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Backtest
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trade:
+    ts: datetime  # fill time: the next bar's start
+    symbol: str
+    side: Side
+    qty: int
+    price: float  # the next bar's open
+    intent_id: str
+
+
+@dataclass(frozen=True)
+class BacktestResult:
+    trades: tuple[Trade, ...]
+    final_positions: dict[str, int]
+    realized_pnl: float
+    bars: int
+    signals: tuple[Signal, ...] = ()  # every intent, filled or not (last bar's have no fill)
+    final_cash: float = 0.0
+    final_equity: float = 0.0  # cash + positions at each symbol's last close
+
+    def trades_frame(self) -> pd.DataFrame:
+        columns = ["ts", "symbol", "side", "qty", "price", "intent_id"]
+        rows = [(t.ts, t.symbol, str(t.side), t.qty, t.price, t.intent_id) for t in self.trades]
+        return pd.DataFrame(rows, columns=columns)
+
+
+BAR_COLUMNS = ("ts", "symbol", "open", "high", "low", "close", "volume")
+
+
+def backtest(bars: pd.DataFrame, settings: StrategySettings, start_cash: float = 100_000.0) -> BacktestResult:
+    """Run the strategy over long-format bars; fills at the next bar's open of that symbol."""
+    missing = [c for c in BAR_COLUMNS if c not in bars.columns]
+    if missing:
+        raise ValueError(f"bars lack column(s) {', '.join(missing)}")
+    df = bars.loc[:, list(BAR_COLUMNS)].copy()
+    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    # Same rule as the live wrapper: a bar not newer than its symbol's previous one is ignored.
+    df = df.sort_values(["symbol", "ts"], kind="stable").drop_duplicates(["symbol", "ts"], keep="first")
+    df["k"] = df.groupby("symbol", sort=False).cumcount()  # the symbol's k-th bar
+    closes = df.pivot(index="k", columns="symbol", values="close")
+    opens = df.pivot(index="k", columns="symbol", values="open").to_numpy(dtype=np.float64)
+    # Naive UTC datetime64 for vectorized lookups; made aware again only for the events used.
+    df["ts_utc"] = df["ts"].dt.tz_localize(None)
+    stamps = df.pivot(index="k", columns="symbol", values="ts_utc").to_numpy()
+    counts = df.groupby("symbol", sort=False).size().reindex(closes.columns).to_numpy()
+    symbols = list(closes.columns)
+    close_arr = closes.to_numpy(dtype=np.float64)
+
+    sig = sma_crossover(closes, settings.fast, settings.slow).to_numpy()
+    ks, js = np.nonzero(sig)
+
+    def aware(values: np.ndarray) -> list[datetime]:
+        return list(pd.DatetimeIndex(values).tz_localize(UTC).to_pydatetime())
+
+    sig_ts = aware(stamps[ks, js])
+    has_next = ks + 1 < counts[js]
+    next_ts = aware(stamps[np.where(has_next, ks + 1, ks), js])
+    events = sorted(range(len(ks)), key=lambda e: (sig_ts[e], symbols[js[e]]))
+
+    book = _Book(start_cash)
+    signals: list[Signal] = []
+    trades: list[Trade] = []
+    for e in events:
+        k, j = int(ks[e]), int(js[e])
+        symbol, s = symbols[j], int(sig[k, j])
+        orders = target_orders({symbol: s}, book.positions, settings.qty, settings.allow_short)
+        if symbol not in orders:
+            continue
+        side, qty = orders[symbol]
+        signal = _make_signal(settings, symbol, sig_ts[e], s, side, qty, close_arr[k, j])
+        signals.append(signal)
+        if has_next[e]:  # no next bar: the order never fills
+            price = float(opens[k + 1, j])
+            book.fill(symbol, side.sign * qty, price)
+            trades.append(Trade(next_ts[e], symbol, side, qty, price, signal.intent_id))
+
+    trades.sort(key=lambda t: (t.ts, t.symbol))
+    last_close = {symbols[j]: float(close_arr[counts[j] - 1, j]) for j in range(len(symbols))}
+    equity = book.cash + sum(q * last_close[s] for s, q in book.positions.items())
+    return BacktestResult(
+        trades=tuple(trades),
+        final_positions={s: q for s, q in book.positions.items() if q},
+        realized_pnl=book.realized,
+        bars=len(df),
+        signals=tuple(signals),
+        final_cash=book.cash,
+        final_equity=equity,
+    )
+
+
+@dataclass
+class _Book:
+    """Simulated positions with average-cost realized P&L."""
+
+    cash: float
+    positions: dict[str, int] = field(default_factory=dict)
+    avg_cost: dict[str, float] = field(default_factory=dict)
+    realized: float = 0.0
+
+    def fill(self, symbol: str, signed_qty: int, price: float) -> None:
+        pos = self.positions.get(symbol, 0)
+        avg = self.avg_cost.get(symbol, 0.0)
+        self.cash -= signed_qty * price
+        if pos == 0 or (pos > 0) == (signed_qty > 0):  # opening or adding
+            new = pos + signed_qty
+            avg = (avg * abs(pos) + price * abs(signed_qty)) / abs(new)
+        else:  # closing, possibly through zero
+            closed = min(abs(signed_qty), abs(pos))
+            self.realized += closed * (price - avg) * math.copysign(1, pos)
+            new = pos + signed_qty
+            if new == 0:
+                avg = 0.0
+            elif (new > 0) != (pos > 0):  # reversed: the remainder opened at this price
+                avg = price
+        self.positions[symbol] = new
+        self.avg_cost[symbol] = avg

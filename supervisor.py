@@ -1,0 +1,349 @@
+"""The supervisor: child specs as data, restart intensity, escalation (Erlang/OTP style).
+
+Read ``CHILD_SPECS`` as the table it is: who runs, in which order, and how often each may crash.
+
+- Start: children are created in table order (the alerter first so everyone can alert; the
+  heartbeat monitor last), each gets ``Configure``, then everyone gets ``Wiring``.
+- Crash: ``ChildActorExited`` for a child's *current* address restarts it after a backoff that
+  doubles with each recent restart. A second ``ChildActorExited`` for the same death (Thespian
+  often sends two on a normal exit) names an address that is no longer current and is ignored.
+- Intensity: more than ``max_restarts`` restarts within ``period_s`` escalates: trading HALTED
+  (persisted), a CRITICAL alert, and the child is left down.
+- Hung: the heartbeat monitor reports an actor that missed its deadline; the supervisor kills that
+  process by pid and the crash path above restarts it.
+- Stop: children are stopped one by one in reverse start order.
+
+The supervisor is the only receiver of operator requests and the only writer of ``control``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from steadyhand.actors.alerter import AlerterActor
+from steadyhand.actors.base import SteadyActor
+from steadyhand.actors.feed import FeedActor
+from steadyhand.actors.heartbeat import HeartbeatActor
+from steadyhand.actors.messages import (
+    ActorUnresponsive,
+    ChildReady,
+    Configure,
+    DebugToActor,
+    RequestHalt,
+    Severity,
+    ShutdownComplete,
+    ShutdownRequest,
+    StatusReply,
+    StatusRequest,
+    TradingState,
+    TradingStateChanged,
+    Wiring,
+)
+from steadyhand.actors.oms import OmsActor
+from steadyhand.actors.portfolio import PortfolioActor
+from steadyhand.actors.risk import RiskActor
+from steadyhand.actors.strategy import StrategyActor
+from steadyhand.config import RunSettings
+from steadyhand.state import store
+from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
+
+SUPERVISOR_NAME = "steadyhand-supervisor"  # Thespian globalName: how the CLI finds us
+
+
+@dataclass(frozen=True)
+class ChildSpec:
+    """One row of the supervision table (OTP child spec)."""
+
+    name: str
+    actor: type[SteadyActor]
+    restart: Literal["permanent", "temporary"] = "permanent"  # temporary: never restarted
+    max_restarts: int | None = None  # MaxR; None: the [supervisor] setting
+    period_s: float | None = None  # MaxT; None: the [supervisor] setting
+
+
+#                 name         actor            restart
+CHILD_SPECS: tuple[ChildSpec, ...] = (
+    ChildSpec("alerter",   AlerterActor),    # first: everyone may need to alert
+    ChildSpec("portfolio", PortfolioActor),
+    ChildSpec("oms",       OmsActor),        # reconciles with the broker on every start
+    ChildSpec("risk",      RiskActor),       # denies everything until the OMS has reconciled
+    ChildSpec("strategy",  StrategyActor),
+    ChildSpec("feed",      FeedActor),       # data flows only once everyone is there
+    ChildSpec("heartbeat", HeartbeatActor),  # last: watches the others
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """CLI -> supervisor: configure and start every child; answered with ``Started``."""
+
+    run: RunSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Started:
+    pid: int
+    children: dict[str, int]  # name -> pid
+
+
+@dataclass
+class Child:
+    spec: ChildSpec
+    address: ActorAddress | None = None
+    pid: int = 0
+    ready: bool = False
+    restarts: int = 0
+    recent: deque[float] | None = None  # monotonic times of restarts within the period
+    down_reason: str = ""
+
+    @property
+    def alive(self) -> bool:
+        return self.address is not None
+
+
+class Supervisor(SteadyActor):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.name = "supervisor"
+        self.children: dict[str, Child] = {}
+        self.db: Any = None
+        self.trading_state = TradingState.ACTIVE
+        self.halt_reason = ""
+        self.started_at = datetime.now(UTC)
+        self.starter: ActorAddress | None = None
+        self.stopping: list[str] = []  # names still to stop, in order
+        self.stop_requester: ActorAddress | None = None
+        self.handlers = {
+            Start: self.on_start,
+            ChildReady: self.on_child_ready,
+            ActorUnresponsive: self.on_unresponsive,
+            RequestHalt: self.on_request_halt,
+            StatusRequest: self.on_status,
+            ShutdownRequest: self.on_shutdown,
+            DebugToActor: self.on_debug,
+        }
+        self.timers = {"stop_deadline": self._stop_next_forced}
+
+    # --- start ------------------------------------------------------------------------------
+
+    def on_start(self, message: Start, sender: ActorAddress) -> None:
+        if self.run is not None:
+            self.send(sender, Started(os.getpid(), self._pids()))
+            return
+        self.run = message.run
+        self.starter = sender
+        sup = self.run.settings.supervisor
+        self.log = _setup_log(self.run)
+        self.db = store.connect(self.run.db_path, synchronous="FULL")
+        self.trading_state = TradingState(
+            store.get_control(self.db, "trading_state", TradingState.ACTIVE.value)
+        )
+        self.halt_reason = store.get_control(self.db, "halt_reason", "") or ""
+        for spec in CHILD_SPECS:
+            self.children[spec.name] = Child(
+                spec=spec, recent=deque(maxlen=(spec.max_restarts or sup.max_restarts) + 1)
+            )
+        for name in self.children:
+            self._create(name)
+        self._broadcast_wiring()
+        self.event("supervisor_started", trading_state=self.trading_state.value, pid=os.getpid())
+
+    def _create(self, name: str) -> None:
+        child = self.children[name]
+        child.address = self.createActor(child.spec.actor)
+        child.ready = False
+        child.pid = 0
+        self.send(child.address, Configure(name=name, settings=self.run))
+
+    def _broadcast_wiring(self) -> None:
+        peers = {name: c.address for name, c in self.children.items() if c.address is not None}
+        peers["supervisor"] = self.myAddress
+        state = TradingStateChanged(self.trading_state, self.halt_reason)
+        for child in self.children.values():
+            if child.address is not None:
+                self.send(child.address, Wiring(peers))
+                self.send(child.address, state)
+
+    def on_child_ready(self, message: ChildReady, sender: ActorAddress) -> None:
+        child = self.children.get(message.name)
+        if child is None or child.address != sender:
+            return
+        child.ready, child.pid = True, message.pid
+        self._record_actor(child)
+        if self.starter is not None and all(c.ready for c in self.children.values()):
+            self.send(self.starter, Started(os.getpid(), self._pids()))
+            self.starter = None
+
+    # --- crashes and restarts ---------------------------------------------------------------
+
+    def on_system_message(self, message: Any, sender: ActorAddress) -> None:
+        if isinstance(message, ChildActorExited):
+            self._child_exited(message.childAddress)
+        else:
+            super().on_system_message(message, sender)
+
+    def _child_exited(self, address: ActorAddress) -> None:
+        name = next((n for n, c in self.children.items() if c.address == address), None)
+        if name is None:
+            return  # a duplicate notice for an address we already replaced
+        child = self.children[name]
+        child.address, child.ready = None, False
+        if self.stopping or self.stop_requester is not None:
+            self._record_actor(child)
+            self._stop_next()
+            return
+        if child.spec.restart == "temporary":
+            self._record_actor(child)
+            return
+        sup = self.run.settings.supervisor
+        max_restarts = child.spec.max_restarts if child.spec.max_restarts is not None else sup.max_restarts
+        period = child.spec.period_s if child.spec.period_s is not None else sup.period_s
+        now = time.monotonic()
+        assert child.recent is not None
+        while child.recent and now - child.recent[0] > period:
+            child.recent.popleft()
+        if len(child.recent) >= max_restarts:
+            self._escalate(child, max_restarts, period)
+            return
+        child.recent.append(now)
+        delay = min(sup.backoff_s * 2 ** (len(child.recent) - 1), sup.max_backoff_s)
+        self._journal_restart(name, "exited", f"restart in {delay:.3f}s (pid {child.pid})")
+        self.timers[f"restart:{name}"] = lambda n=name: self._restart(n)
+        self.after(delay, f"restart:{name}")
+
+    def _restart(self, name: str) -> None:
+        child = self.children[name]
+        if child.address is not None or self.stop_requester is not None:
+            return
+        child.restarts += 1
+        self._create(name)
+        self._broadcast_wiring()
+        self._journal_restart(name, "restarted", f"restart #{child.restarts}")
+        self.alert(f"restart:{name}", Severity.HIGH, f"steadyhand: {name} restarted",
+                   f"{name} crashed and was restarted (restart #{child.restarts}).")
+
+    def _escalate(self, child: Child, max_restarts: int, period: float) -> None:
+        name = child.spec.name
+        child.down_reason = f"more than {max_restarts} restarts in {period:g}s"
+        self._record_actor(child)
+        self._journal_restart(name, "escalated", child.down_reason)
+        self._broadcast_wiring()  # peers learn it is gone
+        self._set_trading_state(TradingState.HALTED, f"{name} left down: {child.down_reason}")
+        self.alert(f"escalation:{name}", Severity.CRITICAL, f"steadyhand HALTED: {name} keeps crashing",
+                   f"{name} crashed {child.down_reason}; it is left down and trading is halted.")
+
+    def on_unresponsive(self, message: ActorUnresponsive, sender: ActorAddress) -> None:
+        child = self.children.get(message.name)
+        if child is None or child.address is None or (message.pid and child.pid != message.pid):
+            return  # already restarted since the monitor looked
+        pid = child.pid
+        self._journal_restart(message.name, "unresponsive",
+                              f"no heartbeat for {message.silent_for_s:.1f}s; killing pid {pid}")
+        if pid and pid != os.getpid():  # in-process test bases share our pid: nothing to kill
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    # --- trading state ----------------------------------------------------------------------
+
+    def on_request_halt(self, message: RequestHalt, sender: ActorAddress) -> None:
+        if self.trading_state is TradingState.HALTED:
+            return
+        self._set_trading_state(TradingState.HALTED, f"{message.source}: {message.reason}")
+        self.alert(f"halt:{message.source}", Severity.CRITICAL, "steadyhand HALTED",
+                   f"{message.source}: {message.reason}")
+
+    def _set_trading_state(self, state: TradingState, reason: str) -> None:
+        self.trading_state, self.halt_reason = state, reason
+        store.set_control(self.db, trading_state=state.value, halt_reason=reason)
+        self.event("trading_state", state=state.value, reason=reason)
+        change = TradingStateChanged(state, reason)
+        for child in self.children.values():
+            if child.address is not None:
+                self.send(child.address, change)
+
+    # --- status -----------------------------------------------------------------------------
+
+    def on_status(self, message: StatusRequest, sender: ActorAddress) -> None:
+        self.send(sender, StatusReply(
+            trading_state=self.trading_state,
+            halt_reason=self.halt_reason,
+            actors={name: {"pid": c.pid, "restarts": c.restarts, "alive": c.alive and c.ready,
+                           "down_reason": c.down_reason}
+                    for name, c in self.children.items()},
+            started_at=self.started_at,
+        ))
+
+    def _pids(self) -> dict[str, int]:
+        return {name: c.pid for name, c in self.children.items()}
+
+    def on_debug(self, message: DebugToActor, sender: ActorAddress) -> None:
+        if self.run is not None and self.run.test_hooks:
+            self.tell_peer(message.actor, message.message)
+            self.send(sender, True)
+
+    # --- stop -------------------------------------------------------------------------------
+
+    def on_shutdown(self, message: ShutdownRequest, sender: ActorAddress) -> None:
+        self.event("shutdown", reason=message.reason)
+        self.stop_requester = sender
+        self.stopping = [n for n in reversed(list(self.children)) if self.children[n].alive]
+        self._stop_next()
+
+    def _stop_next(self) -> None:
+        while self.stopping and not self.children[self.stopping[0]].alive:
+            self.stopping.pop(0)
+        if not self.stopping:
+            if self.stop_requester is not None:
+                self.send(self.stop_requester, ShutdownComplete())
+            return
+        self.send(self.children[self.stopping[0]].address, ActorExitRequest())
+        self.after(5.0, "stop_deadline")  # a child that ignores the request is killed
+
+    def _stop_next_forced(self) -> None:
+        if not self.stopping:
+            return
+        child = self.children[self.stopping[0]]
+        if child.alive and child.pid and child.pid != os.getpid():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+
+    def on_stop(self) -> None:
+        for child in self.children.values():
+            if child.address is not None:
+                self.send(child.address, ActorExitRequest())
+
+    # --- journal ----------------------------------------------------------------------------
+
+    def _record_actor(self, child: Child) -> None:
+        with store.transaction(self.db):
+            self.db["actors"].upsert({
+                "name": child.spec.name, "pid": child.pid, "restarts": child.restarts,
+                "alive": int(child.alive), "started_at": store.now_iso(),
+            }, pk="name")
+
+    def _journal_restart(self, name: str, event: str, detail: str) -> None:
+        self.event(f"actor_{event}", actor_name=name, detail=detail, level="warning")
+        with store.transaction(self.db):
+            self.db["restarts"].insert({"ts": store.now_iso(), "actor": name, "event": event,
+                                        "detail": detail})
+
+    def tell_peer(self, name: str, message: Any) -> bool:
+        child = self.children.get(name)
+        if child is None or child.address is None:
+            return False
+        self.send(child.address, message)
+        return True
+
+
+def _setup_log(run: RunSettings) -> Any:
+    from steadyhand.logs import setup_actor_logging
+
+    return setup_actor_logging("supervisor", run.log_dir, run.settings.logging.max_bytes,
+                               run.settings.logging.backups)
