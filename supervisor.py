@@ -177,7 +177,11 @@ class Supervisor(SteadyActor):
             return
         child.ready, child.pid = True, message.pid
         self._record_actor(child)
-        if self.starter is not None and all(c.ready for c in self.children.values()):
+        self._answer_starter()
+
+    def _answer_starter(self) -> None:
+        """Started goes back once every child is up, or given up on (left down by escalation)."""
+        if self.starter is not None and all(c.ready or c.down_reason for c in self.children.values()):
             self.send(self.starter, Started(os.getpid(), self._pids()))
             self.starter = None
 
@@ -238,6 +242,7 @@ class Supervisor(SteadyActor):
         self._set_trading_state(TradingState.HALTED, f"{name} left down: {child.down_reason}")
         self.alert(f"escalation:{name}", Severity.CRITICAL, f"steadyhand HALTED: {name} keeps crashing",
                    f"{name} crashed {child.down_reason}; it is left down and trading is halted.")
+        self._answer_starter()
 
     def on_unresponsive(self, message: ActorUnresponsive, sender: ActorAddress) -> None:
         child = self.children.get(message.name)

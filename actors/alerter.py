@@ -12,7 +12,7 @@ import threading
 from datetime import UTC, datetime
 
 from steadyhand.actors.base import SteadyActor
-from steadyhand.actors.messages import Alert, Severity
+from steadyhand.actors.messages import Alert
 from steadyhand.alerting import AlertOutbox, Notifier, alert_urls, deliver_pending
 from steadyhand.state import store
 from thespian.actors import ActorAddress
@@ -33,10 +33,7 @@ class AlerterActor(SteadyActor):
         self.handlers = {Alert: self.on_alert}
 
     def on_alert(self, message: Alert, sender: ActorAddress) -> None:
-        level = {Severity.CRITICAL: "critical", Severity.HIGH: "error", Severity.WARNING: "warning"}.get(
-            message.severity, "info")
-        self.event("alert", level=level, key=message.key, severity=message.severity.name,
-                   title=message.title, body=message.body, source=message.source)
+        # record() stores it before any delivery attempt and logs it (steadyhand.alerts)
         alert_id = self.outbox.record(message, self.run.settings.alerts.cooldown_s, datetime.now(UTC))
         if alert_id is not None:
             self.wake.set()

@@ -25,6 +25,7 @@ from steadyhand.actors.messages import (
     Ping,
     Pong,
     Severity,
+    TradingStateChanged,
     Wiring,
 )
 from steadyhand.config import RunSettings
@@ -88,7 +89,8 @@ class SteadyActor(Actor):
         else:
             handler = self.handlers.get(type(message))
             if handler is None:
-                self.event("unexpected_message", level="warning", type=type(message).__name__)
+                if not isinstance(message, TradingStateChanged):  # broadcast to all; not all care
+                    self.event("unexpected_message", level="warning", type=type(message).__name__)
                 return
             handler(message, sender)
 

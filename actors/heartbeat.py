@@ -76,15 +76,19 @@ class HeartbeatActor(SteadyActor):
 
     def _check_feed(self) -> None:
         now = self.clock.now()
+        # The monitor sees the feed's last bar only as of the previous pong, one beat ago; on an
+        # accelerated clock a beat is many simulated seconds, so allow for it.
+        settings = self.run.settings
+        limit = settings.risk.stale_after_s + 2 * settings.heartbeat.interval_s * self.clock.speed
         if not market_hours.is_open(now) or self.replay_done:
             stale, since = False, 0.0
         elif self.feed_last_bar is None:
             session = market_hours.session_at(now)
             since = (now - session[0]).total_seconds() if session else 0.0
-            stale = since > self.run.settings.risk.stale_after_s
+            stale = since > limit
         else:
             since = (now - self.feed_last_bar).total_seconds()
-            stale = since > self.run.settings.risk.stale_after_s
+            stale = since > limit
         if stale and not self.feed_stale:
             self.feed_stale = True
             self.event("feed_stale", level="warning", since_s=round(since, 1))

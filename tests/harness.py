@@ -1,0 +1,105 @@
+"""Test harness: the CLI as a subprocess, ``steadyhand run`` as a real process group, deadline polls."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from steadyhand import procs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def steadyhand(*args: str, data_dir: Path, env: dict[str, str] | None = None,
+               timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run one CLI command to completion."""
+    return subprocess.run([sys.executable, "-m", "steadyhand.cli", *args, "--data-dir", str(data_dir)],
+                          capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def poll(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "") -> Any:
+    """Call ``predicate`` until it returns something truthy; fail the test at the deadline."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+class Bot:
+    """``steadyhand run`` as a real process in its own session (so a drill can kill its group)."""
+
+    def __init__(self, data_dir: Path, config: str | None = None, args: tuple[str, ...] = (),
+                 env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        self.args = args
+        self.env = {**os.environ, "STEADYHAND_TEST_HOOKS": "1", **(env or {})}
+        self.config_path: Path | None = None
+        if config is not None:
+            self.config_path = data_dir.parent / "steadyhand.toml"
+            self.config_path.write_text(config)
+        self.proc: subprocess.Popen[str] | None = None
+        self.output: list[str] = []
+        self.started = threading.Event()
+        self.admin_port = 0
+
+    def start(self, timeout: float = 60) -> Bot:
+        cmd = [sys.executable, "-m", "steadyhand.cli", "run", "--data-dir", str(self.data_dir), *self.args]
+        if self.config_path is not None:
+            cmd += ["--config", str(self.config_path)]
+        self.started.clear()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env=self.env, start_new_session=True, cwd=REPO)
+        threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
+        if not self.started.wait(timeout):
+            self.kill_group()
+            pytest.fail("steadyhand run did not start:\n" + "".join(self.output))
+        self.admin_port = json.loads((self.data_dir / "run.json").read_text())["admin_port"]
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.output.append(line)
+            if line.startswith("steadyhand running"):
+                self.started.set()
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return steadyhand(*args, data_dir=self.data_dir, env=self.env, timeout=timeout)
+
+    def status(self) -> dict[str, Any]:
+        result = self.cli("status", "--json")
+        return json.loads(result.stdout)
+
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 40) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+            pytest.fail("steadyhand run did not stop on its own:\n" + "".join(self.output[-30:]))
+
+    def kill_group(self) -> None:
+        """SIGKILL the whole process group (a power cut for the bot)."""
+        assert self.proc is not None
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def leftovers(self) -> list[Any]:
+        return procs.run_processes(self.data_dir)
