@@ -27,14 +27,15 @@ def make_bot(data_dir: Path) -> Iterator[Callable[..., Bot]]:
         return bot
 
     yield factory
-    problems = []
     for bot in bots:
         if bot.proc is not None and bot.proc.poll() is None:
             bot.stop()
-        left = bot.leftovers()
-        if left:
-            procs.terminate(left)
-            problems.append(f"leftover processes {[p.pid for p in left]}")
+    problems = []
+    left = procs.run_processes(data_dir)
+    if left:
+        procs.terminate(left)
+        problems.append(f"leftover processes {[p.pid for p in left]}")
+    for bot in bots:
         if bot.admin_port and procs.port_listening(bot.admin_port):
             problems.append(f"admin port {bot.admin_port} still listening")
     assert not problems, "; ".join(problems)

@@ -90,7 +90,7 @@ def test_actor_crashing_in_a_loop_is_left_down_and_trading_halts(make_bot: Any) 
     assert status["actors"]["feed"]["alive"] is False
     assert status["actors"]["feed"]["restarts"] == 3
     assert "feed" in status["halt_reason"]
-    critical = poll(lambda: _query(bot.data_dir, "SELECT title FROM alerts WHERE severity = 'CRITICAL'"),
+    critical = poll(lambda: _query(bot.data_dir, "SELECT title FROM alerts WHERE severity = 'critical'"),
                     timeout=10, what="a CRITICAL alert")
     assert any("feed" in row[0] for row in critical)
     assert bot.stop() == 0
