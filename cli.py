@@ -411,12 +411,27 @@ def build_parser() -> argparse.ArgumentParser:
     backtest = sub.add_parser("backtest", help="the strategy's trades on a replay file")
     common(backtest, config=True)
     backtest.add_argument("--replay", required=True, help="CSV of bars: ts,symbol,open,high,low,close,volume")
+    verify = sub.add_parser("verify", help="compare the journal with the broker (invariants)")
+    common(verify, config=True)
+    exchange = sub.add_parser("exchange", help="the local paper exchange")
+    exchange_sub = exchange.add_subparsers(dest="exchange_command", required=True)
+    serve = exchange_sub.add_parser("serve", help="serve an Alpaca-compatible paper exchange on 127.0.0.1")
+    common(serve, config=True, json_flag=False)
+    serve.add_argument("--port", type=int, default=0, help="TCP port (0: a free one, printed)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "verify":
+            from steadyhand.verify import cmd_verify
+
+            return cmd_verify(args, load_settings(args.config or os.environ.get("STEADYHAND_CONFIG")))
+        if args.command == "exchange":
+            from steadyhand.exchange_server import cmd_serve
+
+            return cmd_serve(args, load_settings(args.config or os.environ.get("STEADYHAND_CONFIG")))
         if args.command in ("run", "backtest"):
             settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
             if args.command == "run":

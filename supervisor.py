@@ -33,6 +33,8 @@ from steadyhand.actors.feed import FeedActor
 from steadyhand.actors.heartbeat import HeartbeatActor
 from steadyhand.actors.messages import (
     ActorUnresponsive,
+    CancelAll,
+    CancelAllDone,
     ChildReady,
     Configure,
     DebugToActor,
@@ -128,6 +130,7 @@ class Supervisor(SteadyActor):
             StatusRequest: self.on_status,
             ShutdownRequest: self.on_shutdown,
             DebugToActor: self.on_debug,
+            CancelAllDone: self.on_cancel_all_done,
         }
         self.timers = {"stop_deadline": self._stop_next_forced}
 
@@ -272,6 +275,8 @@ class Supervisor(SteadyActor):
         for child in self.children.values():
             if child.address is not None:
                 self.send(child.address, change)
+        if state is TradingState.HALTED:  # the kill switch: nothing stays working at the broker
+            self.tell_peer("oms", CancelAll(command_id=f"halt-{time.time():.6f}", reason=reason))
 
     # --- status -----------------------------------------------------------------------------
 
@@ -287,6 +292,9 @@ class Supervisor(SteadyActor):
 
     def _pids(self) -> dict[str, int]:
         return {name: c.pid for name, c in self.children.items()}
+
+    def on_cancel_all_done(self, message: CancelAllDone, sender: ActorAddress) -> None:
+        self.event("cancel_all_done", command_id=message.command_id, cancel_requests=message.cancel_requests)
 
     def on_debug(self, message: DebugToActor, sender: ActorAddress) -> None:
         if self.run is not None and self.run.test_hooks:

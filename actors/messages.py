@@ -390,6 +390,56 @@ class ActorStatusRequest:
     """Supervisor -> child: report anything worth showing (best effort)."""
 
 
+@dataclass(frozen=True, slots=True)
+class OperatorCommand:
+    """An operator's command (CLI -> supervisor), authenticated by an HMAC over every other field
+    (see steadyhand.operator). ``command_id`` makes it idempotent: a repeat returns the first result."""
+
+    command_id: str
+    name: str  # status | pause | resume | halt | flatten | cancel-all | restart | reload | shutdown | ack
+    args: dict[str, Any]
+    issued_at: float  # unix time; stale commands are refused
+    operator: str  # who (user@host), journaled
+    signature: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    command_id: str
+    ok: bool
+    result: dict[str, Any] = field(default_factory=dict)
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAll:
+    """Supervisor -> OMS: cancel every open order now (halt, cancel-all, flatten)."""
+
+    command_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelAllDone:
+    command_id: str
+    cancel_requests: int  # cancels sent to the broker
+    sent_at: float = field(default_factory=time.time)
+
+
+@dataclass(frozen=True, slots=True)
+class Flatten:
+    """Supervisor -> OMS: cancel every open order, then close every broker position at market."""
+
+    command_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class FlattenDone:
+    command_id: str
+    cancel_requests: int
+    closing_orders: tuple[str, ...]  # client order ids of the closing orders
+
+
 # ---------------------------------------------------------------------------------------------
 # Test hooks (honoured only when STEADYHAND_TEST_HOOKS=1)
 # ---------------------------------------------------------------------------------------------

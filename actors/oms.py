@@ -25,8 +25,12 @@ from typing import Any
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import (
     BrokerSnapshot,
+    CancelAll,
+    CancelAllDone,
     Fill,
     Fills,
+    Flatten,
+    FlattenDone,
     OpenOrders,
     OrderRequest,
     OrderRequests,
@@ -36,8 +40,6 @@ from steadyhand.actors.messages import (
     Severity,
     Side,
     TimeInForce,
-    TradingState,
-    TradingStateChanged,
 )
 from steadyhand.brokers import make_broker
 from steadyhand.brokers.base import (
@@ -79,7 +81,8 @@ class OmsActor(SteadyActor):
         self.reconciled = False
         self.last_report: dict[str, Any] | None = None
         self.last_snapshot = 0.0
-        self.handlers = {OrderRequests: self.on_order_requests, TradingStateChanged: self.on_trading_state}
+        self.handlers = {OrderRequests: self.on_order_requests, CancelAll: self.on_cancel_all,
+                         Flatten: self.on_flatten}
         self.timers = {"poll": self.poll}
 
     def on_first_wiring(self) -> None:
@@ -347,9 +350,27 @@ class OmsActor(SteadyActor):
 
     # --- cancels ----------------------------------------------------------------------------
 
-    def on_trading_state(self, message: TradingStateChanged, sender: ActorAddress) -> None:
-        if message.state is TradingState.HALTED:
-            self.cancel_open(lambda row: True, reason="halted")
+    def on_cancel_all(self, message: CancelAll, sender: ActorAddress) -> None:
+        count = self.cancel_open(lambda row: True, reason=message.reason)
+        self.send(sender, CancelAllDone(message.command_id, count))
+
+    def on_flatten(self, message: Flatten, sender: ActorAddress) -> None:
+        """Operator's flatten: cancel everything, then close each broker position at market.
+        The closing orders are journaled like any other (write-ahead), but bypass risk: they are
+        the operator's, and they only reduce."""
+        count = self.cancel_open(lambda row: True, reason="flatten")
+        requests = []
+        for position in self.broker.positions():
+            if position.qty == 0:
+                continue
+            side = Side.SELL if position.qty > 0 else Side.BUY
+            requests.append(OrderRequest(client_order_id=f"flat-{message.command_id[:12]}-{position.symbol}",
+                                         symbol=position.symbol, side=side, qty=abs(position.qty)))
+        fresh = self._journal_pending(tuple(requests))
+        for request in fresh:
+            self._submit(request)
+        self.tell_peer("risk", self._open_orders())
+        self.send(sender, FlattenDone(message.command_id, count, tuple(r.client_order_id for r in requests)))
 
     def cancel_open(self, which: Any, reason: str) -> int:
         rows = [r for r in self.db.query(
