@@ -268,6 +268,33 @@ class AlertOutbox:
             )
         return len(expired)
 
+    def acknowledge(self, id: int, operator: str, now: datetime) -> bool:
+        """An operator acknowledged a CRITICAL alert: no more reminders. False if no such alert."""
+        cursor = self.db.execute("UPDATE alerts SET acked_at = ?, acked_by = ? WHERE id = ? AND acked_at IS NULL",
+                                 [iso(now), operator, id])
+        return cursor.rowcount == 1
+
+    def escalate(self, now: datetime, interval_s: float) -> list[int]:
+        """Re-send every delivered, unacknowledged CRITICAL alert whose last sending is older than
+        ``interval_s``, as a reminder row of its own; returns the reminders' ids."""
+        reminders: list[int] = []
+        rows = list(self.db.query(
+            "SELECT * FROM alerts WHERE severity = 'critical' AND acked_at IS NULL AND delivered_at IS NOT NULL"
+            " AND substr(key, 1, 9) != 'reminder:'"))
+        for row in rows:
+            last = parse_ts(row["escalated_at"] or row["delivered_at"])
+            if last is None or (now - last).total_seconds() < interval_s:
+                continue
+            with transaction(self.db):
+                cursor = self.db.execute(
+                    "INSERT INTO alerts (key, severity, title, body, source, created_at, attempts, suppressed)"
+                    " VALUES (?, 'critical', ?, ?, ?, ?, 0, 0)",
+                    [f"reminder:{row['id']}", f"REMINDER (unacknowledged): {row['title']}", row["body"],
+                     row["source"], iso(now)])
+                self.db.execute("UPDATE alerts SET escalated_at = ? WHERE id = ?", [iso(now), row["id"]])
+            reminders.append(int(cursor.lastrowid))
+        return reminders
+
     # -- reading ---------------------------------------------------------------------------------
 
     def pending(self, now: datetime, max_age_s: float) -> list[dict[str, Any]]:
@@ -397,6 +424,10 @@ class Notifier:
         title = f"[{severity.name}] {row['title']}"
         body = row.get("body") or row["title"]  # apprise refuses an empty body
         footer = f"{row.get('key', '')} · {row.get('source') or 'steadyhand'} · {row.get('created_at', '')}"
+        if severity is Severity.CRITICAL:
+            key = str(row.get("key", ""))
+            original = key.split(":", 1)[1] if key.startswith("reminder:") else row_id_text(row)
+            footer += f"\nacknowledge with: steadyhand ack {original}"
         try:
             result = apobj.notify(
                 body=f"{body}\n\n{footer}",
@@ -464,3 +495,7 @@ def deliver_pending(
                 },
             )
     return delivered
+
+
+def row_id_text(row: Mapping[str, Any]) -> str:
+    return str(row.get("id", ""))

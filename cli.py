@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from steadyhand import procs
+from steadyhand.actors.messages import CommandResult
 from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides
 from steadyhand.state import store
 
@@ -73,10 +74,22 @@ def running_info(data_dir: Path) -> dict[str, Any] | None:
 class Connection:
     system: Any
     supervisor: Any
+    data_dir: Path
 
     def ask(self, message: Any, timeout: float = ASK_TIMEOUT_S) -> Any:
         with self.system.private() as ctx:
             return ctx.ask(self.supervisor, message, timeout)
+
+    def command(self, name: str, args: dict[str, Any] | None = None, command_id: str | None = None,
+                timeout: float = 30.0) -> CommandResult:
+        """Send a signed operator command and wait for its result."""
+        from steadyhand.commands import load_secret, new_command
+
+        command = new_command(name, load_secret(self.data_dir), args, command_id)
+        reply = self.ask(command, timeout)
+        if not isinstance(reply, CommandResult):
+            return CommandResult(command.command_id, False, error=f"no answer from the supervisor in {timeout:g}s")
+        return reply
 
 
 def connect(data_dir: Path) -> Connection:
@@ -91,7 +104,7 @@ def connect(data_dir: Path) -> Connection:
     system = ActorSystem("multiprocTCPBase", {"Admin Port": int(info["admin_port"])},
                          logDefs=_quiet_logging(), transientUnique=True)
     supervisor = system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-    return Connection(system, supervisor)
+    return Connection(system, supervisor, data_dir)
 
 
 def _quiet_logging() -> dict[str, Any]:
@@ -122,9 +135,18 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     db = store.open_store(data_dir)  # migrations run here, once, before any actor starts
     db.close()
+    from steadyhand.commands import SecretError, load_secret
+
+    try:
+        load_secret(data_dir, create=True)  # so operator commands work from the first run
+    except SecretError as exc:
+        raise ConfigError(f"operator secret: {exc}") from None
     clock = _anchor_clock(settings, data_dir)
     run = RunSettings(settings=settings, data_dir=str(data_dir), clock=clock,
-                      test_hooks=os.environ.get("STEADYHAND_TEST_HOOKS") == "1")
+                      test_hooks=os.environ.get("STEADYHAND_TEST_HOOKS") == "1",
+                      config_path=str(Path(args.config).resolve()) if args.config else "",
+                      cli_overrides={k: v for k, v in {"speed": args.speed, "seed": args.seed,
+                                                       "replay": args.replay}.items() if v is not None})
     port = settings.admin_port or procs.free_port()
 
     stop = threading.Event()
@@ -151,7 +173,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"steadyhand running: data dir {data_dir}, admin port {port} (127.0.0.1), "
                   f"pid {os.getpid()}, broker {settings.broker}, clock {_clock_text(clock)}", flush=True)
             print("  actors: " + ", ".join(f"{n}={p}" for n, p in started.children.items()), flush=True)
-            code = _live_view(system, supervisor, data_dir, stop)
+            code = _live_view(Connection(system, supervisor, data_dir), data_dir, stop)
     finally:
         _shutdown(system, data_dir, port)
     return code
@@ -184,22 +206,22 @@ def _clean_leftovers(data_dir: Path) -> None:
         raise SystemExit(f"steadyhand: port {old['admin_port']} of an earlier run is still in use")
 
 
-def _live_view(system: Any, supervisor: Any, data_dir: Path, stop: threading.Event) -> int:
-    """A compact status line every few seconds until SIGINT/SIGTERM."""
-    from steadyhand.actors.messages import StatusReply, StatusRequest
-
+def _live_view(connection: Connection, data_dir: Path, stop: threading.Event) -> int:
+    """A compact status line whenever something changes, until SIGINT/SIGTERM or `shutdown`."""
     failures = 0
     last_line = ""
     while not stop.wait(2.0):
-        reply = system.ask(supervisor, StatusRequest(), ASK_TIMEOUT_S)
-        if not isinstance(reply, StatusReply):
+        reply = connection.command("status", timeout=ASK_TIMEOUT_S)
+        if not reply.ok:
             failures += 1
             if failures >= 3:
                 print("steadyhand: the supervisor does not answer; stopping", file=sys.stderr)
                 return EXIT_FAIL
             continue
         failures = 0
-        line = _status_line(reply, data_dir)
+        if reply.result.get("stopping"):
+            break  # an operator's `shutdown`
+        line = _status_line(reply.result, data_dir)
         if line != last_line:
             print(line, flush=True)
             last_line = line
@@ -207,12 +229,12 @@ def _live_view(system: Any, supervisor: Any, data_dir: Path, stop: threading.Eve
     return EXIT_OK
 
 
-def _status_line(reply: Any, data_dir: Path) -> str:
+def _status_line(status: dict[str, Any], data_dir: Path) -> str:
     report = read_report(data_dir)
-    restarts = sum(a["restarts"] for a in reply.actors.values())
-    down = [n for n, a in reply.actors.items() if not a["alive"]]
+    restarts = sum(a["restarts"] for a in status["actors"].values())
+    down = [n for n, a in status["actors"].items() if not a["alive"]]
     positions = " ".join(f"{s}:{q}" for s, q in sorted(report["positions"].items())) or "flat"
-    text = (f"[{datetime.now():%H:%M:%S}] {reply.trading_state.value.upper()} "
+    text = (f"[{datetime.now():%H:%M:%S}] {status['trading_state'].upper()} "
             f"orders {report['orders']} (open {report['open_orders']}) fills {report['fills']} "
             f"positions {positions} restarts {restarts}")
     return text + (f" DOWN: {','.join(down)}" if down else "")
@@ -262,8 +284,6 @@ def read_report(data_dir: Path) -> dict[str, Any]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from steadyhand.actors.messages import StatusReply, StatusRequest
-
     data_dir = data_dir_of(args)
     report = read_report(data_dir)
     result: dict[str, Any] = {"running": False, "trading_state": report["trading_state"],
@@ -273,21 +293,51 @@ def cmd_status(args: argparse.Namespace) -> int:
                               "last_reconciliation": report["last_reconciliation"],
                               "data_dir": str(data_dir)}
     try:
-        reply = connect(data_dir).ask(StatusRequest())
+        reply = connect(data_dir).command("status", timeout=ASK_TIMEOUT_S)
     except NotRunning as exc:
         reply = None
         if not args.json:
             print(exc, file=sys.stderr)
-    if isinstance(reply, StatusReply):
-        result.update(running=True, trading_state=reply.trading_state.value, halt_reason=reply.halt_reason,
+    if reply is not None and reply.ok:
+        status = reply.result
+        result.update(running=True, trading_state=status["trading_state"], halt_reason=status["halt_reason"],
                       actors={n: {"pid": a["pid"], "restarts": a["restarts"], "alive": a["alive"]}
-                              for n, a in reply.actors.items()},
-                      started_at=reply.started_at.isoformat())
+                              for n, a in status["actors"].items()},
+                      started_at=status["started_at"])
+    elif reply is not None:
+        print(f"steadyhand: {reply.error}", file=sys.stderr)
     if args.json:
         print(json.dumps(result, default=str))
     else:
         _print_status(result)
     return EXIT_OK if result["running"] else EXIT_FAIL
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    """pause | resume | halt | flatten | cancel-all | restart ACTOR | reload | shutdown | ack ID."""
+    data_dir = data_dir_of(args)
+    arguments: dict[str, Any] = {}
+    if args.command == "restart":
+        arguments["actor"] = args.actor
+    elif args.command == "ack":
+        arguments["alert_id"] = args.alert_id
+    try:
+        reply = connect(data_dir).command(args.command, arguments, command_id=args.command_id)
+    except NotRunning as exc:
+        print(exc, file=sys.stderr)
+        return EXIT_FAIL
+    except Exception as exc:  # e.g. no operator secret
+        print(f"steadyhand: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    if args.json:
+        print(json.dumps({"command_id": reply.command_id, "ok": reply.ok, "result": reply.result,
+                          "error": reply.error}, default=str))
+    elif reply.ok:
+        details = ", ".join(f"{k} {v}" for k, v in reply.result.items())
+        print(f"{args.command}: ok" + (f" ({details})" if details else ""))
+    else:
+        print(f"{args.command}: {reply.error}", file=sys.stderr)
+    return EXIT_OK if reply.ok else EXIT_FAIL
 
 
 def _print_status(result: dict[str, Any]) -> None:
@@ -411,6 +461,22 @@ def build_parser() -> argparse.ArgumentParser:
     backtest = sub.add_parser("backtest", help="the strategy's trades on a replay file")
     common(backtest, config=True)
     backtest.add_argument("--replay", required=True, help="CSV of bars: ts,symbol,open,high,low,close,volume")
+    for name, text in (("pause", "no new entries (reducing orders still allowed)"),
+                       ("resume", "back to normal trading"),
+                       ("halt", "kill switch: cancel every open order, state HALTED"),
+                       ("flatten", "cancel open orders, close every position, then HALTED"),
+                       ("cancel-all", "cancel every open order"),
+                       ("restart", "restart one actor"),
+                       ("reload", "re-read risk limits and alert routing from the config file"),
+                       ("shutdown", "stop the running bot"),
+                       ("ack", "acknowledge a CRITICAL alert (stops its re-sending)")):
+        p = sub.add_parser(name, help=text)
+        common(p)
+        p.add_argument("--command-id", help="idempotency key (default: a new one); a repeat does nothing again")
+        if name == "restart":
+            p.add_argument("actor", help="feed, strategy, risk, oms, portfolio, alerter or heartbeat")
+        if name == "ack":
+            p.add_argument("alert_id", type=int, help="the alert's id (shown in the alert)")
     verify = sub.add_parser("verify", help="compare the journal with the broker (invariants)")
     common(verify, config=True)
     exchange = sub.add_parser("exchange", help="the local paper exchange")
@@ -445,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"steadyhand: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     commands = {"status": cmd_status, "orders": cmd_orders, "fills": cmd_fills, "logs": cmd_logs}
-    return commands[args.command](args)
+    return commands.get(args.command, cmd_operator)(args)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,9 @@ class AlertSettings:
     urls: tuple[str, ...] = ()  # apprise URLs; STEADYHAND_ALERT_URLS adds more
     min_severity: Literal["info", "warning", "high", "critical"] = "high"
     cooldown_s: float = 300.0
+    escalation_interval_s: float = 900.0  # re-send unacknowledged CRITICAL alerts this often
+    deadman_url: str = ""  # healthchecks-style URL pinged only while every actor is healthy
+    deadman_interval_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,8 @@ class RunSettings:
     data_dir: str
     clock: Any  # steadyhand.clock.SimClock
     test_hooks: bool = False
+    config_path: str = ""  # the file the settings came from ("" = defaults), for `reload`
+    cli_overrides: dict[str, Any] = field(default_factory=dict)  # --speed/--seed/--replay, for `reload`
 
     @property
     def db_path(self) -> str:

@@ -12,7 +12,7 @@ import threading
 from datetime import UTC, datetime
 
 from steadyhand.actors.base import SteadyActor
-from steadyhand.actors.messages import Alert
+from steadyhand.actors.messages import AckAlert, Alert, Reconfigure
 from steadyhand.alerting import AlertOutbox, Notifier, alert_urls, deliver_pending
 from steadyhand.state import store
 from thespian.actors import ActorAddress
@@ -30,7 +30,7 @@ class AlerterActor(SteadyActor):
         self.stop = threading.Event()
         self.worker = threading.Thread(target=self._deliver_forever, name="alert-delivery", daemon=True)
         self.worker.start()
-        self.handlers = {Alert: self.on_alert}
+        self.handlers = {Alert: self.on_alert, Reconfigure: self.on_reconfigure, AckAlert: self.on_ack}
 
     def on_alert(self, message: Alert, sender: ActorAddress) -> None:
         # record() stores it before any delivery attempt and logs it (steadyhand.alerts)
@@ -38,14 +38,27 @@ class AlerterActor(SteadyActor):
         if alert_id is not None:
             self.wake.set()
 
+    def on_reconfigure(self, message: Reconfigure, sender: ActorAddress) -> None:
+        """An operator's `reload`: new routes and cooldown (validated by the supervisor)."""
+        self.run = type(self.run)(**{**vars_of(self.run), "settings": message.settings})
+        self.routes = alert_urls(message.settings.alerts)
+        self.event("routes_reloaded", routes=[r.safe_url for r in self.routes])
+        self.wake.set()
+
+    def on_ack(self, message: AckAlert, sender: ActorAddress) -> None:
+        self.outbox.acknowledge(message.alert_id, message.operator, datetime.now(UTC))
+        self.event("alert_acknowledged", alert_id=message.alert_id, operator=message.operator)
+
     def _deliver_forever(self) -> None:
         # Its own connection: sqlite3 connections are not shared across threads.
         db = store.connect(self.run.db_path, synchronous="FULL")
         outbox = AlertOutbox(db)
-        notifier = Notifier(self.routes)
         while not self.stop.is_set():
+            notifier = Notifier(self.routes)  # rebuilt each pass: a reload may change the routes
             try:
-                deliver_pending(outbox, notifier, datetime.now(UTC))
+                now = datetime.now(UTC)
+                outbox.escalate(now, self.run.settings.alerts.escalation_interval_s)
+                deliver_pending(outbox, notifier, now)
             except Exception:  # delivery trouble must never take the alerter down
                 self.event("delivery_error", level="error", exc_info=True)
             self.wake.wait(DELIVERY_PERIOD_S)
@@ -55,3 +68,7 @@ class AlerterActor(SteadyActor):
         self.stop.set()
         self.wake.set()
         self.worker.join(timeout=2.0)
+
+
+def vars_of(obj: object) -> dict[str, object]:
+    return {f: getattr(obj, f) for f in obj.__dataclass_fields__}  # type: ignore[attr-defined]

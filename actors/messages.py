@@ -363,19 +363,6 @@ class Alert:
 
 
 @dataclass(frozen=True, slots=True)
-class StatusRequest:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class StatusReply:
-    trading_state: TradingState
-    halt_reason: str
-    actors: dict[str, dict[str, Any]]  # name -> {"pid", "restarts", "alive"}
-    started_at: datetime
-
-
-@dataclass(frozen=True, slots=True)
 class ShutdownRequest:
     reason: str = "operator"
 
@@ -383,11 +370,6 @@ class ShutdownRequest:
 @dataclass(frozen=True, slots=True)
 class ShutdownComplete:
     pass
-
-
-@dataclass(frozen=True, slots=True)
-class ActorStatusRequest:
-    """Supervisor -> child: report anything worth showing (best effort)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +391,21 @@ class CommandResult:
     ok: bool
     result: dict[str, Any] = field(default_factory=dict)
     error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reconfigure:
+    """Supervisor -> risk, alerter: new settings after a validated ``reload``."""
+
+    settings: Any  # steadyhand.config.Settings
+
+
+@dataclass(frozen=True, slots=True)
+class AckAlert:
+    """Supervisor -> alerter: the operator acknowledged a CRITICAL alert; stop re-sending it."""
+
+    alert_id: int
+    operator: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,6 +40,8 @@ from steadyhand.actors.messages import (
     Severity,
     Side,
     TimeInForce,
+    TradingState,
+    TradingStateChanged,
 )
 from steadyhand.brokers import make_broker
 from steadyhand.brokers.base import (
@@ -81,8 +83,9 @@ class OmsActor(SteadyActor):
         self.reconciled = False
         self.last_report: dict[str, Any] | None = None
         self.last_snapshot = 0.0
+        self.trading_state = TradingState.ACTIVE
         self.handlers = {OrderRequests: self.on_order_requests, CancelAll: self.on_cancel_all,
-                         Flatten: self.on_flatten}
+                         Flatten: self.on_flatten, TradingStateChanged: self.on_trading_state}
         self.timers = {"poll": self.poll}
 
     def on_first_wiring(self) -> None:
@@ -99,7 +102,13 @@ class OmsActor(SteadyActor):
 
     # --- the order path ---------------------------------------------------------------------
 
+    def on_trading_state(self, message: TradingStateChanged, sender: ActorAddress) -> None:
+        self.trading_state = message.state
+
     def on_order_requests(self, message: OrderRequests, sender: ActorAddress) -> None:
+        if self.trading_state is TradingState.HALTED:  # defence in depth: risk denies these already
+            self.event("requests_dropped", level="warning", reason="halted", count=len(message.requests))
+            return
         if not self.reconciled:
             self.event("requests_dropped", level="warning", reason="reconciling", count=len(message.requests))
             return

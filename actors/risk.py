@@ -26,6 +26,7 @@ from steadyhand.actors.messages import (
     PositionsSnapshot,
     ReconcileFinished,
     ReconcileStarted,
+    Reconfigure,
     RequestHalt,
     Signals,
     TradingStateChanged,
@@ -55,7 +56,14 @@ class RiskActor(SteadyActor):
             TradingStateChanged: self.on_trading_state,
             FeedStale: self.on_feed_stale,
             FeedFresh: self.on_feed_fresh,
+            Reconfigure: self.on_reconfigure,
         }
+
+    def on_reconfigure(self, message: Reconfigure, sender: ActorAddress) -> None:
+        """An operator's `reload`: new limits from now on (already validated by the supervisor)."""
+        self.book.limits = message.settings.risk
+        self.book.whitelist = message.settings.whitelist
+        self.event("limits_reloaded", **{k: v for k, v in vars(message.settings.risk).items()})
 
     def on_peers_changed(self, names: set[str]) -> None:
         if "oms" in names:

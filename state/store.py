@@ -36,6 +36,7 @@ TABLE_OWNERS: dict[str, str] = {
     "positions": "portfolio",  # position, average cost, realized P&L per symbol
     "equity": "portfolio",  # equity snapshot per bar tick
     "alerts": "alerter",  # the alert outbox
+    "operator_commands": "supervisor",  # every operator command: who, when, what, result
 }
 
 
@@ -137,9 +138,36 @@ def _m1_initial(db: sqlite_utils.Database) -> None:
     db["alerts"].create_index(["key"])
 
 
+def _m2_operator_commands(db: sqlite_utils.Database) -> None:
+    db["operator_commands"].create(
+        {
+            "id": int,
+            "command_id": str,
+            "name": str,
+            "args": str,
+            "operator": str,
+            "issued_at": float,
+            "received_at": str,
+            "signature": str,
+            "status": str,  # ok | error | refused
+            "result": str,  # JSON of the CommandResult
+        },
+        pk="id",
+    )
+    db["operator_commands"].create_index(["command_id"])
+
+
+def _m3_alert_acknowledgement(db: sqlite_utils.Database) -> None:
+    db["alerts"].add_column("acked_at", str)
+    db["alerts"].add_column("acked_by", str)
+    db["alerts"].add_column("escalated_at", str)
+
+
 # Numbered migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _m1_initial),
+    (2, "operator command journal", _m2_operator_commands),
+    (3, "alert acknowledgement and escalation", _m3_alert_acknowledgement),
 ]
 
 
