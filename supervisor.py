@@ -178,7 +178,8 @@ class Supervisor(SteadyActor):
         self.send(child.address, Configure(name=name, settings=self.run))
 
     def _broadcast_wiring(self) -> None:
-        peers = {name: c.address for name, c in self.children.items() if c.address is not None}
+        # Down children are listed as None: peers know they are gone (tell_peer then returns False).
+        peers: dict[str, Any] = {name: c.address for name, c in self.children.items()}
         peers["supervisor"] = self.myAddress
         state = TradingStateChanged(self.trading_state, self.halt_reason)
         for child in self.children.values():
@@ -371,12 +372,12 @@ class Supervisor(SteadyActor):
 
     def _cmd_pause(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
         self._set_trading_state(TradingState.REDUCING, f"operator pause ({command.operator})")
-        self.alert("operator:state", Severity.HIGH, "steadyhand paused", f"by {command.operator}")
+        self.alert(f"operator:{command.command_id}", Severity.HIGH, "steadyhand paused", f"by {command.operator}")
         return CommandResult(command.command_id, True, {"trading_state": self.trading_state.value})
 
     def _cmd_resume(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
         self._set_trading_state(TradingState.ACTIVE, f"operator resume ({command.operator})")
-        self.alert("operator:state", Severity.HIGH, "steadyhand resumed", f"by {command.operator}")
+        self.alert(f"operator:{command.command_id}", Severity.HIGH, "steadyhand resumed", f"by {command.operator}")
         down = [n for n, c in self.children.items() if not c.alive]
         return CommandResult(command.command_id, True, {"trading_state": self.trading_state.value,
                                                         "actors_down": down})
@@ -391,7 +392,8 @@ class Supervisor(SteadyActor):
         # Cancels first (they are what protects money), then the durable state write and broadcast.
         self.tell_peer("oms", CancelAll(command_id=command.command_id, reason="operator halt"))
         self._set_trading_state(TradingState.HALTED, self.halt_reason, cancel=False)
-        self.alert("operator:state", Severity.CRITICAL, "steadyhand HALTED by the operator", f"by {command.operator}")
+        self.alert(f"operator:{command.command_id}", Severity.CRITICAL, "steadyhand HALTED by the operator",
+                   f"by {command.operator}")
         return None
 
     def _cmd_cancel_all(self, command: OperatorCommand, sender: ActorAddress,
@@ -409,7 +411,8 @@ class Supervisor(SteadyActor):
         if not self.tell_peer("oms", Flatten(command_id=command.command_id)):
             return CommandResult(command.command_id, False, error="the OMS is down")
         self._wait_for(command, sender, received)
-        self.alert("operator:state", Severity.CRITICAL, "steadyhand flattening", f"by {command.operator}")
+        self.alert(f"operator:{command.command_id}", Severity.CRITICAL, "steadyhand flattening",
+                   f"by {command.operator}")
         return None
 
     def _cmd_restart(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:

@@ -50,7 +50,7 @@ class SteadyActor(Actor):
         super().__init__(*args, **kwargs)
         self.name = type(self).__name__
         self.run: RunSettings | None = None
-        self.peers: dict[str, ActorAddress] = {}
+        self.peers: dict[str, ActorAddress | None] = {}  # None: that peer is down
         self.supervisor: ActorAddress | None = None
         self.log: EventLog | None = None
         self.handlers: dict[type, Handler] = {}

@@ -8,7 +8,9 @@ both clear when bars flow again.
 
 from __future__ import annotations
 
+import threading
 import time
+import urllib.request
 from datetime import datetime
 from typing import Any
 
@@ -31,12 +33,14 @@ class HeartbeatActor(SteadyActor):
         self.feed_stale = False
         self.replay_done = False
         self.handlers = {Pong: self.on_pong}
-        self.timers = {"beat": self.beat}
+        self.timers = {"beat": self.beat, "deadman": self.deadman}
 
     def on_first_wiring(self) -> None:
         now = time.monotonic()
         self.last_pong = {name: now for name in self._watched()}
         self.every("beat", self.run.settings.heartbeat.interval_s, first_in=0.0)
+        if self.run.settings.alerts.deadman_url:
+            self.every("deadman", self.run.settings.alerts.deadman_interval_s)
 
     def on_peers_changed(self, names: set[str]) -> None:
         now = time.monotonic()
@@ -48,7 +52,23 @@ class HeartbeatActor(SteadyActor):
             self.tell_peer("risk", FeedStale(self.feed_last_bar, 0.0))  # a new risk must know too
 
     def _watched(self) -> list[str]:
-        return [n for n in self.peers if n not in NOT_PINGED]
+        return [n for n, address in self.peers.items() if n not in NOT_PINGED and address is not None]
+
+    def healthy(self) -> bool:
+        """Every actor is up and answered within its deadline."""
+        now = time.monotonic()
+        deadline = self.run.settings.heartbeat.deadline_s
+        everyone_up = all(address is not None for address in self.peers.values())
+        return everyone_up and all(now - self.last_pong.get(n, 0.0) <= deadline for n in self._watched())
+
+    def deadman(self) -> None:
+        """The dead-man's switch: ping the configured URL only while all is well, so that silence
+        (the whole bot dead, or an actor left down) is what an outside watcher alerts on."""
+        if not self.healthy():
+            self.event("deadman_skipped", level="warning")
+            return
+        url = self.run.settings.alerts.deadman_url
+        threading.Thread(target=_ping_url, args=(url,), name="deadman", daemon=True).start()
 
     def beat(self) -> None:
         self.seq += 1
@@ -104,3 +124,11 @@ class HeartbeatActor(SteadyActor):
 
     def pong_info(self) -> dict[str, Any]:
         return {"feed_stale": self.feed_stale}
+
+
+def _ping_url(url: str, timeout_s: float = 5.0) -> None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 (configured URL)
+            response.read(64)
+    except OSError:
+        pass  # the watcher notices missing pings; nothing to do here
