@@ -27,4 +27,8 @@ def make_broker(run: RunSettings) -> Broker:
             start_cash=sim.start_cash,
             seed=sim.seed,
         )
+    if settings.broker == "alpaca":
+        from steadyhand.brokers.alpaca import AlpacaBroker
+
+        return AlpacaBroker.from_settings(settings)  # keys from ALPACA_API_KEY / ALPACA_SECRET_KEY
     raise NotImplementedError(f"broker {settings.broker!r} is not available in this version")

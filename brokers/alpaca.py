@@ -1,0 +1,568 @@
+"""Alpaca (paper) behind the Broker interface, on alpaca-py.
+
+- **REST** (``TradingClient``): submit with the client order id, cancel, look up by client id, open
+  orders, positions, account, clock, calendar. alpaca-py retries 429 and 504 itself, three times
+  with a fixed 3 s sleep and no timeout at all; here its own retries are switched off
+  (``_retry = 0``), every request gets a timeout and passes a client-side rate limiter (default 180
+  a minute, under Alpaca's 200), and tenacity retries what is safe to retry with jittered backoff.
+- **Errors** (DESIGN §5): 422 "client_order_id must be unique" → :class:`DuplicateClientOrderId`
+  (accepted earlier: look it up, never resubmit); 403 → :class:`OrderRejected` with Alpaca's reason;
+  404 → :class:`OrderNotFound` / None; 429 and 5xx → retried, then :class:`TransientBrokerError`; a
+  submit that times out → :class:`UnknownOutcome`. A retried submit re-posts the *same* client order
+  id, so it can never place a second order: a duplicate reply to a retry is our first attempt.
+- **Updates** (``poll``): the trade-updates stream (``TradingStream``) runs in a background thread
+  and queues order snapshots and fills. While it is down the broker polls REST instead (recent
+  orders, every order it watches, fill activities) at most every ``fallback_poll_s`` and says so
+  (``polling_fallback``, a warning in the log); when it comes back, one more REST sweep covers
+  what happened while it was away. Fills carry source-independent ids (``alpaca_wire.fill_id``), so
+  a fill seen on both paths is reported once.
+- **Safety**: paper unless ``[alpaca] paper = false`` *and* ``allow_live = true``; the keys come only
+  from ``ALPACA_API_KEY`` / ``ALPACA_SECRET_KEY`` and are never logged or put in a message.
+
+URL overrides (``[alpaca]`` ``trading_url`` ... ) point everything at ``steadyhand exchange serve``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, TypeVar
+
+import requests
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.requests import (
+    GetCalendarRequest,
+    GetOrdersRequest,
+    LimitOrderRequest,
+    MarketOrderRequest,
+    StopLimitOrderRequest,
+    StopOrderRequest,
+)
+from alpaca.trading.stream import TradingStream
+from steadyhand import alpaca_wire as wire
+from steadyhand.actors.messages import OrderStatus, OrderType
+from steadyhand.brokers.base import (
+    Account,
+    BrokerError,
+    BrokerFill,
+    BrokerOrder,
+    BrokerPosition,
+    BrokerUpdates,
+    DuplicateClientOrderId,
+    MarketClock,
+    NotCancelable,
+    OrderNotFound,
+    OrderRejected,
+    OrderSpec,
+    TransientBrokerError,
+    UnknownOutcome,
+)
+from steadyhand.config import AlpacaSettings, Settings
+from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+
+log = logging.getLogger("steadyhand.brokers.alpaca")
+
+KEY_ENV, SECRET_ENV = "ALPACA_API_KEY", "ALPACA_SECRET_KEY"
+PAPER_TRADING_URL, LIVE_TRADING_URL = "https://paper-api.alpaca.markets", "https://api.alpaca.markets"
+DATA_URL = "https://data.alpaca.markets"
+PAPER_STREAM_URL, LIVE_STREAM_URL = "wss://paper-api.alpaca.markets/stream", "wss://api.alpaca.markets/stream"
+DATA_STREAM_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
+_ACTIVITY_PAGE = 100
+_MAX_ACTIVITY_PAGES = 50
+T = TypeVar("T")
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration, credentials, HTTP plumbing (shared with feeds_alpaca)
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoints:
+    paper: bool
+    trading_url: str
+    data_url: str
+    trading_stream_url: str
+    data_stream_url: str
+
+
+def endpoints(settings: AlpacaSettings) -> Endpoints:
+    """Where to connect; refuses live trading unless the config explicitly allows it."""
+    if not settings.paper and not settings.allow_live:
+        raise BrokerError("alpaca.paper is false but alpaca.allow_live is not set: live trading refused")
+    paper = settings.paper
+    return Endpoints(
+        paper=paper,
+        trading_url=(settings.trading_url or (PAPER_TRADING_URL if paper else LIVE_TRADING_URL)).rstrip("/"),
+        data_url=(settings.data_url or DATA_URL).rstrip("/"),
+        trading_stream_url=settings.trading_stream_url or (PAPER_STREAM_URL if paper else LIVE_STREAM_URL),
+        data_stream_url=settings.data_stream_url or DATA_STREAM_URL.format(feed=settings.feed),
+    )
+
+
+def credentials(environ: Mapping[str, str] | None = None) -> tuple[str, str]:
+    env = os.environ if environ is None else environ
+    key, secret = env.get(KEY_ENV, ""), env.get(SECRET_ENV, "")
+    missing = [name for name, value in ((KEY_ENV, key), (SECRET_ENV, secret)) if not value]
+    if missing:
+        raise BrokerError(f"alpaca needs the environment variable(s) {', '.join(missing)}")
+    return key, secret
+
+
+class RateLimiter:
+    """A token bucket: at most ``per_minute`` requests in any minute, bursts up to ``burst``.
+    ``acquire`` blocks until a token is free (shared by every thread of the process)."""
+
+    def __init__(self, per_minute: int, burst: int = 10) -> None:
+        self.rate = max(per_minute, 1) / 60.0
+        self.capacity = float(max(1, min(burst, per_minute)))
+        self._tokens = self.capacity
+        self._at = time.monotonic()
+        self._lock = threading.Lock()
+
+    def acquire(self) -> float:
+        """Take a token; returns how long it waited."""
+        waited = 0.0
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+                self._at = now
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    return waited
+                need = (1.0 - self._tokens) / self.rate
+            time.sleep(need)  # rate limiting itself, not synchronisation
+            waited += need
+
+
+def tune_rest_client(client: Any, timeout_s: float, limiter: RateLimiter) -> None:
+    """Turn off alpaca-py's own 429/504 retries (fixed 3 s sleeps) and give every request a
+    timeout and a rate-limiter token, so our own retry policy is the only one."""
+    client._retry = 0
+    client._retry_codes = []
+    session: requests.Session = client._session
+    send = session.request
+
+    def request(method: str, url: str, **kwargs: Any) -> requests.Response:
+        limiter.acquire()
+        kwargs.setdefault("timeout", (min(timeout_s, 5.0), timeout_s))
+        return send(method, url, **kwargs)
+
+    session.request = request  # type: ignore[method-assign]
+
+
+def _message(exc: APIError) -> str:
+    try:
+        return str(exc.message)
+    except (ValueError, KeyError, TypeError):
+        return str(exc)[:200]
+
+
+def translate(exc: Exception, *, submit: bool = False) -> BrokerError:
+    """An alpaca-py / requests exception as the BrokerError the OMS acts on."""
+    if isinstance(exc, BrokerError):
+        return exc
+    if isinstance(exc, APIError):
+        status, message = exc.status_code or 0, _message(exc)
+        if status == 422 and "client_order_id must be unique" in message:
+            return DuplicateClientOrderId(message)
+        if status == 403 or (submit and status in (400, 422)):
+            return OrderRejected(message)
+        if status == 404:
+            return OrderNotFound(message)
+        if status == 429 or status >= 500:
+            return TransientBrokerError(f"HTTP {status}: {message}")
+        if status == 401:
+            return BrokerError(f"HTTP 401: not authorized (check {KEY_ENV} / {SECRET_ENV})")
+        return BrokerError(f"HTTP {status}: {message}")
+    if isinstance(exc, requests.ConnectTimeout):
+        return TransientBrokerError(f"connect timeout: {exc.__class__.__name__}")
+    if isinstance(exc, requests.Timeout):
+        # The request went out; whether it was processed is unknown.
+        return UnknownOutcome(f"timeout: {exc.__class__.__name__}") if submit else TransientBrokerError("timeout")
+    if isinstance(exc, requests.ConnectionError):
+        refused = "refused" in str(exc).lower() or "NewConnectionError" in str(exc)
+        if submit and not refused:
+            return UnknownOutcome(f"connection lost: {exc.__class__.__name__}")
+        return TransientBrokerError(f"connection error: {exc.__class__.__name__}")
+    if isinstance(exc, ValueError):  # alpaca-py's own validation (e.g. an order id that is no UUID)
+        return OrderNotFound(str(exc)) if not submit else OrderRejected(str(exc))
+    return BrokerError(f"{exc.__class__.__name__}: {exc}")
+
+
+class StreamRunner:
+    """Runs one alpaca-py stream (``TradingStream`` / ``StockDataStream``) in a daemon thread and
+    stops it promptly: alpaca-py's own ``stop`` waits for a 5 s receive timeout, and a stop sent
+    before its loop is ready is silently dropped."""
+
+    def __init__(self, stream: Any, name: str) -> None:
+        self.stream = stream
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            self.stream.run()
+        except Exception:  # noqa: BLE001 - the broker falls back to REST; say why
+            log.exception("%s stopped with an error", self.thread.name)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        if not self.thread.is_alive():
+            return
+        deadline = time.monotonic() + timeout_s
+        # Wait until the loop has reset its stop event (a stop before that would be forgotten).
+        while self.thread.is_alive() and self.stream._stop_stream_event is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        loop = self.stream._loop
+        if loop is not None and loop.is_running():
+            future = asyncio.run_coroutine_threadsafe(self._shutdown(), loop)
+            try:
+                future.result(max(0.1, deadline - time.monotonic()))
+            except Exception:  # noqa: BLE001 - stopping anyway; the join below is the check
+                pass
+        self.thread.join(max(0.1, deadline - time.monotonic()))
+        if self.thread.is_alive():
+            log.warning("%s did not stop within %.0f s", self.thread.name, timeout_s)
+
+    async def _shutdown(self) -> None:
+        await self.stream.stop_ws()
+        await self.stream.close()  # wakes a pending receive instead of waiting out its timeout
+
+
+def websocket_params() -> dict[str, Any]:
+    return {"ping_interval": 10, "ping_timeout": 20, "max_queue": 1024, "open_timeout": 10, "close_timeout": 2}
+
+
+# ---------------------------------------------------------------------------------------------
+# Trade updates stream with up/down hooks
+# ---------------------------------------------------------------------------------------------
+
+
+class _TradeUpdates(TradingStream):
+    """alpaca-py's TradingStream, telling us when it is listening and when it went away."""
+
+    def __init__(self, on_up: Callable[[], None], on_down: Callable[[], None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._on_up, self._on_down = on_up, on_down
+
+    async def _dispatch(self, msg: dict[str, Any]) -> None:
+        if msg.get("stream") == "listening" and "trade_updates" in (msg.get("data") or {}).get("streams", []):
+            self._on_up()
+        await super()._dispatch(msg)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            self._on_down()
+
+
+# ---------------------------------------------------------------------------------------------
+# The broker
+# ---------------------------------------------------------------------------------------------
+
+
+class AlpacaBroker:
+    """:class:`~steadyhand.brokers.base.Broker` on an Alpaca (paper) account."""
+
+    name = "alpaca"
+
+    def __init__(
+        self,
+        settings: AlpacaSettings,
+        *,
+        api_key: str,
+        secret_key: str,
+        stream: bool = True,
+        fallback_poll_s: float = 1.0,
+        retry_attempts: int = 3,
+        retry_wait_s: float = 0.25,
+        reconnect_min_s: float = 1.0,
+    ) -> None:
+        self.endpoints = endpoints(settings)
+        self.settings = settings
+        self.fallback_poll_s = fallback_poll_s
+        self._retry_attempts = max(1, retry_attempts)
+        self._retry_wait_s = retry_wait_s
+        self.limiter = RateLimiter(settings.max_requests_per_minute)
+        self._client = TradingClient(api_key, secret_key, paper=self.endpoints.paper,
+                                     url_override=self.endpoints.trading_url)
+        tune_rest_client(self._client, settings.timeout_s, self.limiter)
+        self._instance = uuid.uuid4().hex[:8]  # a cursor from another instance starts over
+        self._lock = threading.Lock()
+        self._events: list[tuple[int, BrokerOrder | BrokerFill]] = []
+        self._seq = 0
+        self._known: dict[str, tuple[OrderStatus, int]] = {}  # order id -> state the consumer knows
+        self._fills_seen: set[str] = set()
+        self._fill_qty: dict[str, int] = {}  # order id -> qty of the fills reported so far
+        self._up = threading.Event()
+        self._up_generation = 0
+        self._swept_generation = -1
+        self._last_sweep = 0.0
+        self._said_fallback = False
+        self._stream: StreamRunner | None = None
+        if stream:
+            trade_stream = _TradeUpdates(self._stream_up, self._stream_down, api_key=api_key,
+                                         secret_key=secret_key, paper=self.endpoints.paper,
+                                         url_override=self.endpoints.trading_stream_url,
+                                         websocket_params=websocket_params())
+            trade_stream._reconnect_min_backoff = reconnect_min_s
+            trade_stream.subscribe_trade_updates(self._on_trade_update)
+            self._stream = StreamRunner(trade_stream, "alpaca-trade-updates")
+            self._stream.start()
+
+    @classmethod
+    def from_settings(cls, settings: Settings, environ: Mapping[str, str] | None = None, **kwargs: Any) -> AlpacaBroker:
+        key, secret = credentials(environ)
+        return cls(settings.alpaca, api_key=key, secret_key=secret, **kwargs)
+
+    # --- state of the stream ------------------------------------------------------------------------
+
+    @property
+    def stream_connected(self) -> bool:
+        return self._up.is_set()
+
+    @property
+    def polling_fallback(self) -> bool:
+        """True while updates come from REST polling because the stream is down."""
+        return not self._up.is_set()
+
+    def _stream_up(self) -> None:
+        with self._lock:
+            self._up_generation += 1
+        self._up.set()
+        log.info("alpaca trade updates stream listening")
+
+    def _stream_down(self) -> None:
+        if self._up.is_set():
+            self._up.clear()
+            self._said_fallback = False
+            log.warning("alpaca trade updates stream down")
+
+    async def _on_trade_update(self, update: Any) -> None:
+        try:
+            order = wire.order_from_alpaca(update.order)
+            event = str(getattr(update.event, "value", update.event))
+            fills = [wire.fill_from_trade_update(update)] if event in ("fill", "partial_fill") else []
+        except Exception:  # noqa: BLE001 - one odd message must not kill the stream
+            log.exception("unreadable trade update")
+            return
+        with self._lock:
+            self._record([order], fills)
+
+    # --- the event log behind poll() ------------------------------------------------------------------
+
+    def _record(self, orders: list[BrokerOrder], fills: list[BrokerFill]) -> None:
+        """Queue what the consumer does not know yet (call with the lock held)."""
+        for f in fills:
+            if f.fill_id in self._fills_seen:
+                continue
+            self._fills_seen.add(f.fill_id)
+            self._fill_qty[f.broker_order_id] = self._fill_qty.get(f.broker_order_id, 0) + f.qty
+            self._push(f)
+        for o in orders:
+            known = self._known.get(o.broker_order_id)
+            if known is not None:
+                status, filled = known
+                if status.is_terminal or (o.filled_qty < filled) or (status, filled) == (o.status, o.filled_qty):
+                    continue  # nothing new, or an older snapshot arriving late
+            self._known[o.broker_order_id] = (o.status, o.filled_qty)
+            self._push(o)
+
+    def _push(self, item: BrokerOrder | BrokerFill) -> None:
+        self._seq += 1
+        self._events.append((self._seq, item))
+
+    def _watch(self, order: BrokerOrder) -> BrokerOrder:
+        """Sweeps follow this order from now on. Nothing is assumed about what the consumer did with
+        the answer, so its current state is still reported by ``poll`` (harmless if known)."""
+        with self._lock:
+            self._known.setdefault(order.broker_order_id, (OrderStatus.SUBMITTED, -1))
+        return order
+
+    def _cursor(self, seq: int) -> str:
+        return f"{self._instance}:{seq}"
+
+    def poll(self, cursor: str | None) -> BrokerUpdates:
+        if cursor is None:
+            with self._lock:
+                return BrokerUpdates(orders=(), fills=(), cursor=self._cursor(self._seq))
+        self._maybe_sweep()
+        instance, _, seq = cursor.partition(":")
+        since = int(seq) if instance == self._instance and seq.isdigit() else 0
+        with self._lock:
+            items = [item for s, item in self._events if s > since]
+            self._events = [(s, item) for s, item in self._events if s > since]  # acknowledged ones go
+            latest = self._seq
+        orders = tuple(i for i in items if isinstance(i, BrokerOrder))
+        fills = tuple(i for i in items if isinstance(i, BrokerFill))
+        return BrokerUpdates(orders=orders, fills=fills, cursor=self._cursor(latest))
+
+    def _maybe_sweep(self) -> None:
+        up = self._up.is_set()
+        with self._lock:
+            generation = self._up_generation
+        if up and self._swept_generation == generation:
+            return  # the stream is up and what happened before it came up has been swept
+        if not up and time.monotonic() - self._last_sweep < self.fallback_poll_s:
+            return
+        if not up and not self._said_fallback:
+            self._said_fallback = True
+            log.warning("alpaca trade updates stream is down: polling REST every %.1f s", self.fallback_poll_s)
+        self._last_sweep = time.monotonic()
+        try:
+            self.sweep()
+        except BrokerError as exc:
+            log.warning("alpaca REST sweep failed: %r", exc)
+            return
+        if up:
+            self._swept_generation = generation
+
+    def sweep(self) -> None:
+        """Catch up by REST: recent orders, every watched open order, and their missing fills."""
+        recent = self._list_orders(QueryOrderStatus.ALL, limit=100)
+        by_id = {o.broker_order_id: o for o in recent}
+        with self._lock:
+            watched = [oid for oid, (status, _) in self._known.items() if not status.is_terminal and oid not in by_id]
+        for oid in watched:
+            try:
+                by_id[oid] = self._get_order(oid)
+            except OrderNotFound:
+                continue
+        with self._lock:
+            short = [o for o in by_id.values() if o.filled_qty > self._fill_qty.get(o.broker_order_id, 0)]
+        fills = self._fills_of(short) if short else []
+        with self._lock:
+            self._record(list(by_id.values()), fills)
+
+    # --- REST with retries ----------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T], *, submit: bool = False) -> T:
+        retrying = Retrying(
+            stop=stop_after_attempt(self._retry_attempts),
+            wait=wait_exponential_jitter(multiplier=self._retry_wait_s, max=max(self._retry_wait_s, 2.0),
+                                        jitter=self._retry_wait_s),
+            retry=retry_if_exception_type(TransientBrokerError),
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                try:
+                    return fn()
+                except Exception as exc:  # noqa: BLE001 - classified right here
+                    raise translate(exc, submit=submit) from exc
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _list_orders(self, status: QueryOrderStatus, limit: int) -> list[BrokerOrder]:
+        request = GetOrdersRequest(status=status, limit=limit, nested=False)
+        return [wire.order_from_alpaca(o) for o in self._call(lambda: self._client.get_orders(request))]
+
+    def _get_order(self, broker_order_id: str) -> BrokerOrder:
+        return wire.order_from_alpaca(self._call(lambda: self._client.get_order_by_id(broker_order_id)))
+
+    def _fills_of(self, orders: list[BrokerOrder]) -> list[BrokerFill]:
+        """Every fill of these orders, from the FILL account activities since the oldest was placed."""
+        cids = {o.broker_order_id: o.client_order_id for o in orders}
+        after = min(o.submitted_at for o in orders) - timedelta(seconds=1)
+        params: dict[str, Any] = {"after": wire.iso(after), "direction": "asc", "page_size": _ACTIVITY_PAGE}
+        fills: list[BrokerFill] = []
+        for _ in range(_MAX_ACTIVITY_PAGES):
+            page = self._call(lambda: self._client.get("/account/activities/FILL", dict(params))) or []
+            fills.extend(wire.fill_from_activity(a, cids[a["order_id"]]) for a in page if a.get("order_id") in cids)
+            if len(page) < _ACTIVITY_PAGE:
+                break
+            params["page_token"] = page[-1]["id"]
+        return fills
+
+    # --- Broker ---------------------------------------------------------------------------------------
+
+    def submit(self, spec: OrderSpec) -> BrokerOrder:
+        request = _order_request(spec)
+        attempts = 0
+
+        def post() -> Any:
+            nonlocal attempts
+            attempts += 1
+            return self._client.submit_order(request)
+
+        try:
+            order = wire.order_from_alpaca(self._call(post, submit=True))
+        except DuplicateClientOrderId:
+            if attempts < 2:
+                raise  # the first attempt: accepted some time before this call
+            found = self.get_by_client_id(spec.client_order_id)
+            if found is None:
+                raise
+            return found  # our own earlier attempt landed although it reported an error
+        return self._watch(order)
+
+    def cancel(self, broker_order_id: str) -> None:
+        try:
+            self._call(lambda: self._client.cancel_order_by_id(broker_order_id))
+        except BrokerError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, APIError) and cause.status_code == 422:
+                raise NotCancelable(str(exc)) from cause
+            raise
+
+    def get_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        try:
+            order = self._call(lambda: self._client.get_order_by_client_id(client_order_id))
+        except OrderNotFound:
+            return None
+        return self._watch(wire.order_from_alpaca(order))
+
+    def fills_for(self, broker_order_id: str) -> list[BrokerFill]:
+        return self._fills_of([self._get_order(broker_order_id)])
+
+    def open_orders(self) -> list[BrokerOrder]:
+        return [self._watch(o) for o in self._list_orders(QueryOrderStatus.OPEN, limit=500)]
+
+    def positions(self) -> list[BrokerPosition]:
+        return [wire.position_from_alpaca(p) for p in self._call(self._client.get_all_positions)]
+
+    def account(self) -> Account:
+        return wire.account_from_alpaca(self._call(self._client.get_account))
+
+    def clock(self) -> MarketClock:
+        return wire.clock_from_alpaca(self._call(self._client.get_clock))
+
+    def calendar(self, start: date, end: date) -> list[tuple[datetime, datetime]]:
+        """XNYS sessions (open, close) in UTC from Alpaca's calendar (not in the Broker protocol)."""
+        request = GetCalendarRequest(start=start, end=end)
+        days = self._call(lambda: self._client.get_calendar(request))
+        return [(d.open.replace(tzinfo=wire.NEW_YORK).astimezone(UTC),
+                 d.close.replace(tzinfo=wire.NEW_YORK).astimezone(UTC)) for d in days]
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.stop()
+            self._stream = None
+        self._client._session.close()
+
+
+def _order_request(spec: OrderSpec) -> Any:
+    common: dict[str, Any] = {"symbol": spec.symbol, "qty": spec.qty, "side": spec.side.value,
+                              "time_in_force": spec.time_in_force.value, "client_order_id": spec.client_order_id}
+    limit = None if spec.limit_price is None else float(spec.limit_price)
+    stop = None if spec.stop_price is None else float(spec.stop_price)
+    if spec.type is OrderType.MARKET:
+        return MarketOrderRequest(**common)
+    if spec.type is OrderType.LIMIT:
+        return LimitOrderRequest(**common, limit_price=limit)
+    if spec.type is OrderType.STOP:
+        return StopOrderRequest(**common, stop_price=stop)
+    return StopLimitOrderRequest(**common, limit_price=limit, stop_price=stop)
+
