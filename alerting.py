@@ -27,15 +27,16 @@ import sqlite_utils
 from apprise.utils.cwe312 import cwe312_word
 from steadyhand.actors.messages import Alert, Severity
 from steadyhand.config import AlertSettings
+from steadyhand.logs import module_logger
 from steadyhand.state.store import iso, parse_ts, transaction
 
 ALERT_URLS_ENV = "STEADYHAND_ALERT_URLS"
 ENV_MIN_SEVERITY = Severity.HIGH  # URLs from the environment get HIGH and above
 
 # Every alert is also a log record here (the JSON-lines handler is configured elsewhere).
-alert_log = logging.getLogger("steadyhand.alerts")
+alert_log = module_logger("steadyhand.alerts")
 # Delivery bookkeeping goes to a separate logger, so it is never mistaken for an alert.
-log = logging.getLogger("steadyhand.alerting")
+log = module_logger("steadyhand.alerting")
 
 LOG_LEVELS: dict[Severity, int] = {
     Severity.INFO: logging.INFO,

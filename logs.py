@@ -54,6 +54,21 @@ class EventLog:
                         exc_info=exc_info)
 
 
+class _LateLogger:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(logging.getLogger(self.name), attr)
+
+
+def module_logger(name: str) -> Any:
+    """A module-level logger that is looked up at each call, not at import. Thespian gives every
+    actor process a new logging manager; a logger object created before the fork would bypass the
+    actor's handlers (and print to the console of the run instead of the actor's log file)."""
+    return _LateLogger(name)
+
+
 def setup_actor_logging(actor: str, log_dir: str | Path, max_bytes: int = 10_000_000,
                         backups: int = 5) -> EventLog:
     """Route the ``steadyhand`` logger tree of this process into ``<log_dir>/<actor>.jsonl``."""

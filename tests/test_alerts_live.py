@@ -80,6 +80,8 @@ def test_alerts_reach_the_webhook_and_survive_a_sigkill_of_the_alerter(make_bot:
     poll(lambda: any("paused" in t for t in receiver.titles()), timeout=15, what="the pause alert")
     post = next(p for p in receiver.posts if "paused" in p["title"])
     assert post["title"].startswith("[HIGH]") and post["type"] == "failure"
+    assert '"event": "alert"' in (bot.data_dir / "logs" / "alerter.jsonl").read_text()  # and in the log
+    assert "steadyhand paused" not in "".join(bot.output)  # not leaked to the console by Thespian
 
     receiver.mode = "fail"  # the next alert cannot be delivered ...
     assert bot.cli("resume").returncode == 0
