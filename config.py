@@ -105,7 +105,7 @@ class AlpacaSettings:
     allow_live: bool = False
     feed: Literal["iex", "sip"] = "iex"
     symbols: tuple[str, ...] = ()  # empty: the top-level symbols
-    timeout_s: float = 10.0  # per HTTP request; a submit that times out is an unknown outcome
+    timeout_s: float = 4.0  # per HTTP request (the OMS must answer pings); a timed-out submit is an unknown outcome
     max_requests_per_minute: int = 180  # client-side limit, under Alpaca's 200 per minute
     trading_url: str = ""
     data_url: str = ""

@@ -286,7 +286,7 @@ class AlpacaBroker:
         api_key: str,
         secret_key: str,
         stream: bool = True,
-        fallback_poll_s: float = 1.0,
+        fallback_poll_s: float = 2.0,
         retry_attempts: int = 3,
         retry_wait_s: float = 0.25,
         reconnect_min_s: float = 1.0,
