@@ -13,6 +13,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import (
     Bars,
@@ -26,6 +27,7 @@ from steadyhand.state import store
 from thespian.actors import ActorAddress
 
 ZERO = Decimal(0)
+SUMMARY_CHECK_S = 5.0  # wall seconds between looks for a session that has closed
 CENT = Decimal("0.01")
 
 
@@ -67,9 +69,11 @@ class PortfolioActor(SteadyActor):
         self.last_equity: Decimal | None = None
         self.mismatch_seen: dict[str, Any] | None = None
         self.handlers = {Fills: self.on_fills, Bars: self.on_bars, BrokerSnapshot: self.on_broker_snapshot}
+        self.timers = {"summary": self.daily_summary}
 
     def on_first_wiring(self) -> None:
         self._send_positions()
+        self.every("summary", SUMMARY_CHECK_S)
 
     def on_peers_changed(self, names: set[str]) -> None:
         if names & {"strategy", "risk"}:
@@ -143,6 +147,43 @@ class PortfolioActor(SteadyActor):
         start = Decimal(row[0]) if row else (self.last_equity or equity)
         self.day_start_equity = start
         self.peak_equity = max(Decimal(str(peak[0])) if peak and peak[0] is not None else start, start)
+
+    # --- daily summary after the close -------------------------------------------------------
+
+    def daily_summary(self) -> None:
+        """Once per session, after its close: P&L, trades, fill rate, slippage, as an alert."""
+        if not self.session_day:
+            return
+        session = market_hours.session_at(datetime.fromisoformat(self.session_day + "T15:00:00+00:00"))
+        if session is None or self.run.clock.now() < session[1]:
+            return
+        if store.get_portfolio_state(self.db, "summarized_day") == self.session_day:
+            return
+        summary = self._summary(self.session_day, session)
+        store.set_portfolio_state(self.db, summarized_day=self.session_day)
+        self.event("daily_summary", **summary)
+        self.alert(f"summary:{self.session_day}", Severity.HIGH, f"steadyhand daily summary {self.session_day}",
+                   "\n".join(f"{k.replace('_', ' ')}: {v}" for k, v in summary.items()))
+
+    def _summary(self, day: str, session: tuple[datetime, datetime]) -> dict[str, Any]:
+        start, end = store.iso(session[0]), store.iso(session[1])
+        first = self.db.execute("SELECT equity FROM equity WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1",
+                                [start, end]).fetchone()
+        last = self.db.execute("SELECT equity FROM equity WHERE ts >= ? AND ts < ? ORDER BY ts DESC LIMIT 1",
+                               [start, end]).fetchone()
+        orders = self.db.execute("SELECT count(*), sum(status = 'filled') FROM orders WHERE bar_ts >= ? AND bar_ts < ?",
+                                 [start, end]).fetchone()
+        fills = self.db.execute(
+            "SELECT count(*), avg(CASE f.side WHEN 'buy' THEN 1 ELSE -1 END"
+            " * (CAST(f.price AS REAL) - CAST(o.ref_price AS REAL)) / CAST(o.ref_price AS REAL) * 10000)"
+            " FROM fills f JOIN orders o USING (client_order_id) WHERE f.ts >= ? AND f.ts < ?",
+            [start, end]).fetchone() if "ref_price" in self.db["orders"].columns_dict else \
+            self.db.execute("SELECT count(*), NULL FROM fills WHERE ts >= ? AND ts < ?", [start, end]).fetchone()
+        pnl = (Decimal(last[0]) - Decimal(first[0])) if first and last else ZERO
+        submitted, filled = orders[0] or 0, orders[1] or 0
+        return {"day": day, "pnl": str(pnl.quantize(CENT)), "trades": fills[0] or 0, "orders": submitted,
+                "fill_rate": f"{filled / submitted:.0%}" if submitted else "n/a",
+                "slippage_bps": f"{fills[1]:.2f}" if fills[1] is not None else "n/a"}
 
     # --- comparison with the broker ---------------------------------------------------------
 

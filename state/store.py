@@ -37,6 +37,7 @@ TABLE_OWNERS: dict[str, str] = {
     "equity": "portfolio",  # equity snapshot per bar tick
     "alerts": "alerter",  # the alert outbox
     "operator_commands": "supervisor",  # every operator command: who, when, what, result
+    "portfolio_state": "portfolio",  # e.g. the last session summarized
 }
 
 
@@ -163,11 +164,16 @@ def _m3_alert_acknowledgement(db: sqlite_utils.Database) -> None:
     db["alerts"].add_column("escalated_at", str)
 
 
+def _m4_portfolio_state(db: sqlite_utils.Database) -> None:
+    db["portfolio_state"].create({"key": str, "value": str}, pk="key")
+
+
 # Numbered migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _m1_initial),
     (2, "operator command journal", _m2_operator_commands),
     (3, "alert acknowledgement and escalation", _m3_alert_acknowledgement),
+    (4, "portfolio key/value state", _m4_portfolio_state),
 ]
 
 
@@ -288,6 +294,17 @@ def set_control(db: sqlite_utils.Database, **values: str) -> None:
     with transaction(db):
         for key, value in values.items():
             db["control"].upsert({"key": key, "value": value, "updated_at": now_iso()}, pk="key")
+
+
+def get_portfolio_state(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
+    return _get_value(db, "portfolio_state", key, default)
+
+
+def set_portfolio_state(db: sqlite_utils.Database, **values: str) -> None:
+    """Portfolio only: key/value writes to ``portfolio_state``."""
+    with transaction(db):
+        for key, value in values.items():
+            db["portfolio_state"].upsert({"key": key, "value": value}, pk="key")
 
 
 def get_risk_state(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:

@@ -131,3 +131,14 @@ def _undelivered(bot: Any, word: str) -> bool:
 def _deadman_skipped(bot: Any) -> int:
     path = bot.data_dir / "logs" / "heartbeat.jsonl"
     return path.read_text().count('"deadman_skipped"') if path.exists() else 0
+
+
+def test_daily_summary_after_the_close(make_bot: Any, receiver: Receiver) -> None:
+    # 3000x: the simulated session (6.5 h from the open) closes within about 8 s.
+    bot = make_bot(args=("--speed", "3000"), env={"STEADYHAND_ALERT_URLS": receiver.url}).start()
+    poll(lambda: any("daily summary" in t for t in receiver.titles()), timeout=40, what="the daily summary")
+    post = next(p for p in receiver.posts if "daily summary" in p["title"])
+    for line in ("pnl:", "trades:", "fill rate:", "slippage bps:"):
+        assert line in post["message"]
+    assert sum("daily summary" in t for t in receiver.titles()) == 1
+    assert '"daily_summary"' in (bot.data_dir / "logs" / "portfolio.jsonl").read_text()
