@@ -24,6 +24,7 @@ from thespian.actors import ActorAddress
 MINUTE = timedelta(minutes=1)
 MAX_CATCH_UP_TICKS = 5  # after a long pause, send only the most recent bars (history covers the rest)
 IDLE_RECHECK_S = 30.0  # wall seconds between looks at the clock while the market is closed
+STREAM_DRAIN_S = 0.25  # wall seconds between looks at a broker's bar stream
 
 
 def floor_minute(ts: datetime) -> datetime:
@@ -36,6 +37,12 @@ class FeedActor(SteadyActor):
         self.clock = self.run.clock
         self.market: MarketModel = load_market(settings.sim, settings.symbols)
         self.symbols = tuple(settings.symbols)
+        self.live_source: Any = None  # a broker's bar stream (Alpaca); None: the simulated market
+        if settings.broker == "alpaca":
+            from steadyhand.feeds_alpaca import AlpacaBarSource
+
+            self.live_source = AlpacaBarSource.from_settings(settings)
+            self.live_source.start()
         self.validator = BarValidator(self.symbols)
         self.db = store.connect(self.run.db_path, synchronous="NORMAL")
         self.next_minute: datetime | None = None  # start of the next bar to emit
@@ -45,9 +52,12 @@ class FeedActor(SteadyActor):
         if isinstance(self.market, ReplayMarket):
             self.replay_rows = self.market.rows()
         self.handlers = {HistoryRequest: self.on_history}
-        self.timers = {"tick": self.tick}
+        self.timers = {"tick": self.tick, "drain": self.drain}
 
     def on_first_wiring(self) -> None:
+        if self.live_source is not None:
+            self.every("drain", STREAM_DRAIN_S)
+            return
         now = self.clock.now()
         self.next_minute = floor_minute(now)  # bars before now are history, asked for separately
         if self.replay_rows is not None:
@@ -55,6 +65,20 @@ class FeedActor(SteadyActor):
                 (i for i, b in enumerate(self.replay_rows) if b.ts + MINUTE > now), len(self.replay_rows)
             )
         self.tick()
+
+    # --- a broker's stream ---------------------------------------------------------------------
+
+    def drain(self) -> None:
+        """Bars the stream delivered since the last look, one batch per bar time."""
+        by_minute: dict[datetime, list[Bar]] = {}
+        for bar in self.live_source.drain():
+            by_minute.setdefault(bar.ts, []).append(bar)
+        for minute in sorted(by_minute):
+            self._publish(minute, by_minute[minute])
+
+    def on_stop(self) -> None:
+        if self.live_source is not None:
+            self.live_source.close()
 
     # --- ticks ------------------------------------------------------------------------------
 
@@ -139,7 +163,9 @@ class FeedActor(SteadyActor):
 
     def on_history(self, message: HistoryRequest, sender: ActorAddress) -> None:
         end = self.next_minute or floor_minute(self.clock.now())
-        if self.replay_rows is not None:
+        if self.live_source is not None:
+            bars = self.live_source.history(self.symbols, end, message.count)
+        elif self.replay_rows is not None:
             past = [b for b in self.replay_rows[: self.replay_index] if b.ts < end]
             validator = BarValidator(self.symbols)
             good, _ = validator.validate(past)

@@ -25,7 +25,6 @@ URL overrides (``[alpaca]`` ``trading_url`` ... ) point everything at ``steadyha
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import threading
 import time
@@ -67,9 +66,10 @@ from steadyhand.brokers.base import (
     UnknownOutcome,
 )
 from steadyhand.config import AlpacaSettings, Settings
+from steadyhand.logs import module_logger
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
-log = logging.getLogger("steadyhand.brokers.alpaca")
+log = module_logger("steadyhand.brokers.alpaca")  # looked up per call: see logs.module_logger
 
 KEY_ENV, SECRET_ENV = "ALPACA_API_KEY", "ALPACA_SECRET_KEY"
 PAPER_TRADING_URL, LIVE_TRADING_URL = "https://paper-api.alpaca.markets", "https://api.alpaca.markets"
