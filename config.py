@@ -67,6 +67,8 @@ class OmsSettings:
     unknown_order_policy: Literal["cancel", "adopt", "alert"] = "cancel"
     stale_order_age_s: float = 3600.0  # simulated seconds
     cancel_on_shutdown: Literal["all", "day", "none"] = "day"
+    circuit_failures: int = 5  # consecutive broker failures (or rejections) that open the circuit
+    circuit_cooldown_s: float = 5.0  # wall seconds a rejection-opened circuit stays open
 
 
 @dataclass(frozen=True)

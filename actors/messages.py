@@ -462,3 +462,20 @@ class DebugCrash:
     """Raise inside the handler (a crashing actor, for let-it-crash tests)."""
 
     reason: str = "debug crash"
+
+
+# ---------------------------------------------------------------------------------------------
+# --- crash safety ---
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerHealth:
+    """OMS -> risk: the broker circuit opened (``ok=False``: deny every order) or closed again.
+
+    Opens after repeated transient failures (5xx, timeouts, disconnects) or repeated rejections;
+    closes by itself once the broker answers (or accepts) again."""
+
+    ok: bool
+    reason: str = ""
+    ts: datetime = field(default_factory=utcnow)

@@ -9,6 +9,7 @@ OMS reports a finished reconciliation, and again whenever the OMS restarts.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import (
     Bars,
+    BrokerHealth,
     FeedFresh,
     FeedStale,
     Fills,
@@ -28,9 +30,11 @@ from steadyhand.actors.messages import (
     ReconcileStarted,
     Reconfigure,
     RequestHalt,
+    Severity,
     Signals,
     TradingStateChanged,
 )
+from steadyhand.actors.oms import is_store_fault
 from steadyhand.risk_checks import Decision, RiskBook, breaker_check
 from steadyhand.state import store
 from thespian.actors import ActorAddress
@@ -57,7 +61,10 @@ class RiskActor(SteadyActor):
             FeedStale: self.on_feed_stale,
             FeedFresh: self.on_feed_fresh,
             Reconfigure: self.on_reconfigure,
+            BrokerHealth: self.on_broker_health,
         }
+        self.broker_down = ""  # why the OMS's broker circuit is open; "" while it is closed
+        self.store_fault = ""  # the decision journal refused a write: nothing is approved any more
 
     def on_reconfigure(self, message: Reconfigure, sender: ActorAddress) -> None:
         """An operator's `reload`: new limits from now on (already validated by the supervisor)."""
@@ -68,6 +75,7 @@ class RiskActor(SteadyActor):
     def on_peers_changed(self, names: set[str]) -> None:
         if "oms" in names:
             self.book.reconciling = True  # a new OMS reconciles before anything goes through
+            self.broker_down = ""  # and tells us afresh whether its broker answers
 
     # --- decisions --------------------------------------------------------------------------
 
@@ -82,14 +90,22 @@ class RiskActor(SteadyActor):
                                    side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
                                    bar_ts=signal.bar_ts)
             decision = self.book.decide(request, now_wall, now_sim)
+            if decision.approved and (self.broker_down or self.store_fault):
+                decision = Decision.deny("broker" if self.broker_down else "store",
+                                         f"broker unavailable: {self.broker_down}" if self.broker_down
+                                         else f"state store fault: {self.store_fault}")
             rows.append(_decision_row(request, decision))
             self.event("risk_decision", client_order_id=request.client_order_id, symbol=request.symbol,
                        side=request.side.value, qty=request.qty, approved=decision.approved,
                        check=decision.check, reason=decision.reason)
             if decision.approved:
                 approved.append(request)
-        with store.transaction(self.db):
-            self.db["risk_decisions"].insert_all(rows)
+        try:
+            with store.transaction(self.db):
+                self.db["risk_decisions"].insert_all(rows)
+        except sqlite3.OperationalError as exc:
+            self._store_fault(exc)  # every decision is journaled, or none is acted on
+            return
         if approved:
             self.tell_peer("oms", OrderRequests(tuple(approved), bar_sent_at=message.bar_sent_at))
 
@@ -131,6 +147,23 @@ class RiskActor(SteadyActor):
         for fill in message.fills:  # positions move now; the portfolio snapshot confirms later
             pos = self.book.positions.get(fill.symbol, 0) + fill.side.sign * fill.qty
             self.book.positions[fill.symbol] = pos
+
+    def on_broker_health(self, message: BrokerHealth, sender: ActorAddress) -> None:
+        down = "" if message.ok else (message.reason or "broker unavailable")
+        if down != self.broker_down:
+            self.event("broker_health", level="warning" if down else "info", ok=message.ok, reason=down)
+        self.broker_down = down
+
+    def _store_fault(self, exc: sqlite3.OperationalError) -> None:
+        if not is_store_fault(exc):
+            raise exc
+        first = not self.store_fault
+        self.store_fault = self.store_fault or str(exc)
+        self.event("store_fault", level="critical", error=repr(exc), first=first)
+        if first:
+            self.tell_peer("supervisor", RequestHalt(reason=f"state store fault: {exc}", source="risk"))
+            self.alert("store:fault", Severity.CRITICAL, "steadyhand: state store fault, trading halted",
+                       f"risk could not journal its decisions ({exc}); nothing is approved until restart")
 
     def on_reconcile_started(self, message: ReconcileStarted, sender: ActorAddress) -> None:
         self.book.reconciling = True

@@ -16,7 +16,9 @@ Money is ``Decimal`` stored as TEXT; fill prices are whole cents.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import random
 import sqlite3
 import time
@@ -45,6 +47,8 @@ from steadyhand.brokers.base import (
     OrderNotFound,
     OrderRejected,
     OrderSpec,
+    TransientBrokerError,
+    UnknownOutcome,
 )
 from steadyhand.clock import SimClock
 from steadyhand.market import MarketModel, Quote, QuoteArrays, quote_arrays, stable_int
@@ -129,9 +133,19 @@ def _m1_book(conn: sqlite3.Connection) -> None:
         conn.execute(sql)
 
 
+def _m2_duplicate_submits(conn: sqlite3.Connection) -> None:
+    # A real broker answers a reused client order id with an error and forgets it; we keep a note,
+    # so ``steadyhand verify`` can prove that no client order id was ever submitted twice.
+    conn.execute(
+        "CREATE TABLE duplicate_submits (id INTEGER PRIMARY KEY, client_order_id TEXT NOT NULL, "
+        "ts TEXT NOT NULL)"
+    )
+
+
 # Numbered migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "order book, fills, positions, change log", _m1_book),
+    (2, "log of submissions that reused a client order id", _m2_duplicate_submits),
 ]
 
 
@@ -307,6 +321,70 @@ def _row_to_fill(r: sqlite3.Row) -> BrokerFill:
 
 
 # ---------------------------------------------------------------------------------------------
+# Fault injection (switchable at run time, by a test, a drill or an operator)
+# ---------------------------------------------------------------------------------------------
+
+FAULTS_FILE = "sim_faults.json"  # next to exchange.db
+FAULT_MODES = ("reject", "error", "timeout", "slow", "disconnect")
+OPS = ("submit", "cancel", "get_by_client_id", "fills_for", "open_orders", "positions", "account",
+       "clock", "poll")
+
+
+def faults_path(data_dir: str | Path) -> Path:
+    return Path(data_dir) / FAULTS_FILE
+
+
+def set_fault(data_dir: str | Path, mode: str, *, delay_s: float = 0.2, ops: tuple[str, ...] = ()) -> Path:
+    """Switch a broker fault on for every process using this exchange (atomic replace).
+
+    ``reject``: every submission is rejected. ``error``: every call fails with a 5xx-style
+    TransientBrokerError. ``disconnect``: every call fails as a refused connection (also transient).
+    ``timeout``: every call waits ``delay_s`` and raises UnknownOutcome -- submissions and cancels
+    *are* carried out first (the reply is what gets lost: the case that breeds duplicate orders).
+    ``slow``: every call waits ``delay_s`` and then works. ``ops`` limits it to some calls.
+    """
+    if mode not in FAULT_MODES:
+        raise ValueError(f"fault mode must be one of {', '.join(FAULT_MODES)}, got {mode!r}")
+    unknown = set(ops) - set(OPS)
+    if unknown:
+        raise ValueError(f"unknown broker calls {sorted(unknown)}; known: {', '.join(OPS)}")
+    path = faults_path(data_dir)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"mode": mode, "delay_s": delay_s, "ops": list(ops)}))
+    os.replace(tmp, path)
+    return path
+
+
+def clear_fault(data_dir: str | Path) -> None:
+    faults_path(data_dir).unlink(missing_ok=True)
+
+
+class _FaultSwitch:
+    """Reads the faults file when it changes (one ``stat`` per call when nothing changed)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._key: tuple[int, int, int] | None = None
+        self._fault: dict[str, object] | None = None
+
+    def current(self) -> dict[str, object] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            self._key = self._fault = None
+            return None
+        key = (st.st_mtime_ns, st.st_size, st.st_ino)
+        if key != self._key:
+            self._key = key
+            try:
+                fault = json.loads(self.path.read_text())
+                self._fault = fault if fault.get("mode") in FAULT_MODES else None
+            except (OSError, ValueError, AttributeError):
+                self._fault = None  # half-written or hand-edited badly: no fault rather than a crash
+        return self._fault
+
+
+# ---------------------------------------------------------------------------------------------
 # The exchange
 # ---------------------------------------------------------------------------------------------
 
@@ -317,6 +395,8 @@ class SimExchange:
     ``clock`` is anything with ``now()`` (a :class:`SimClock`, or a manual clock in tests).
     ``fault`` is an optional hook called with a point name (``"submit:before_commit"``,
     ``"submit:after_commit"``, ``"cancel:after_commit"``) so crash tests can die exactly there.
+    ``faults``: honour the run-time fault switch (``sim_faults.json`` next to the database, see
+    :func:`set_fault`); tools that inspect the book (``steadyhand verify``) pass False.
     """
 
     name = "sim"
@@ -333,6 +413,7 @@ class SimExchange:
         start_cash: float = 100_000.0,
         seed: int = 7,
         fault: Callable[[str], None] | None = None,
+        faults: bool = True,
     ) -> None:
         if not 0.0 <= partial_fill_probability <= 1.0:
             raise ValueError("partial_fill_probability must be between 0 and 1")
@@ -346,6 +427,7 @@ class SimExchange:
         self.latency = timedelta(milliseconds=latency_ms)
         self.seed = seed
         self._fault = fault
+        self._faults = _FaultSwitch(self.db_path.with_name(FAULTS_FILE)) if faults else None
         self._db = open_exchange_db(self.db_path)
         self._conn = self._db.conn
         with self._write():
@@ -375,6 +457,27 @@ class SimExchange:
         cur = self._conn.cursor()
         cur.row_factory = sqlite3.Row
         return cur.execute(sql, params).fetchall()
+
+    def _injected(self, op: str) -> bool:
+        """Apply a switched-on fault to this call; True when the call must end in UnknownOutcome
+        after doing its work (a timeout of a submission or cancel)."""
+        fault = self._faults.current() if self._faults is not None else None
+        if fault is None or (fault.get("ops") and op not in fault["ops"]):  # type: ignore[operator]
+            return False
+        mode = fault["mode"]
+        if mode in ("slow", "timeout"):
+            time.sleep(float(fault.get("delay_s", 0.2)))  # type: ignore[arg-type]
+        if mode == "error":
+            raise TransientBrokerError(f"503 service unavailable (simulated fault) on {op}")
+        if mode == "disconnect":
+            raise TransientBrokerError(f"connection refused (simulated disconnect) on {op}")
+        if mode == "reject" and op == "submit":
+            raise OrderRejected("simulated fault: the exchange rejects every order")
+        if mode == "timeout":
+            if op in ("submit", "cancel"):
+                return True
+            raise UnknownOutcome(f"timed out (simulated fault) on {op}")
+        return False
 
     def _hook(self, point: str) -> None:
         if self._fault is not None:
@@ -594,7 +697,20 @@ class SimExchange:
         return otype, tif, side
 
     def submit(self, spec: OrderSpec) -> BrokerOrder:
+        lose_reply = self._injected("submit")
         otype, tif, side = self._validate(spec)
+        try:
+            order = self._submit(spec, otype, tif, side)
+        except DuplicateClientOrderId:
+            with self._write() as conn:
+                conn.execute("INSERT INTO duplicate_submits (client_order_id, ts) VALUES (?, ?)",
+                             (spec.client_order_id, _iso(_wall_now())))
+            raise
+        if lose_reply:
+            raise UnknownOutcome(f"timed out (simulated fault) submitting {spec.client_order_id}")
+        return order
+
+    def _submit(self, spec: OrderSpec, otype: OrderType, tif: TimeInForce, side: Side) -> BrokerOrder:
         with self._write() as conn:
             now = self._now()
             self._catch_up(now)
@@ -657,6 +773,7 @@ class SimExchange:
             raise OrderRejected("insufficient buying power")
 
     def cancel(self, broker_order_id: str) -> None:
+        lose_reply = self._injected("cancel")
         with self._write() as conn:
             now = self._now()
             self._catch_up(now)
@@ -673,8 +790,11 @@ class SimExchange:
             )
             self._changed("order", broker_order_id, _iso(now))
         self._hook("cancel:after_commit")
+        if lose_reply:
+            raise UnknownOutcome(f"timed out (simulated fault) canceling {broker_order_id}")
 
     def get_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
+        self._injected("get_by_client_id")
         self._sync()
         rows = self._rows("SELECT * FROM orders WHERE client_order_id = ?", (client_order_id,))
         return _row_to_order(rows[0]) if rows else None
@@ -687,7 +807,22 @@ class SimExchange:
             raise OrderNotFound(broker_order_id)
         return _row_to_order(rows[0])
 
+    # Whole-book reads for tools (``steadyhand verify``); not in the Broker protocol.
+
+    def all_orders(self) -> list[BrokerOrder]:
+        self._sync()
+        return [_row_to_order(r) for r in self._rows("SELECT * FROM orders ORDER BY id")]
+
+    def all_fills(self) -> list[BrokerFill]:
+        self._sync()
+        return [_row_to_fill(r) for r in self._rows("SELECT * FROM fills ORDER BY ts, fill_id")]
+
+    def duplicate_submits(self) -> list[str]:
+        """Client order ids that were submitted again after the exchange already had them."""
+        return [r[0] for r in self._conn.execute("SELECT client_order_id FROM duplicate_submits ORDER BY id")]
+
     def fills_for(self, broker_order_id: str) -> list[BrokerFill]:
+        self._injected("fills_for")
         self._sync()
         rows = self._rows(
             "SELECT * FROM fills WHERE broker_order_id = ? ORDER BY ts, fill_id", (broker_order_id,)
@@ -695,16 +830,19 @@ class SimExchange:
         return [_row_to_fill(r) for r in rows]
 
     def open_orders(self) -> list[BrokerOrder]:
+        self._injected("open_orders")
         self._sync()
         rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
         return [_row_to_order(r) for r in rows]
 
     def positions(self) -> list[BrokerPosition]:
+        self._injected("positions")
         self._sync()
         rows = self._rows("SELECT * FROM positions WHERE qty != 0 ORDER BY symbol")
         return [BrokerPosition(r["symbol"], r["qty"], Decimal(r["avg_entry_price"])) for r in rows]
 
     def account(self) -> Account:
+        self._injected("account")
         now = self._sync()
         with self._read() as conn:
             cash = Decimal(_get_meta(conn, "cash") or "0")
@@ -719,6 +857,7 @@ class SimExchange:
         return Account(cash=cash, equity=equity.quantize(CENT), buying_power=cash)
 
     def clock(self) -> MarketClock:
+        self._injected("clock")
         now = self._sync()
         return MarketClock(
             timestamp=now,
@@ -728,6 +867,7 @@ class SimExchange:
         )
 
     def poll(self, cursor: str | None) -> BrokerUpdates:
+        self._injected("poll")
         self._sync()
         with self._read() as conn:
             latest = conn.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
@@ -763,6 +903,24 @@ class SimExchange:
 # ---------------------------------------------------------------------------------------------
 # The clock anchor
 # ---------------------------------------------------------------------------------------------
+
+
+def stored_clock(db_path: str | Path) -> SimClock | None:
+    """The clock a run anchored in ``exchange.db`` (read-only: changes nothing), or None."""
+    path = Path(db_path)
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'clock_%'").fetchall())
+    except sqlite3.OperationalError:
+        return None  # no book yet
+    finally:
+        conn.close()
+    if "clock_anchor_sim" not in meta:
+        return None
+    return SimClock(anchor_sim=_parse(meta["clock_anchor_sim"]), anchor_real=float(meta["clock_anchor_real"]),
+                    speed=float(meta.get("clock_speed", "1")))
 
 
 def anchor_clock(
