@@ -173,7 +173,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"steadyhand running: data dir {data_dir}, admin port {port} (127.0.0.1), "
                   f"pid {os.getpid()}, broker {settings.broker}, clock {_clock_text(clock)}", flush=True)
             print("  actors: " + ", ".join(f"{n}={p}" for n, p in started.children.items()), flush=True)
-            code = _live_view(Connection(system, supervisor, data_dir), data_dir, stop)
+            code = _live_view(Connection(system, supervisor, data_dir), data_dir, stop, clock)
     finally:
         _shutdown(system, data_dir, port)
     return code
@@ -206,7 +206,7 @@ def _clean_leftovers(data_dir: Path) -> None:
         raise SystemExit(f"steadyhand: port {old['admin_port']} of an earlier run is still in use")
 
 
-def _live_view(connection: Connection, data_dir: Path, stop: threading.Event) -> int:
+def _live_view(connection: Connection, data_dir: Path, stop: threading.Event, clock: Any) -> int:
     """A compact status line whenever something changes, until SIGINT/SIGTERM or `shutdown`."""
     failures = 0
     last_line = ""
@@ -221,22 +221,33 @@ def _live_view(connection: Connection, data_dir: Path, stop: threading.Event) ->
         failures = 0
         if reply.result.get("stopping"):
             break  # an operator's `shutdown`
-        line = _status_line(reply.result, data_dir)
-        if line != last_line:
-            print(line, flush=True)
+        line = _status_line(reply.result, data_dir, clock)
+        if line != last_line:  # only when something changed
+            print(f"[{datetime.now():%H:%M:%S}] {line}", flush=True)
             last_line = line
     print("steadyhand: stopping ...", flush=True)
     return EXIT_OK
 
 
-def _status_line(status: dict[str, Any], data_dir: Path) -> str:
+def _market_text(clock: Any) -> str:
+    """The simulated market's state, so a quiet bot explains itself ("closed, opens in 14 min")."""
+    from steadyhand import market_hours
+
+    now = clock.now()
+    if market_hours.is_open(now):
+        return "market open"
+    wait_min = clock.real_seconds((market_hours.next_open(now) - now).total_seconds()) / 60
+    return f"market closed, opens in {wait_min:.0f} min"
+
+
+def _status_line(status: dict[str, Any], data_dir: Path, clock: Any) -> str:
     report = read_report(data_dir)
     restarts = sum(a["restarts"] for a in status["actors"].values())
     down = [n for n, a in status["actors"].items() if not a["alive"]]
     positions = " ".join(f"{s}:{q}" for s, q in sorted(report["positions"].items())) or "flat"
-    text = (f"[{datetime.now():%H:%M:%S}] {status['trading_state'].upper()} "
+    text = (f"{status['trading_state'].upper()} "
             f"orders {report['orders']} (open {report['open_orders']}) fills {report['fills']} "
-            f"positions {positions} restarts {restarts}")
+            f"positions {positions} restarts {restarts}, {_market_text(clock)}")
     return text + (f" DOWN: {','.join(down)}" if down else "")
 
 
