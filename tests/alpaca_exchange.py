@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
+from harness import poll
 from steadyhand import procs
 from steadyhand.brokers.sim import anchor_clock
 from steadyhand.config import AlpacaSettings, Settings, SimSettings
@@ -65,11 +65,4 @@ def inject(thread: ServerThread, **rule: Any) -> None:
 
 def wait_for(predicate: Callable[[], T], timeout_s: float = 10.0, what: str = "condition") -> T:
     """Poll ``predicate`` until it returns something truthy (and return that) or fail."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
+    return poll(predicate, timeout_s, interval=0.02, what=what)
