@@ -2,7 +2,9 @@
 
 ``STEADYHAND_CRASH_AT="name:N"`` makes the process that reaches ``crash_point("name")`` for the Nth
 time die on the spot with ``os._exit`` (no cleanup, no flush: as close to SIGKILL as Python gets);
-``"name:N:group"`` SIGKILLs the whole process group instead (a power cut at that point).
+``"name:N:group"`` SIGKILLs every process of the run instead (a power cut at that point): the
+``steadyhand run`` process, Thespian's admin and every actor -- found by their run marker, since
+Thespian puts its admin and actors in a process group of their own.
 
 A point fires once per run directory, not once per process: the actors inherit the variable, and a
 restarted OMS would otherwise die again at its own Nth hit, crash-loop and halt the bot. Before it
@@ -15,6 +17,7 @@ lookup and a comparison.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from pathlib import Path
@@ -57,8 +60,41 @@ def crash_point(name: str) -> None:
     _hits += 1
     if _hits == _AT and _claim():
         if _GROUP:
-            os.killpg(os.getpgrp(), signal.SIGKILL)
+            _power_cut()
         os._exit(EXIT_CODE)
+
+
+def _power_cut() -> None:
+    run_dir = os.environ.get("STEADYHAND_RUN_DIR")
+    if run_dir:
+        import psutil
+        from steadyhand import procs
+
+        # Freeze everyone first (SIGSTOP), until no new process appears -- a supervisor still
+        # running would restart the actors we kill -- then kill them all, and ourselves last.
+
+        marker = procs.run_marker(run_dir)
+        ancestors = {p.pid for p in psutil.Process().parents() if _environ(p).get(procs.RUN_MARKER) == marker}
+        frozen: set[int] = set()
+        for _ in range(10):  # run_processes leaves out its caller's ancestors: the admin, the supervisor
+            new = ({p.pid for p in procs.run_processes(run_dir)} | ancestors) - frozen
+            if not new:
+                break
+            for pid in new:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGSTOP)
+            frozen |= new
+        for pid in frozen:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _environ(process: object) -> dict[str, str]:
+    try:
+        return process.environ()  # type: ignore[attr-defined,no-any-return]
+    except Exception:  # gone, or not ours to read
+        return {}
 
 
 def fired_path(data_dir: str | Path) -> Path:
