@@ -22,6 +22,7 @@ from steadyhand.actors.messages import (
     PnlUpdate,
     PositionsSnapshot,
     Severity,
+    Side,
 )
 from steadyhand.state import store
 from thespian.actors import ActorAddress
@@ -61,6 +62,7 @@ class PortfolioActor(SteadyActor):
             row["symbol"]: Position(int(row["qty"]), Decimal(row["avg_cost"]), Decimal(row["realized_pnl"]))
             for row in self.db.query("SELECT * FROM positions")
         }
+        self.fills_applied_through = int(store.get_portfolio_state(self.db, "fills_applied_through") or 0)
         self.cash: Decimal | None = None  # from the broker's first snapshot
         self.marks: dict[str, float] = {}
         self.session_day = ""
@@ -72,6 +74,7 @@ class PortfolioActor(SteadyActor):
         self.timers = {"summary": self.daily_summary}
 
     def on_first_wiring(self) -> None:
+        self._catch_up_fills()  # fills journaled while this actor was down
         self._send_positions()
         self.every("summary", SUMMARY_CHECK_S)
 
@@ -82,20 +85,35 @@ class PortfolioActor(SteadyActor):
     # --- fills ------------------------------------------------------------------------------
 
     def on_fills(self, message: Fills, sender: ActorAddress) -> None:
+        # The message is the signal; the OMS's fill journal is the source. A Fills message sent
+        # while this actor was down is lost, but the journal is not: catching up from it after
+        # every restart and on every notice applies each fill exactly once.
+        self._catch_up_fills()
+
+    def _catch_up_fills(self) -> None:
+        rows = list(self.db.query("SELECT rowid, symbol, side, qty, price FROM fills WHERE rowid > ? ORDER BY rowid",
+                                  [self.fills_applied_through]))
+        if not rows:
+            return
         touched = set()
-        for fill in message.fills:
-            position = self.positions.setdefault(fill.symbol, Position())
-            signed = fill.side.sign * fill.qty
-            position.apply(signed, fill.price)
+        for row in rows:
+            position = self.positions.setdefault(row["symbol"], Position())
+            price = Decimal(row["price"])
+            signed = Side(row["side"]).sign * int(row["qty"])
+            position.apply(signed, price)
             if self.cash is not None:
-                self.cash -= signed * fill.price
-            touched.add(fill.symbol)
-        self._save(touched)
+                self.cash -= signed * price
+            touched.add(row["symbol"])
+        self.fills_applied_through = rows[-1]["rowid"]
+        self._save(touched, applied_through=self.fills_applied_through)
         self._send_positions()
 
-    def _save(self, symbols: set[str]) -> None:
+    def _save(self, symbols: set[str], applied_through: int | None = None) -> None:
         now = store.now_iso()
         with store.transaction(self.db):
+            if applied_through is not None:  # same transaction: positions and cursor never disagree
+                self.db["portfolio_state"].upsert({"key": "fills_applied_through", "value": str(applied_through)},
+                                                  pk="key")
             for symbol in symbols:
                 p = self.positions[symbol]
                 self.db["positions"].upsert({"symbol": symbol, "qty": p.qty, "avg_cost": str(p.avg_cost),
