@@ -67,27 +67,35 @@ def crash_point(name: str) -> None:
 def _power_cut() -> None:
     run_dir = os.environ.get("STEADYHAND_RUN_DIR")
     if run_dir:
-        import psutil
-        from steadyhand import procs
-
-        # Freeze everyone first (SIGSTOP), until no new process appears -- a supervisor still
-        # running would restart the actors we kill -- then kill them all, and ourselves last.
-
-        marker = procs.run_marker(run_dir)
-        ancestors = {p.pid for p in psutil.Process().parents() if _environ(p).get(procs.RUN_MARKER) == marker}
-        frozen: set[int] = set()
-        for _ in range(10):  # run_processes leaves out its caller's ancestors: the admin, the supervisor
-            new = ({p.pid for p in procs.run_processes(run_dir)} | ancestors) - frozen
-            if not new:
-                break
-            for pid in new:
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGSTOP)
-            frozen |= new
-        for pid in frozen:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        kill_run(run_dir)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_run(run_dir: str | Path) -> int:
+    """SIGKILL every process of the run on ``run_dir`` but the caller; how many were killed.
+
+    Everyone is frozen first (SIGSTOP), until no new process appears -- a supervisor still running
+    would restart the actors being killed -- then all are killed at once. Used by the ``:group``
+    crash points and by the drills for a power cut."""
+    import psutil
+    from steadyhand import procs
+
+    marker = procs.run_marker(run_dir)
+    # run_processes leaves out its caller's ancestors (for us: Thespian's admin, the supervisor)
+    ancestors = {p.pid for p in psutil.Process().parents() if _environ(p).get(procs.RUN_MARKER) == marker}
+    frozen: set[int] = set()
+    for _ in range(10):
+        new = ({p.pid for p in procs.run_processes(run_dir)} | ancestors) - frozen
+        if not new:
+            break
+        for pid in new:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGSTOP)
+        frozen |= new
+    for pid in frozen:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return len(frozen)
 
 
 def _environ(process: object) -> dict[str, str]:

@@ -905,6 +905,27 @@ class SimExchange:
 # ---------------------------------------------------------------------------------------------
 
 
+def jump_clock(db_path: str | Path, to: datetime) -> SimClock:
+    """Move a simulated run's clock forward to ``to`` (the bot being down overnight, say); only
+    while the bot is down, and only forward: the book is caught up to ``to`` on its next call."""
+    db = open_exchange_db(db_path)
+    try:
+        with transaction(db):
+            conn = db.conn
+            if _get_meta(conn, "clock_mode") != "simulated":
+                raise ValueError("only a simulated clock can jump")
+            speed = float(_get_meta(conn, "clock_speed") or "1")
+            current = SimClock(anchor_sim=_parse(_get_meta(conn, "clock_anchor_sim") or ""),
+                               anchor_real=float(_get_meta(conn, "clock_anchor_real") or "0"), speed=speed)
+            if to <= current.now():
+                raise ValueError(f"the clock only moves forward: {to} <= {current.now()}")
+            clock = SimClock(anchor_sim=to.astimezone(UTC), anchor_real=time.time(), speed=speed)
+            _set_meta(conn, clock_anchor_sim=_iso(clock.anchor_sim), clock_anchor_real=repr(clock.anchor_real))
+    finally:
+        db.conn.close()
+    return clock
+
+
 def stored_clock(db_path: str | Path) -> SimClock | None:
     """The clock a run anchored in ``exchange.db`` (read-only: changes nothing), or None."""
     path = Path(db_path)

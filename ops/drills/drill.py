@@ -1,0 +1,129 @@
+"""What every drill needs: ``steadyhand run`` as a real process, its state, kills, and verify.
+
+Drills are scripts (``python ops/drills/<name>.py``) an operator can run by hand and CI runs through
+``tests/test_drills.py``; each prints what it did and exits non-zero when an invariant broke.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from steadyhand import crashpoints, procs
+
+START_TIMEOUT_S = 60.0
+
+
+class DrillError(RuntimeError):
+    pass
+
+
+class Run:
+    """One ``steadyhand run`` process in a session of its own."""
+
+    def __init__(self, data_dir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+        self.data_dir = data_dir
+        cmd = [sys.executable, "-m", "steadyhand.cli", "run", "--data-dir", str(data_dir), *args]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        self.output: list[str] = []
+        self.started = threading.Event()
+        threading.Thread(target=self._read, daemon=True).start()
+        if not self.started.wait(START_TIMEOUT_S):
+            self.power_cut()
+            raise DrillError("steadyhand run did not start:\n" + "".join(self.output[-20:]))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+            if line.startswith("steadyhand running"):
+                self.started.set()
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def power_cut(self) -> None:
+        """SIGKILL every process of the run at once (admin, actors and the run command)."""
+        crashpoints.kill_run(self.data_dir)
+        self.proc.wait(10)
+        wait_for(lambda: not procs.run_processes(self.data_dir), 10, "the killed run's processes gone")
+
+    def stop(self, timeout: float = 40.0) -> int:
+        """SIGINT, as Ctrl-C: the graceful stop."""
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.power_cut()
+            raise DrillError("steadyhand run did not stop on SIGINT:\n" + "".join(self.output[-20:])) from None
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise DrillError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def query(data_dir: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    path = data_dir / "steadyhand.db"
+    if not path.exists():
+        return []
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        return db.execute(sql, params).fetchall()
+    except sqlite3.OperationalError:
+        return []  # no schema yet
+    finally:
+        db.close()
+
+
+def report_count(data_dir: Path) -> int:
+    rows = query(data_dir, "SELECT count(*) FROM reconciliations")
+    return int(rows[0][0]) if rows else 0
+
+
+def actor_pids(data_dir: Path) -> dict[str, int]:
+    return {name: pid for name, pid in query(data_dir, "SELECT name, pid FROM actors WHERE alive = 1 AND pid > 0")}
+
+
+def verify_now(data_dir: Path, config: Path | None) -> dict[str, Any]:
+    """``steadyhand verify --json`` as an operator runs it."""
+    cmd = [sys.executable, "-m", "steadyhand.cli", "verify", "--json", "--data-dir", str(data_dir)]
+    if config is not None:
+        cmd += ["--config", str(config)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    try:
+        checked = json.loads(result.stdout)
+    except ValueError:
+        raise DrillError(f"verify failed: {result.stderr.strip()}") from None
+    if checked["ok"] != (result.returncode == 0):
+        raise DrillError(f"verify exit code {result.returncode} disagrees with ok={checked['ok']}")
+    return checked
+
+
+VIOLATION_KEYS = ("duplicate_submissions", "lost_fills", "unknown_open_orders", "stale_open_orders",
+                  "position_mismatches")
+
+
+def violations(checked: dict[str, Any]) -> int:
+    return sum(len(checked[key]) for key in VIOLATION_KEYS)
+
+
+def leftovers(data_dir: Path) -> list[int]:
+    return [p.pid for p in procs.run_processes(data_dir)]

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""Randomized crash drill: kill steadyhand over and over, anywhere, then prove the books are exact.
+
+    python ops/drills/random_kills.py --count 25            # what CI runs
+    python ops/drills/random_kills.py --count 1000 --keep   # a long offline run
+
+Runs ``steadyhand run`` on the simulated market as a real process and, ``--count`` times, does one
+of: SIGKILL one actor (the supervisor restarts it), SIGKILL every process of the run at once (a
+power cut; the drill starts it again), or start it with a random named crash point armed
+(``STEADYHAND_CRASH_AT``) and wait for it to fire. Then it starts steadyhand once more, lets the
+OMS reconcile, runs ``steadyhand verify`` while it runs and again after a graceful stop, prints the
+totals, and exits 1 on any invariant violation (or a process left behind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from drill import DrillError, Run, actor_pids, leftovers, report_count, verify_now, violations, wait_for
+from steadyhand import crashpoints, market_hours
+from steadyhand.brokers.sim import jump_clock, stored_clock
+
+# The drill's own settings: a jumpy strategy, so orders are always in flight when it kills; and it
+# kills actors far faster than any real failure would, so it must not be stopped by the supervisor's
+# restart intensity (that escalation has tests of its own).
+CONFIG = """
+[strategy]
+fast = 2
+slow = 3
+
+[supervisor]
+max_restarts = 1000
+period_s = 60.0
+"""
+ACTORS = ("alerter", "portfolio", "oms", "risk", "strategy", "feed", "heartbeat")
+ARM_TIMEOUT_S = 4.0  # a crash point that needs open orders may not fire: give up after this
+# Market orders fill at once on the sim, so the points that need open orders (at a reconciliation,
+# at a cancel-all) are reached less often: arm the order-path points more often.
+POINT_WEIGHTS = {"oms.after_journal": 3, "oms.after_submit": 3, "oms.after_fill_received": 3,
+                 "oms.mid_reconcile": 2, "oms.mid_cancel_all": 1}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=25, help="how many kills")
+    parser.add_argument("--data-dir", help="where (default: a fresh temporary directory)")
+    parser.add_argument("--speed", type=float, default=200.0, help="simulated seconds per second")
+    parser.add_argument("--seed", type=int, default=None, help="seed of the drill's random choices")
+    parser.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
+    parser.add_argument("--json", action="store_true", help="print the totals as JSON")
+    args = parser.parse_args(argv)
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**9)
+    rng = random.Random(seed)
+    data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="steadyhand-drill-")).resolve() / "var"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir.parent / "drill.toml"
+    config.write_text(CONFIG)
+    run_args = ["--speed", f"{args.speed:g}", "--config", str(config)]
+    totals: dict[str, Any] = {"seed": seed, "data_dir": str(data_dir), "kills": 0, "by_kind": Counter(),
+                              "actors_killed": Counter(), "points_armed": Counter(), "points_fired": Counter(),
+                              "starts": 0}
+    started = time.monotonic()
+    code = 0
+    try:
+        _drill(args.count, rng, data_dir, run_args, totals)
+        final = _final_check(data_dir, run_args, config, totals)
+        totals["violations"] = final
+        code = 1 if final else 0
+    except DrillError as exc:
+        print(f"drill failed: {exc}", file=sys.stderr)
+        totals["error"] = str(exc)
+        code = 1
+    finally:
+        left = leftovers(data_dir)
+        if left:
+            crashpoints.kill_run(data_dir)
+            totals["leftover_processes"] = left
+            code = 1
+    totals["elapsed_s"] = round(time.monotonic() - started, 1)
+    _print(totals, args.json)
+    if not args.keep and not args.data_dir and code == 0:
+        shutil.rmtree(data_dir.parent, ignore_errors=True)
+    return code
+
+
+def _drill(count: int, rng: random.Random, data_dir: Path, run_args: list[str], totals: dict[str, Any]) -> None:
+    run: Run | None = None
+    while totals["kills"] < count:
+        kind = rng.choices(["actor", "power_cut", "crash_point"], weights=[6, 2, 2])[0]
+        if kind == "crash_point":
+            if run is not None and run.alive:
+                run.power_cut()  # the point is armed through the environment: a fresh start
+                _count(totals, "power_cut")
+            run = _start_armed(rng, data_dir, run_args, totals)
+            continue
+        if run is None or not run.alive:
+            run = _start(data_dir, run_args, {}, totals)
+        time.sleep(rng.uniform(0.2, 1.5))  # let it trade (or die mid-reconciliation)
+        if kind == "actor":
+            pids = actor_pids(data_dir)
+            name = rng.choice([n for n in ACTORS if n in pids] or ["oms"])
+            if name in pids:
+                try:
+                    os.kill(pids[name], signal.SIGKILL)
+                except ProcessLookupError:
+                    continue  # it was being restarted already; pick again
+                totals["actors_killed"][name] += 1
+                _count(totals, "actor")
+        else:
+            run.power_cut()
+            _count(totals, "power_cut")
+    if run is not None and run.alive:
+        run.power_cut()
+
+
+def _start_armed(rng: random.Random, data_dir: Path, run_args: list[str], totals: dict[str, Any]) -> Run:
+    point = rng.choices(crashpoints.POINTS, weights=[POINT_WEIGHTS.get(p, 1) for p in crashpoints.POINTS])[0]
+    spec = f"{point}:{rng.randint(1, 3)}" + (":group" if rng.random() < 0.5 else "")
+    crashpoints.fired_path(data_dir).unlink(missing_ok=True)
+    totals["points_armed"][point] += 1
+    run = _start(data_dir, run_args, {crashpoints.ENV: spec}, totals)
+    try:
+        wait_for(lambda: crashpoints.fired_path(data_dir).exists(), ARM_TIMEOUT_S, spec, interval=0.05)
+    except DrillError:
+        return run  # not reached this time (no open orders, say): the run goes on, armed
+    totals["points_fired"][point] += 1
+    _count(totals, "crash_point")
+    if spec.endswith(":group"):
+        wait_for(lambda: not run.alive, 10, "the power cut at the crash point")
+        wait_for(lambda: not leftovers(data_dir), 10, "every process of the run gone")
+    return run
+
+
+def _start(data_dir: Path, run_args: list[str], env: dict[str, str], totals: dict[str, Any]) -> Run:
+    totals["starts"] += 1
+    _skip_the_night(data_dir, totals)
+    return Run(data_dir, run_args, env)
+
+
+def _skip_the_night(data_dir: Path, totals: dict[str, Any]) -> None:
+    """The bot is down: if the market is closed, restart it at the next open instead (as after a
+    night's outage). Without this a long drill spends most kills on an idle, closed market."""
+    clock = stored_clock(data_dir / "exchange.db")
+    if clock is None or market_hours.is_open(now := clock.now()):
+        return
+    jump_clock(data_dir / "exchange.db", market_hours.next_open(now) + timedelta(seconds=30))
+    totals["nights_skipped"] = totals.get("nights_skipped", 0) + 1
+
+
+def _count(totals: dict[str, Any], kind: str) -> None:
+    totals["kills"] += 1
+    totals["by_kind"][kind] += 1
+
+
+def _final_check(data_dir: Path, run_args: list[str], config: Path, totals: dict[str, Any]) -> int:
+    """A clean start, its reconciliation, verify while running and after a graceful stop."""
+    crashpoints.fired_path(data_dir).unlink(missing_ok=True)
+    before = report_count(data_dir)
+    run = _start(data_dir, run_args, {}, totals)
+    wait_for(lambda: report_count(data_dir) > before, 60, "the final reconciliation")
+    running = verify_now(data_dir, config)
+    stopped_code = run.stop()
+    stopped = verify_now(data_dir, config)
+    totals["verify_running"] = {k: running[k] for k in ("ok", "counts")}
+    totals["verify_stopped"] = {k: stopped[k] for k in ("ok", "counts")}
+    found = violations(running) + violations(stopped)
+    if found:
+        totals["violation_details"] = {"running": running, "stopped": stopped}
+    if stopped_code != 0:
+        raise DrillError(f"the final graceful stop exited {stopped_code}")
+    return found
+
+
+def _print(totals: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(totals, default=dict))
+        return
+    print(f"drill: {totals['kills']} kills in {totals['elapsed_s']}s (seed {totals['seed']}, "
+          f"{totals['starts']} starts): {dict(totals['by_kind'])}")
+    print(f"  actors killed: {dict(totals['actors_killed'])}")
+    print("  crash points fired/armed: " + ", ".join(
+        f"{p} {totals['points_fired'][p]}/{n}" for p, n in sorted(totals["points_armed"].items())))
+    if "verify_stopped" in totals:
+        print(f"  verify: running {totals['verify_running']}, stopped {totals['verify_stopped']}")
+    print(f"  violations: {totals.get('violations', 'n/a')}"
+          + (f"  ERROR: {totals['error']}" if "error" in totals else "")
+          + (f"  LEFTOVER PROCESSES: {totals['leftover_processes']}" if "leftover_processes" in totals else ""))
+    if totals.get("violation_details"):
+        print(json.dumps(totals["violation_details"], indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
