@@ -35,3 +35,20 @@ def test_random_kills_drill_25_kills_zero_violations(tmp_path: Path) -> None:
     assert totals["kills"] >= 25 and totals["violations"] == 0
     assert set(totals["by_kind"]) == {"actor", "power_cut", "crash_point"}  # every kind happened
     assert totals["verify_stopped"]["ok"] and totals["verify_stopped"]["counts"]["journal_orders"] >= 25
+
+
+def test_broker_outage_drill(tmp_path: Path) -> None:
+    result = _drill("broker_outage.py", "--data-dir", str(tmp_path), "--outage-s", "1", timeout=90)
+    _no_leftovers(tmp_path / "var")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for seen in ("circuit open", "CRITICAL alert", "reconciled ('broker recovered')", "orders flow again",
+                 "verify ok=True"):
+        assert seen in result.stdout, result.stdout
+
+
+def test_backup_restore_drill(tmp_path: Path) -> None:
+    result = _drill("backup_restore.py", "--data-dir", str(tmp_path), timeout=90)
+    _no_leftovers(tmp_path / "var")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "restored and reconciled; verify ok=True" in result.stdout
+    assert (tmp_path / "backup" / "steadyhand.db").exists()
