@@ -1,0 +1,108 @@
+"""Bar -> order accepted by the sim exchange (durable journal, real multiproc system): p50 / p99.
+
+A real ``steadyhand run`` replays a file whose bars make the default SMA(5/20) cross on a schedule
+(each symbol steps up once per 40 ticks and back down 20 ticks later, phases staggered), so every
+tick carries about ``--orders-per-tick`` orders. The latency of each order is what the OMS logs in
+its ``order_submitted`` event: ``Bars.sent_at`` (stamped by the feed) to the exchange's
+acknowledgement, after the PENDING_SUBMIT row is committed (``synchronous=FULL``). Orders of one tick
+go out one after another, so the k-th order of a tick waits for the k-1 before it; the first
+order of each tick is reported too (the path without that queueing).
+
+    python -m bench.bench_latency [--quick] [--orders N] [--orders-per-tick K]
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from steadyhand.brokers.sim import stored_clock  # noqa: E402
+
+from bench import common  # noqa: E402
+
+PERIOD = 40  # ticks per up/down cycle of each symbol (>= 2 * slow window)
+TICK_S = 0.2  # wall seconds per simulated minute (speed 300): the system is idle between ticks
+STARTUP_S = 8.0  # allowance for the bot to start; ticks before that are skipped by the feed
+START = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)  # a Friday session open
+
+
+def run_once(orders: int, per_tick: int, keep: bool = False) -> dict[str, Any]:
+    n_symbols = max(1, per_tick * PERIOD // 2)
+    lead_in = math.ceil(STARTUP_S / TICK_S) + 25  # start-up (skipped by the feed), then warm-up
+    ticks = lead_in + PERIOD // 2 + math.ceil(orders / per_tick * 1.1)
+    names = common.symbols(n_symbols)
+    with common.data_dir("latency", keep) as data_dir:
+        replay = common.write_replay(data_dir.parent / "bars.csv", names, START,
+                                     common.step_closes(ticks, n_symbols, PERIOD, lead_in))
+        config = common.replay_config(replay, names, TICK_S)
+        with common.running_bot(data_dir, config) as bot:
+            clock = stored_clock(data_dir / "exchange.db")
+            end = clock.real_at(START + timedelta(minutes=ticks + 1))
+            first_tick = clock.at_real(bot.running_at)
+            time.sleep(max(0.0, end - time.time()) + 1.0)  # the whole replay, then settle
+            submitted = common.events(data_dir, "oms", "order_submitted")
+            signals = {e["intent_id"]: e["t"] for e in common.events(data_dir, "strategy", "signal")}
+            decisions = {e["client_order_id"]: e["t"] for e in common.events(data_dir, "risk", "risk_decision")}
+    latencies = [e["bar_to_ack_ms"] for e in submitted if e.get("bar_to_ack_ms") is not None]
+    by_tick: dict[str, list[float]] = {}
+    for e in submitted:
+        if e.get("bar_to_ack_ms") is not None:
+            by_tick.setdefault(e["client_order_id"].split("-")[2], []).append(e["bar_to_ack_ms"])
+    firsts = [v[0] for v in by_tick.values()]
+    # Where the time goes: bar sent -> signal logged (strategy) -> decision logged (risk) -> ack (OMS).
+    stages: dict[str, list[float]] = {"strategy": [], "risk": [], "oms": []}
+    for e in submitted:
+        cid, ms = e["client_order_id"], e.get("bar_to_ack_ms")
+        if ms is None or cid not in signals or cid not in decisions:
+            continue
+        sent = e["t"] - ms / 1000
+        stages["strategy"].append((signals[cid] - sent) * 1000)
+        stages["risk"].append((decisions[cid] - signals[cid]) * 1000)
+        stages["oms"].append((e["t"] - decisions[cid]) * 1000)
+    return {"orders": len(latencies), "ticks": len(by_tick), "symbols": n_symbols,
+            "first_tick_sim": first_tick.isoformat(),
+            "p50": common.percentile(latencies, 50) if latencies else None,
+            "p99": common.percentile(latencies, 99) if latencies else None,
+            "max": max(latencies) if latencies else None,
+            "first_p50": common.percentile(firsts, 50) if firsts else None,
+            "first_p99": common.percentile(firsts, 99) if firsts else None,
+            "stage_p50_ms": {k: round(common.percentile(v, 50), 2) for k, v in stages.items() if v}}
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--orders", type=int, help="orders per run (default 2000; --quick 600)")
+    p.add_argument("--orders-per-tick", type=int, default=4)
+    args = p.parse_args(argv)
+    orders = args.orders or common.size(args, 2000, 600, 60)
+    p50 = common.Figure("bar_to_ack_p50", "ms", target=3.0)
+    p99 = common.Figure("bar_to_ack_p99", "ms", target=10.0)
+    f50 = common.Figure("bar_to_ack_first_of_tick_p50", "ms")
+    f99 = common.Figure("bar_to_ack_first_of_tick_p99", "ms")
+    runs = []
+    for _ in range(common.repeats(args)):
+        r = run_once(orders, args.orders_per_tick, args.keep)
+        runs.append(r)
+        print(f"  run: {r['orders']} orders over {r['ticks']} ticks ({r['symbols']} symbols): "
+              f"p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms, max {r['max']:.1f} ms; stage p50s "
+              f"{r['stage_p50_ms']}", flush=True)
+        p50.add(r["p50"])
+        p99.add(r["p99"])
+        f50.add(r["first_p50"])
+        f99.add(r["first_p99"])
+    note = f"{args.orders_per_tick} orders per tick, >= {orders} orders per run"
+    p50.note = note
+    result = common.report("bar -> order accepted (multiproc, durable journal)", [p50, p99, f50, f99],
+                           {"runs": runs})
+    common.write_json(args, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,299 @@
+"""Replay throughput of the live event path, side by side with backtrader and NautilusTrader.
+
+steadyhand: the production strategy, risk, OMS (with the simulated exchange on a real
+``exchange.db``, journal ``synchronous=FULL``) and portfolio actors, in Thespian's in-process
+``simpleSystemBase``, driven as fast as they go: this script plays the feed (one ``Bars`` message
+per tick to risk, portfolio and strategy, as the feed actor sends them) and the clock (a replay
+clock that reads the current bar's close). Same data for every engine: 100 symbols x 2,000 minute
+bars (200,000 bars) of a seeded random walk on real XNYS session minutes; the same SMA(5/20)
+crossover, long-only, 10 shares, market orders.
+
+- backtrader: one data feed per symbol, SMA(5)/SMA(20)/CrossOver per data, ``cerebro.run()``.
+- NautilusTrader: ``BacktestEngine`` with 100 equities on one venue, a ``Strategy`` with two
+  ``SimpleMovingAverage`` per instrument; runs in its own virtualenv (it pins pandas < 3, which
+  steadyhand cannot use): ``$STEADYHAND_NAUTILUS_PYTHON`` or /tmp/venv-nautilus/bin/python.
+- steadyhand's vectorized ``backtest()`` (the same signal function on a DataFrame) for reference.
+
+Bars/s is bars divided by the wall time of the engine's run, data already loaded in memory.
+
+    python -m bench.bench_replay [--quick] [--bars N] [--symbols N] [--tmpfs]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import numpy as np  # noqa: E402
+from steadyhand import market_hours  # noqa: E402
+from steadyhand.actors.messages import Bar, Bars  # noqa: E402
+
+from bench import common  # noqa: E402
+
+FIRST_DAY = datetime(2026, 11, 16, tzinfo=UTC)  # a Monday
+NAUTILUS_PYTHON = os.environ.get("STEADYHAND_NAUTILUS_PYTHON", "/tmp/venv-nautilus/bin/python")
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def session_minutes(count: int) -> list[datetime]:
+    minutes: list[datetime] = []
+    for o, c in market_hours.sessions_between(FIRST_DAY, FIRST_DAY + timedelta(days=60)):
+        m = o
+        while m < c and len(minutes) < count:
+            minutes.append(m)
+            m += timedelta(minutes=1)
+        if len(minutes) >= count:
+            break
+    return minutes
+
+
+def make_data(n_symbols: int, ticks: int, seed: int = 11) -> tuple[list[str], list[datetime], np.ndarray]:
+    rng = np.random.default_rng(seed)
+    closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.0015, (ticks, n_symbols)), axis=0))
+    return common.symbols(n_symbols), session_minutes(ticks), np.round(closes, 4)
+
+
+def ohlc(closes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    opens = np.vstack([closes[:1], closes[:-1]])
+    return opens, np.maximum(opens, closes), np.minimum(opens, closes)
+
+
+def write_csv(path: Path, names: list[str], minutes: list[datetime], closes: np.ndarray) -> Path:
+    opens, highs, lows = ohlc(closes)
+    with path.open("w") as fh:
+        fh.write("ts,symbol,open,high,low,close,volume\n")
+        for k, m in enumerate(minutes):
+            ts = m.strftime("%Y-%m-%dT%H:%M:%SZ")
+            fh.write("".join(f"{ts},{s},{opens[k, j]:.4f},{highs[k, j]:.4f},{lows[k, j]:.4f},"
+                             f"{closes[k, j]:.4f},1000\n" for j, s in enumerate(names)))
+    return path
+
+
+# --- steadyhand: the live actors in simpleSystemBase ---------------------------------------------
+
+
+class ReplayClock:
+    """The simulated clock of a replay: ``now()`` is the close of the bar being processed.
+    Module-level state, so every actor (one process, simpleSystemBase) reads the same time."""
+
+    current = FIRST_DAY
+    speed = 1.0
+
+    def now(self) -> datetime:
+        return ReplayClock.current
+
+    def real_at(self, sim: datetime) -> float:
+        return time.time()
+
+
+def run_steadyhand(names: list[str], minutes: list[datetime], closes: np.ndarray, data_dir: Path,
+                   warm_ticks: int = 0) -> dict[str, Any]:
+    from steadyhand.actors.messages import Configure, HistoryReply, HistoryRequest, Wiring
+    from steadyhand.actors.oms import OmsActor
+    from steadyhand.actors.portfolio import PortfolioActor
+    from steadyhand.actors.risk import RiskActor
+    from steadyhand.actors.strategy import StrategyActor
+    from steadyhand.config import RunSettings, Settings
+    from steadyhand.config import SimSettings as Sim
+    from steadyhand.state import store
+    from thespian.actors import Actor, ActorExitRequest, ActorSystem
+
+    opens, highs, lows = ohlc(closes)
+    ticks = [Bars(ts=m, bars=tuple(Bar(s, m, float(opens[k, j]), float(highs[k, j]), float(lows[k, j]),
+                                       float(closes[k, j]), 1000) for j, s in enumerate(names)))
+             for k, m in enumerate(minutes)]
+    csv = write_csv(data_dir.parent / "bars.csv", names, minutes, closes)  # the exchange's quotes
+    settings = Settings(symbols=tuple(names), sim=Sim(replay=str(csv), start_cash=1e9),
+                        risk=_busy_risk())
+    ReplayClock.current = minutes[0]
+    store.open_store(data_dir).close()
+    run = RunSettings(settings=settings, data_dir=str(data_dir), clock=ReplayClock())
+
+    class FeedStub(Actor):
+        def receiveMessage(self, message: Any, sender: Any) -> None:
+            if isinstance(message, HistoryRequest):
+                self.send(sender, HistoryReply(()))
+
+    system = ActorSystem("simpleSystemBase", transientUnique=True)
+    try:
+        actors = {name: system.createActor(cls) for name, cls in
+                  (("portfolio", PortfolioActor), ("oms", OmsActor), ("risk", RiskActor),
+                   ("strategy", StrategyActor))}
+        for name, address in actors.items():
+            system.tell(address, Configure(name=name, settings=run))
+        peers = {**actors, "feed": system.createActor(FeedStub)}
+        for address in actors.values():
+            system.tell(address, Wiring(peers))
+        started = 0.0
+        for k, batch in enumerate(ticks):
+            if k == warm_ticks:
+                started = time.perf_counter()
+            ReplayClock.current = batch.ts + timedelta(minutes=1)  # the bar has closed
+            for name in ("risk", "portfolio", "strategy"):  # as the feed sends every tick
+                system.tell(actors[name], batch)
+        elapsed = time.perf_counter() - started
+        for address in actors.values():
+            system.tell(address, ActorExitRequest())
+    finally:
+        system.shutdown()
+    db = store.open_readonly(data_dir)
+    orders = db.execute("SELECT count(*) FROM orders").fetchone()[0]
+    fills = db.execute("SELECT count(*) FROM fills").fetchone()[0]
+    db.close()
+    bars = (len(ticks) - warm_ticks) * len(names)
+    return {"engine": "steadyhand", "bars": bars, "seconds": elapsed, "bars_per_s": bars / elapsed,
+            "orders": orders, "fills": fills}
+
+
+def _busy_risk() -> Any:
+    from steadyhand.config import RiskSettings
+
+    return RiskSettings(**{k: v for k, v in common.BUSY_RISK.items()})
+
+
+def run_steadyhand_backtest(names: list[str], minutes: list[datetime], closes: np.ndarray) -> dict[str, Any]:
+    import pandas as pd
+    from steadyhand.config import StrategySettings
+    from steadyhand.strategies.sma import backtest
+
+    opens, highs, lows = ohlc(closes)
+    frame = pd.DataFrame({
+        "ts": pd.DatetimeIndex(minutes).repeat(len(names)),
+        "symbol": names * len(minutes), "open": opens.ravel(), "high": highs.ravel(), "low": lows.ravel(),
+        "close": closes.ravel(), "volume": 1000})
+    started = time.perf_counter()
+    result = backtest(frame, StrategySettings())
+    elapsed = time.perf_counter() - started
+    return {"engine": "steadyhand backtest()", "bars": frame.shape[0], "seconds": elapsed,
+            "bars_per_s": frame.shape[0] / elapsed, "orders": len(result.signals), "fills": len(result.trades)}
+
+
+# --- backtrader ----------------------------------------------------------------------------------
+
+
+def run_backtrader(names: list[str], minutes: list[datetime], closes: np.ndarray) -> dict[str, Any]:
+    import backtrader as bt
+    import pandas as pd
+
+    class SmaCross(bt.Strategy):
+        params = (("fast", 5), ("slow", 20), ("qty", 10))
+
+        def __init__(self) -> None:
+            self.cross = {d: bt.ind.CrossOver(bt.ind.SMA(d.close, period=self.p.fast),
+                                              bt.ind.SMA(d.close, period=self.p.slow)) for d in self.datas}
+            self.orders = 0
+
+        def next(self) -> None:
+            for d in self.datas:
+                c = self.cross[d][0]
+                pos = self.getposition(d).size
+                if c > 0 and pos < self.p.qty:
+                    self.buy(data=d, size=self.p.qty - pos)
+                    self.orders += 1
+                elif c < 0 and pos > 0:
+                    self.sell(data=d, size=pos)
+                    self.orders += 1
+
+    opens, highs, lows = ohlc(closes)
+    index = pd.DatetimeIndex([m.replace(tzinfo=None) for m in minutes])
+    cerebro = bt.Cerebro(stdstats=False)
+    for j, s in enumerate(names):
+        df = pd.DataFrame({"open": opens[:, j], "high": highs[:, j], "low": lows[:, j], "close": closes[:, j],
+                           "volume": 1000.0}, index=index)
+        cerebro.adddata(bt.feeds.PandasData(dataname=df), name=s)
+    cerebro.addstrategy(SmaCross)
+    cerebro.broker.setcash(1e9)
+    started = time.perf_counter()
+    strategy = cerebro.run()[0]
+    elapsed = time.perf_counter() - started
+    bars = closes.size
+    return {"engine": "backtrader", "bars": bars, "seconds": elapsed, "bars_per_s": bars / elapsed,
+            "orders": strategy.orders, "fills": None}
+
+
+# --- NautilusTrader (its own virtualenv) ---------------------------------------------------------
+
+
+def run_nautilus(csv: Path) -> dict[str, Any] | None:
+    if not Path(NAUTILUS_PYTHON).exists():
+        print(f"  nautilus: {NAUTILUS_PYTHON} not found (set STEADYHAND_NAUTILUS_PYTHON)", flush=True)
+        return None
+    script = Path(__file__).resolve().parent / "nautilus_sma.py"
+    done = subprocess.run([NAUTILUS_PYTHON, str(script), str(csv)], capture_output=True, text=True,
+                          timeout=1800)
+    if done.returncode != 0:
+        print(f"  nautilus failed:\n{done.stderr[-3000:]}", flush=True)
+        return None
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# --- main ----------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    p = common.parser(__doc__.splitlines()[0])
+    p.add_argument("--bars", type=int, help="total bars (default 200000; --quick 50000)")
+    p.add_argument("--symbols", type=int, default=100)
+    p.add_argument("--tmpfs", action="store_true", help="steadyhand's data dir on /dev/shm (no fsync cost)")
+    p.add_argument("--skip", default="", help="comma-separated engines to skip: backtrader,nautilus")
+    args = p.parse_args(argv)
+    total = args.bars or common.size(args, 200_000, 50_000, 5_000)
+    ticks = total // args.symbols
+    names, minutes, closes = make_data(args.symbols, ticks)
+    skip = set(filter(None, args.skip.split(",")))
+    figures = {
+        "steadyhand": common.Figure("replay_steadyhand_live_path", "bars/s"),
+        "backtrader": common.Figure("replay_backtrader", "bars/s"),
+        "nautilus": common.Figure("replay_nautilus", "bars/s"),
+        "backtest": common.Figure("replay_steadyhand_backtest_fn", "bars/s"),
+    }
+    ratio_bt = common.Figure("ratio_steadyhand_to_backtrader", "x", target=10.0, op=">=")
+    ratio_nt = common.Figure("ratio_steadyhand_to_nautilus", "x")
+    runs: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="steadyhand-bench-replay-") as tmp:
+        csv = write_csv(Path(tmp) / "bars.csv", names, minutes, closes)
+        for _ in range(common.repeats(args)):
+            base = Path(tempfile.mkdtemp(dir="/dev/shm" if args.tmpfs else tmp))
+            row = {"steadyhand": run_steadyhand(names, minutes, closes, base / "var")}
+            row["backtest"] = run_steadyhand_backtest(names, minutes, closes)
+            if "backtrader" not in skip:
+                row["backtrader"] = run_backtrader(names, minutes, closes)
+            if "nautilus" not in skip:
+                row["nautilus"] = run_nautilus(csv)
+            if args.tmpfs:
+                import shutil
+
+                shutil.rmtree(base, ignore_errors=True)
+            runs.append(row)
+            for key, r in row.items():
+                if r:
+                    figures[key].add(r["bars_per_s"])
+                    print(f"  {r['engine']:<22} {r['bars']:>8} bars in {r['seconds']:7.2f}s = "
+                          f"{r['bars_per_s']:>10,.0f} bars/s  (orders {r['orders']}, fills {r['fills']})",
+                          flush=True)
+            ours = row["steadyhand"]["bars_per_s"]
+            if row.get("backtrader"):
+                ratio_bt.add(ours / row["backtrader"]["bars_per_s"])
+            if row.get("nautilus"):
+                ratio_nt.add(ours / row["nautilus"]["bars_per_s"])
+    note = f"{args.symbols} symbols x {ticks} ticks = {total} bars; data dir on {'tmpfs' if args.tmpfs else 'disk'}"
+    figures["steadyhand"].note = note
+    result = common.report("replay throughput (in-process, same actors)",
+                           [*figures.values(), ratio_bt, ratio_nt], {"runs": runs})
+    common.write_json(args, result)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""The benchmark scripts work: the cheapest ones, at their smallest sizes, produce figures.
+
+Nothing here checks speed (benchmarks never fail on speed); only that each figure has a value
+and that no process of a benchmark's bot is left behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from steadyhand import procs
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _bench(name: str, tmp_path: Path, *args: str, timeout: float = 120) -> dict:
+    out = tmp_path / f"{name}.json"
+    done = subprocess.run([sys.executable, "-m", f"bench.bench_{name}", "--tiny", "--json", str(out), *args],
+                          cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def _values(result: dict) -> dict[str, list[float]]:
+    return {f["name"]: f["values"] for f in result["figures"]}
+
+
+def test_replay_bench_produces_bars_per_second(tmp_path: Path) -> None:
+    figures = _values(_bench("replay", tmp_path, "--skip", "backtrader,nautilus"))
+    assert figures["replay_steadyhand_live_path"][0] > 0
+    assert figures["replay_steadyhand_backtest_fn"][0] > 0
+
+
+def test_recovery_bench_measures_a_real_crash_and_leaves_nothing(tmp_path: Path) -> None:
+    before = {p.pid for p in procs.psutil.process_iter()}
+    result = _bench("recovery", tmp_path)
+    assert result["runs"][0]["outcome"] == "reconciled"
+    assert _values(result)["crash_recovery_to_trading"][0] > 0
+    leftovers = [p for p in procs.psutil.process_iter(["cmdline"]) if p.pid not in before
+                 and "steadyhand-bench-recovery" in " ".join(p.info["cmdline"] or [])]
+    assert not leftovers
