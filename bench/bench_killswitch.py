@@ -1,7 +1,10 @@
 """Kill switch: ``steadyhand halt`` with 500 open orders -> every cancel sent and state HALTED.
 
-Each run: a fresh data dir with ``--orders`` resting GTC limit orders at the simulated exchange and
-in the journal; the bot starts and reconciles; then ``steadyhand halt --json``. The figure is the
+Each run: a fresh bot starts and reconciles (an empty book); then ``--orders`` resting GTC limit
+orders are placed at the simulated exchange (its public API, from this process, as several
+processes may) with their journal rows, as if the OMS had placed them -- placed while the bot
+runs, because a bot *started* with hundreds of open orders does not get through its reconciliation
+(see bench_recovery) -- and then ``steadyhand halt --json``. The figure is the
 reply's ``elapsed_ms`` (the supervisor received the command -> the OMS reported every cancel sent,
 state HALTED and journaled). Also shown: the wall time of the whole CLI call (a new Python
 process joining the actor system, signing, asking) and whether the exchange's book is empty.
@@ -20,26 +23,32 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import common  # noqa: E402
-from bench.bench_recovery import CONFIG, start_with_book  # noqa: E402
+from bench.bench_recovery import CONFIG, SYMBOLS, reconciled_and_trading  # noqa: E402
 
 
 def run_once(n_orders: int, keep: bool = False) -> dict[str, Any]:
     with common.data_dir("killswitch", keep) as data_dir:
-        with common.running_bot(data_dir, CONFIG, start=False) as bot:
-            ready = start_with_book(bot, n_orders)
-            if ready["outcome"] != "reconciled":
-                return {"outcome": ready["outcome"]}
-            time.sleep(1.0)  # let start-up traffic settle
+        with common.running_bot(data_dir, CONFIG) as bot:
+            reconciled_and_trading(bot, bot.spawned_at, timeout=60)
+            common.seed_open_orders(data_dir, n_orders, SYMBOLS)
+            common.wait_for(lambda: common.exchange_open_orders(data_dir) == n_orders, 30)
+            time.sleep(2.0)  # the OMS's poll has seen the new orders; start-up traffic has settled
             started = time.perf_counter()
+            halted_at = time.time()
             done = bot.cli("halt", "--json", timeout=120)
             cli_s = time.perf_counter() - started
             reply = json.loads(done.stdout) if done.stdout.strip() else {"ok": False, "error": done.stderr}
             open_after = common.exchange_open_orders(data_dir)
             state = bot.status()["trading_state"]
+            oms_killed = sum(1 for e in common.events(data_dir, "supervisor", "actor_unresponsive")
+                             if e["t"] >= halted_at and e.get("actor_name") == "oms")
+            cancel_log = [e for e in common.events(data_dir, "oms", "cancel_open") if e["t"] >= halted_at]
     result = reply.get("result", {})
     return {"outcome": "ok" if reply.get("ok") else reply.get("error", "failed"),
             "elapsed_ms": result.get("elapsed_ms"), "cancel_requests": result.get("cancel_requests"),
-            "cli_s": cli_s, "open_at_exchange_after": open_after, "trading_state": state}
+            "cli_s": cli_s, "open_at_exchange_after": open_after, "trading_state": state,
+            "oms_killed_by_heartbeat": oms_killed,
+            "oms_cancels_done_s": cancel_log[0]["t"] - halted_at if cancel_log else None}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

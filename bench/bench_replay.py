@@ -104,6 +104,7 @@ def run_steadyhand(names: list[str], minutes: list[datetime], closes: np.ndarray
     from steadyhand.actors.portfolio import PortfolioActor
     from steadyhand.actors.risk import RiskActor
     from steadyhand.actors.strategy import StrategyActor
+    from steadyhand.config import OmsSettings as Oms
     from steadyhand.config import RunSettings, Settings
     from steadyhand.config import SimSettings as Sim
     from steadyhand.state import store
@@ -114,8 +115,11 @@ def run_steadyhand(names: list[str], minutes: list[datetime], closes: np.ndarray
                                        float(closes[k, j]), 1000) for j, s in enumerate(names)))
              for k, m in enumerate(minutes)]
     csv = write_csv(data_dir.parent / "bars.csv", names, minutes, closes)  # the exchange's quotes
+    # The OMS polls the exchange on a wall-clock timer (0.2 s live, i.e. hundreds of times per
+    # minute bar); replaying minutes in milliseconds, it must poll about once per tick so fills and
+    # positions keep pace with the bars as they do live (and as backtrader's next-bar fills do).
     settings = Settings(symbols=tuple(names), sim=Sim(replay=str(csv), start_cash=1e9),
-                        risk=_busy_risk())
+                        risk=_busy_risk(), oms=Oms(poll_interval_s=0.001))
     ReplayClock.current = minutes[0]
     store.open_store(data_dir).close()
     run = RunSettings(settings=settings, data_dir=str(data_dir), clock=ReplayClock())
