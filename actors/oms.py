@@ -160,7 +160,10 @@ class OmsActor(SteadyActor):
             if self.circuit.open:
                 self.tell_peer("risk", BrokerHealth(ok=False, reason=self.circuit.reason))
         if "portfolio" in names:
-            self._send_snapshot()
+            # A restarted portfolio may have missed fills while it was down, yet it takes its cash
+            # from this snapshot: stale positions with fresh cash look like a loss and can trip the
+            # daily-loss breaker. So the broker's positions come with it, authoritative.
+            self._send_snapshot(authoritative=self.reconciled)
 
     def _dispatch(self, message: Any, sender: ActorAddress) -> None:
         # A store fault halts trading instead of crash-looping: every restart would meet the same
@@ -707,9 +710,17 @@ class OmsActor(SteadyActor):
         return OpenOrders(by_symbol=dict(by_symbol), pending_qty=dict(pending))
 
     def _send_snapshot(self, authoritative: bool = False) -> None:
+        """Broker positions and cash to the portfolio. An authoritative one (the portfolio adopts
+        it) is read between two polls that saw no new fill, so it matches the fills the portfolio
+        has been or is about to be sent -- no fill counted twice, none missed."""
         try:
-            positions = {p.symbol: p.qty for p in self._call("positions")}
-            account = self._call("account")
+            for _ in range(POSITION_SETTLE_ROUNDS if authoritative else 1):
+                if authoritative:
+                    self._drain_updates()
+                positions = {p.symbol: p.qty for p in self._call("positions")}
+                account = self._call("account")
+                if not authoritative or self._drain_updates()[1] == 0:
+                    break
         except BrokerError as exc:
             self.event("snapshot_failed", level="warning", error=repr(exc))
             return
