@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ from steadyhand.state import store
 from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
 
 SUPERVISOR_NAME = "steadyhand-supervisor"  # Thespian globalName: how the CLI finds us
+STORE_RETRY_S = 2.0  # how often journal writes that hit a store fault are retried
 
 
 @dataclass(frozen=True)
@@ -143,7 +145,9 @@ class Supervisor(SteadyActor):
             FlattenDone: self.on_flatten_done,
             OperatorCommand: self.on_command,
         }
-        self.timers = {"stop_deadline": self._stop_next_forced, "command_deadline": self._command_deadline}
+        self.timers = {"stop_deadline": self._stop_next_forced, "command_deadline": self._command_deadline,
+                       "store_retry": self._retry_unsaved}
+        self.unsaved: dict[str, Any] = {}  # journal writes that failed (store fault), retried
 
     # --- start ------------------------------------------------------------------------------
 
@@ -285,9 +289,29 @@ class Supervisor(SteadyActor):
         self.alert(f"halt:{message.source}", Severity.CRITICAL, "steadyhand HALTED",
                    f"{message.source}: {message.reason}")
 
+    def _durably(self, what: str, write: Any) -> bool:
+        """Run a journal write; a locked or full database must not take the supervisor down (it is
+        what halts trading when the store fails), so the fault is logged, alerted and retried later."""
+        try:
+            write()
+        except sqlite3.OperationalError as exc:
+            self.event("store_fault", level="critical", what=what, error=str(exc))
+            self.unsaved[what] = write
+            self.alert("store:supervisor", Severity.CRITICAL, "steadyhand cannot write its state",
+                       f"{what}: {exc}; kept in memory, retrying")
+            self.after(STORE_RETRY_S, "store_retry")
+            return False
+        self.unsaved.pop(what, None)
+        return True
+
+    def _retry_unsaved(self) -> None:
+        for what, write in list(self.unsaved.items()):
+            self._durably(what, write)
+
     def _set_trading_state(self, state: TradingState, reason: str, cancel: bool = True) -> None:
         self.trading_state, self.halt_reason = state, reason
-        store.set_control(self.db, trading_state=state.value, halt_reason=reason)
+        self._durably("trading_state", lambda: store.set_control(self.db, trading_state=state.value,
+                                                                  halt_reason=reason))
         self.event("trading_state", state=state.value, reason=reason)
         change = TradingStateChanged(state, reason)
         for child in self.children.values():
@@ -474,6 +498,10 @@ class Supervisor(SteadyActor):
         return CommandResult(data["command_id"], data["ok"], data["result"], data["error"])
 
     def _journal_command(self, command: Any, status: str, result: CommandResult) -> None:
+        self._durably(f"command:{getattr(command, 'command_id', '')}:{status}",
+                      lambda: self._insert_command(command, status, result))
+
+    def _insert_command(self, command: Any, status: str, result: CommandResult) -> None:
         with store.transaction(self.db):
             self.db["operator_commands"].insert({
                 "command_id": getattr(command, "command_id", ""), "name": getattr(command, "name", ""),
@@ -530,17 +558,24 @@ class Supervisor(SteadyActor):
     # --- journal ----------------------------------------------------------------------------
 
     def _record_actor(self, child: Child) -> None:
-        with store.transaction(self.db):
-            self.db["actors"].upsert({
-                "name": child.spec.name, "pid": child.pid, "restarts": child.restarts,
-                "alive": int(child.alive), "started_at": store.now_iso(),
-            }, pk="name")
+        row = {"name": child.spec.name, "pid": child.pid, "restarts": child.restarts,
+               "alive": int(child.alive), "started_at": store.now_iso()}
+
+        def write() -> None:
+            with store.transaction(self.db):
+                self.db["actors"].upsert(row, pk="name")
+
+        self._durably(f"actor:{child.spec.name}", write)
 
     def _journal_restart(self, name: str, event: str, detail: str) -> None:
         self.event(f"actor_{event}", actor_name=name, detail=detail, level="warning")
-        with store.transaction(self.db):
-            self.db["restarts"].insert({"ts": store.now_iso(), "actor": name, "event": event,
-                                        "detail": detail})
+        row = {"ts": store.now_iso(), "actor": name, "event": event, "detail": detail}
+
+        def write() -> None:
+            with store.transaction(self.db):
+                self.db["restarts"].insert(row)
+
+        self._durably(f"restart:{name}:{row['ts']}", write)
 
     def tell_peer(self, name: str, message: Any) -> bool:
         child = self.children.get(name)

@@ -93,12 +93,16 @@ class Bot:
             pytest.fail("steadyhand run did not stop on its own:\n" + "".join(self.output[-30:]))
 
     def kill_group(self) -> None:
-        """SIGKILL the whole process group (a power cut for the bot)."""
+        """A power cut for the bot: SIGKILL the run's process group and every process of the run
+        (Thespian puts its admin and actors in a process group of their own)."""
+        from steadyhand.crashpoints import kill_run
+
         assert self.proc is not None
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+        kill_run(self.data_dir)
         self.proc.wait(10)
 
     def leftovers(self) -> list[Any]:

@@ -98,8 +98,8 @@ def test_broker_protocol_and_stream_updates(broker: AlpacaBroker, exchange: Serv
     cash0 = broker.account().cash
     order = broker.submit(_buy("b-fill", qty=10))
     assert order.status is OrderStatus.SUBMITTED and order.client_order_id == "b-fill"
-    wait_for(lambda: consumer.poll().filled("b-fill") == 10, what="fills of b-fill")
-    assert consumer.orders["b-fill"].status is OrderStatus.FILLED
+    wait_for(lambda: consumer.poll().filled("b-fill") == 10
+             and consumer.orders["b-fill"].status is OrderStatus.FILLED, what="b-fill filled")
     fills = [f for f in consumer.fills if f.client_order_id == "b-fill"]
     assert len(fills) >= 2 and len({f.fill_id for f in fills}) == len(fills)  # partial fills, each once
     assert {f.broker_order_id for f in fills} == {order.broker_order_id}
@@ -158,9 +158,10 @@ def test_rest_polling_when_there_is_no_stream(exchange: ServerThread) -> None:
     try:
         consumer = _Consumer(broker)
         broker.submit(_buy("poll-fill", qty=6, symbol="QQQ"))
-        wait_for(lambda: consumer.poll().filled("poll-fill") == 6, what="fills by REST polling")
+        # Fills and the order's status may arrive in different polls: wait for both.
+        wait_for(lambda: consumer.poll().filled("poll-fill") == 6
+                 and consumer.orders["poll-fill"].status is OrderStatus.FILLED, what="filled by REST polling")
         assert broker.polling_fallback is True
-        assert consumer.orders["poll-fill"].status is OrderStatus.FILLED
         consumer.poll()
         assert consumer.filled("poll-fill") == 6
     finally:
