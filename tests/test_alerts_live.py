@@ -142,3 +142,51 @@ def test_daily_summary_after_the_close(make_bot: Any, receiver: Receiver) -> Non
         assert line in post["message"]
     assert sum("daily summary" in t for t in receiver.titles()) == 1
     assert '"daily_summary"' in (bot.data_dir / "logs" / "portfolio.jsonl").read_text()
+
+
+def test_unacknowledged_critical_alerts_are_resent_until_acked(make_bot: Any, receiver: Receiver) -> None:
+    import re
+
+    config = "[alerts]\nescalation_interval_s = 0.5\n"
+    bot = make_bot(config=config, args=FAST, env={"STEADYHAND_ALERT_URLS": receiver.url}).start()
+    assert bot.cli("halt").returncode == 0
+    reminder = poll(lambda: next((p for p in receiver.posts if "REMINDER" in p["title"] and "HALTED" in p["title"]),
+                                 None), timeout=20, what="a reminder of the unacknowledged halt")
+    alert_id = re.search(r"steadyhand ack (\d+)", reminder["message"]).group(1)  # type: ignore[union-attr]
+    acked = bot.cli("ack", alert_id, "--json")
+    assert acked.returncode == 0 and json.loads(acked.stdout)["result"] == {"acknowledged": int(alert_id)}
+    halted_reminders = sum("REMINDER" in t and "HALTED" in t for t in receiver.titles())
+
+    # Another CRITICAL alert keeps the escalation passes visibly running ...
+    assert bot.cli("flatten").returncode == 0
+    poll(lambda: sum("REMINDER" in t and "flattening" in t for t in receiver.titles()) >= 2, timeout=20,
+         what="reminders of the unacknowledged flatten")
+    # ... while the acknowledged one is not re-sent (one may have been on its way when acked).
+    assert sum("REMINDER" in t and "HALTED" in t for t in receiver.titles()) <= halted_reminders + 1
+
+
+def test_stale_feed_alert_then_resolved(make_bot: Any, receiver: Receiver, tmp_path: Any) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from steadyhand import market_hours
+    from steadyhand.market import SyntheticMarket
+
+    # Replay bars with a 12-minute hole in an open session: stale during the hole, fresh after it.
+    market = SyntheticMarket(seed=3, symbols=("AAPL",))
+    opens = market_hours.previous_open(datetime(2026, 11, 19, 16, tzinfo=UTC))
+    minutes = [opens + timedelta(minutes=m) for m in (*range(0, 6), *range(18, 26))]
+    lines = ["ts,symbol,open,high,low,close,volume"]
+    for minute in minutes:
+        bar = market.bar("AAPL", minute)
+        lines.append(f"{bar.ts.isoformat()},AAPL,{bar.open},{bar.high},{bar.low},{bar.close},{bar.volume}")
+    replay = tmp_path / "gap.csv"
+    replay.write_text("\n".join(lines) + "\n")
+    config = 'symbols = ["AAPL"]\n[risk]\nstale_after_s = 120.0\n[heartbeat]\ninterval_s = 0.25\n'
+    bot = make_bot(config=config, args=("--replay", str(replay), "--speed", "60"),
+                   env={"STEADYHAND_ALERT_URLS": receiver.url})
+    bot.start()
+    poll(lambda: any("market data is stale" in t for t in receiver.titles()), timeout=30, what="stale alert")
+    poll(lambda: any("fresh again (resolved)" in t for t in receiver.titles()), timeout=30, what="resolved")
+    stale_at = next(i for i, t in enumerate(receiver.titles()) if "stale" in t)
+    fresh_at = next(i for i, t in enumerate(receiver.titles()) if "resolved" in t)
+    assert stale_at < fresh_at
