@@ -23,8 +23,24 @@ It works whether or not the bot runs, and never writes the journal (read-only co
   ``pending_catch_up``, count towards the expected positions, and are not violations. A fill of an
   order the journal already closed is lost: nothing would ever bring it back.
 
-The broker is read directly (for the sim: its ``exchange.db``, opened next to the bot's own
-connection, faults switched off: verify inspects the book, it is not a client on the wire).
+How the broker is read:
+
+- **sim**: directly, its ``exchange.db`` opened next to the bot's own connection, faults switched
+  off (verify inspects the book, it is not a client on the wire).
+- **alpaca** (a paper account, or ``steadyhand exchange serve``): through the Broker interface,
+  an :class:`~steadyhand.brokers.alpaca.AlpacaBroker` on the configured ``[alpaca]`` URLs with the
+  keys from ``ALPACA_API_KEY`` / ``ALPACA_SECRET_KEY``, REST only: every order of the account
+  (``GET /v2/orders?status=all``, paged by ``after``), every fill (``GET
+  /v2/account/activities/FILL``, paged by ``page_token``), ``/v2/positions`` and ``/v2/clock``
+  (broker time, for the stale age). Limits of what Alpaca's protocol shows:
+  ``duplicate_submissions`` can only count orders that carry the same client order id -- Alpaca
+  refuses a reused id with a 422 and keeps no trace of the refused attempt, so a resubmission it
+  refused is invisible here (harmless by construction; the sim, which records those attempts, is
+  where the drills catch them). Fills are the account's FILL activities: a real account's
+  activities are kept, but a very long history costs one request per 100 fills (the client-side
+  rate limit of ``[alpaca] max_requests_per_minute`` applies, shared in spirit with a running
+  bot's). Positions of other activity on the account (orders not in the journal) show up as
+  position mismatches, as on the sim.
 """
 
 from __future__ import annotations
@@ -40,7 +56,7 @@ from typing import Any
 
 from steadyhand.actors.messages import OrderStatus, Side
 from steadyhand.actors.oms import journal_positions
-from steadyhand.brokers.base import BrokerFill, BrokerOrder
+from steadyhand.brokers.base import BrokerError, BrokerFill, BrokerOrder
 from steadyhand.config import RunSettings, Settings
 from steadyhand.state import store
 
@@ -48,6 +64,7 @@ KEYS = ("duplicate_submissions", "lost_fills", "unknown_open_orders", "stale_ope
         "position_mismatches")
 SETTLE_S = 3.0
 RECHECK_EVERY_S = 0.25
+SNAPSHOT_ATTEMPTS = 5
 
 
 def verify(data_dir: str | Path, settings: Settings, *, running: bool | None = None,
@@ -83,22 +100,35 @@ def _identity(key: str, item: dict[str, Any]) -> str:
 
 
 class _BrokerView:
-    """Everything verify needs from the broker, read once."""
+    """Everything verify needs from the broker, read once, as one consistent snapshot.
 
-    def __init__(self, data_dir: Path, settings: Settings, journal_cids: list[str]) -> None:
+    A broker with whole-book reads (``all_orders`` / ``all_fills``: the sim, and Alpaca through
+    ``GET /v2/orders?status=all`` and the FILL account activities) is read as: orders, fills,
+    positions, then the fills again -- if a fill landed meanwhile (the exchange keeps working
+    while the bot is down) the positions may already hold it, so the snapshot is taken again.
+    (While the bot runs, one snapshot: the settle window re-checks anyway.)
+    Any other broker: what it knows about our ids, plus whatever is open.
+    """
+
+    def __init__(self, data_dir: Path, settings: Settings, journal_cids: list[str], running: bool) -> None:
         broker = _open_broker(data_dir, settings)
         try:
-            if hasattr(broker, "all_orders"):  # the sim: the whole book at once
-                self.orders: list[BrokerOrder] = broker.all_orders()
-                self.fills: list[BrokerFill] = broker.all_fills()
-                self.duplicates: list[str] = broker.duplicate_submits()
-            else:  # any Broker: what it knows about our ids, plus whatever is open
+            if hasattr(broker, "all_orders"):
+                for _ in range(1 if running else SNAPSHOT_ATTEMPTS):
+                    self.orders: list[BrokerOrder] = broker.all_orders()
+                    self.fills: list[BrokerFill] = broker.all_fills()
+                    self.positions = {p.symbol: p.qty for p in broker.positions() if p.qty}
+                    if running or len(broker.all_fills()) == len(self.fills):
+                        break
+            else:
                 found = [broker.get_by_client_id(cid) for cid in journal_cids]
                 by_id = {o.broker_order_id: o for o in [*filter(None, found), *broker.open_orders()]}
                 self.orders = list(by_id.values())
                 self.fills = [f for o in self.orders if o.filled_qty for f in broker.fills_for(o.broker_order_id)]
-                self.duplicates = []
-            self.positions = {p.symbol: p.qty for p in broker.positions() if p.qty}
+                self.positions = {p.symbol: p.qty for p in broker.positions() if p.qty}
+            # Attempts the broker refused as a reused client order id (only the sim keeps them; see the
+            # module doc). Two broker orders carrying one id are counted for every broker.
+            self.duplicates: list[str] = broker.duplicate_submits() if hasattr(broker, "duplicate_submits") else []
             self.now = _broker_now(broker)
         finally:
             broker.close()
@@ -117,6 +147,13 @@ def _open_broker(data_dir: Path, settings: Settings) -> Any:
                            partial_fill_probability=sim.partial_fill_probability,
                            slippage_bps=sim.slippage_bps, latency_ms=sim.latency_ms,
                            start_cash=sim.start_cash, seed=sim.seed, faults=False)
+    if settings.broker == "alpaca":
+        from steadyhand.brokers.alpaca import AlpacaBroker
+
+        # A REST client only (no trade-updates stream), keys from ALPACA_API_KEY / ALPACA_SECRET_KEY,
+        # URLs from [alpaca]; patient with 429s, since the account's 200 requests a minute are shared
+        # with the bot (a bot that just restarted spends a good part of them): ~30 s of retries.
+        return AlpacaBroker.from_settings(settings, stream=False, retry_attempts=12, retry_wait_s=1.0)
     from steadyhand.brokers import make_broker
     from steadyhand.clock import SimClock
 
@@ -138,7 +175,7 @@ def _check(data_dir: Path, settings: Settings, running: bool) -> dict[str, Any]:
         cids = [r[0] for r in db.execute("SELECT client_order_id FROM orders")]
         # The broker first, then the journal: the journal is written before the broker hears of an
         # order, so whatever the broker shows us is already journaled when we read the journal.
-        broker = _BrokerView(data_dir, settings, cids)
+        broker = _BrokerView(data_dir, settings, cids, running)
         journal = {r["client_order_id"]: r for r in db.query("SELECT * FROM orders")}
         journaled_fills = {r[0] for r in db.execute("SELECT fill_id FROM fills")}
         positions = journal_positions(db)
@@ -202,7 +239,7 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     data_dir = data_dir_of(args)
     try:
         result = verify(data_dir, settings)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, BrokerError) as exc:
         print(f"steadyhand verify: {exc}", file=sys.stderr)
         return 1
     if args.json:

@@ -78,6 +78,8 @@ PAPER_STREAM_URL, LIVE_STREAM_URL = "wss://paper-api.alpaca.markets/stream", "ws
 DATA_STREAM_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
 _ACTIVITY_PAGE = 100
 _MAX_ACTIVITY_PAGES = 50
+_ORDER_PAGE = 500  # Alpaca's largest page of orders
+_MAX_ORDER_PAGES = 1000
 T = TypeVar("T")
 
 
@@ -307,6 +309,7 @@ class AlpacaBroker:
         self._known: dict[str, tuple[OrderStatus, int]] = {}  # order id -> state the consumer knows
         self._fills_seen: set[str] = set()
         self._fill_qty: dict[str, int] = {}  # order id -> qty of the fills reported so far
+        self._cids: dict[str, str] = {}  # order id -> client order id, for all_fills
         self._up = threading.Event()
         self._up_generation = 0
         self._swept_generation = -1
@@ -467,7 +470,7 @@ class AlpacaBroker:
 
     def _list_orders(self, status: QueryOrderStatus, limit: int) -> list[BrokerOrder]:
         request = GetOrdersRequest(status=status, limit=limit, nested=False)
-        return [wire.order_from_alpaca(o) for o in self._call(lambda: self._client.get_orders(request))]
+        return [wire.order_from_alpaca(o) for o in self._call(lambda r=request: self._client.get_orders(r))]
 
     def _get_order(self, broker_order_id: str) -> BrokerOrder:
         return wire.order_from_alpaca(self._call(lambda: self._client.get_order_by_id(broker_order_id)))
@@ -538,6 +541,55 @@ class AlpacaBroker:
 
     def clock(self) -> MarketClock:
         return wire.clock_from_alpaca(self._call(self._client.get_clock))
+
+    # --- whole-account reads for tools (``steadyhand verify``); not in the Broker protocol ------------
+
+    def all_orders(self) -> list[BrokerOrder]:
+        """Every order of the account, oldest first: ``GET /v2/orders?status=all&direction=asc``,
+        paged by ``after`` (Alpaca's exclusive submitted-at bound, 500 orders a page at most)."""
+        by_id: dict[str, BrokerOrder] = {}
+        after: datetime | None = None
+        for _ in range(_MAX_ORDER_PAGES):
+            request = GetOrdersRequest(status=QueryOrderStatus.ALL, limit=_ORDER_PAGE, direction="asc",
+                                       nested=False, after=after)
+            page = [wire.order_from_alpaca(o) for o in self._call(lambda r=request: self._client.get_orders(r))]
+            new = [o for o in page if o.broker_order_id not in by_id]
+            by_id.update((o.broker_order_id, o) for o in new)
+            if len(page) < _ORDER_PAGE:
+                break
+            if not new:
+                raise BrokerError(f"more than {_ORDER_PAGE} orders submitted at one instant: cannot page on")
+            # One microsecond back: orders submitted at the very instant of the page's last one are
+            # not skipped (``after`` is exclusive); the repeats are dropped by id.
+            after = max(o.submitted_at for o in page) - timedelta(microseconds=1)
+        else:
+            raise BrokerError(f"more than {_MAX_ORDER_PAGES * _ORDER_PAGE} orders: not read to the end")
+        with self._lock:
+            self._cids.update((oid, o.client_order_id) for oid, o in by_id.items())
+        return sorted(by_id.values(), key=lambda o: (o.submitted_at, o.broker_order_id))
+
+    def all_fills(self) -> list[BrokerFill]:
+        """Every fill of the account, oldest first: the FILL account activities
+        (``GET /v2/account/activities/FILL?direction=asc``, paged by ``page_token``). Activities
+        carry no client order id: it comes from the orders read by :meth:`all_orders` (an order
+        placed since is looked up by id)."""
+        params: dict[str, Any] = {"direction": "asc", "page_size": _ACTIVITY_PAGE}
+        activities: list[dict[str, Any]] = []
+        for _ in range(_MAX_ACTIVITY_PAGES * 20):
+            page = self._call(lambda: self._client.get("/account/activities/FILL", dict(params))) or []
+            activities.extend(page)
+            if len(page) < _ACTIVITY_PAGE:
+                break
+            params["page_token"] = page[-1]["id"]
+        else:
+            raise BrokerError("too many fill activities: not read to the end")
+        with self._lock:
+            missing = {a["order_id"] for a in activities} - set(self._cids)
+        for oid in missing:
+            order = self._get_order(oid)
+            with self._lock:
+                self._cids[oid] = order.client_order_id
+        return [wire.fill_from_activity(a, self._cids[a["order_id"]]) for a in activities]
 
     def calendar(self, start: date, end: date) -> list[tuple[datetime, datetime]]:
         """XNYS sessions (open, close) in UTC from Alpaca's calendar (not in the Broker protocol)."""
