@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,78 @@ class Run:
             raise DrillError("steadyhand run did not stop on SIGINT:\n" + "".join(self.output[-20:])) from None
 
 
+class Exchange:
+    """``steadyhand exchange serve`` as a process of its own (its own session, no run marker) on the
+    drill's data dir: a local Alpaca-compatible broker that outlives every kill of the bot. Sharing
+    the data dir (and the ``[sim] speed``) shares the simulated clock anchored in ``exchange.db``."""
+
+    def __init__(self, data_dir: Path, config: Path) -> None:
+        self.data_dir = data_dir
+        self.info_file = data_dir / "exchange.json"
+        self.info_file.unlink(missing_ok=True)  # a killed earlier server's: not this one's
+        env = {k: v for k, v in os.environ.items() if k != procs.RUN_MARKER}  # not part of the bot's run
+        cmd = [sys.executable, "-m", "steadyhand.cli", "exchange", "serve", "--port", "0",
+               "--data-dir", str(data_dir), "--config", str(config)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                     start_new_session=True)
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+        try:
+            self.info: dict[str, Any] = wait_for(self._served, START_TIMEOUT_S, "the exchange to serve")
+        except DrillError:
+            self.kill()
+            raise DrillError("steadyhand exchange serve did not start:\n" + "".join(self.output[-20:])) from None
+        self.pid, self.port = self.proc.pid, int(self.info["port"])
+        self.urls = {k: v for k, v in self.info.items() if k.endswith("_url")}
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.output.append(line)
+
+    def _served(self) -> dict[str, Any] | None:
+        if self.proc.poll() is not None:
+            raise DrillError("steadyhand exchange serve exited:\n" + "".join(self.output[-20:]))
+        try:
+            info = json.loads(self.info_file.read_text())
+        except (OSError, ValueError):
+            return None
+        return info if info.get("pid") == self.proc.pid else None
+
+    @property
+    def up(self) -> bool:
+        """The same process still running and its port still accepting connections."""
+        return self.proc.poll() is None and procs.port_listening(self.port)
+
+    def requests(self) -> dict[str, int]:
+        """The API requests it has served, by method and path (its loopback admin status)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/_admin/status", timeout=5) as reply:
+                served = json.loads(reply.read())["requests"]
+        except (OSError, ValueError, KeyError):
+            return {}
+        by_path: Counter[str] = Counter()
+        for what, n in served.items():  # one line for every order id: /v2/orders/{id}
+            by_path[re.sub(r"/v2/orders/[0-9a-f-]{36}$", "/v2/orders/{id}", what)] += n
+        return dict(by_path)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, as an operator's Ctrl-C; then prove the process and its port gone."""
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise DrillError("steadyhand exchange serve did not stop on SIGTERM") from None
+        wait_for(lambda: not procs.port_listening(self.port), 10, f"the exchange's port {self.port} closed")
+        return code
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     deadline = time.monotonic() + timeout
     while True:
@@ -102,12 +177,12 @@ def actor_pids(data_dir: Path) -> dict[str, int]:
     return {name: pid for name, pid in query(data_dir, "SELECT name, pid FROM actors WHERE alive = 1 AND pid > 0")}
 
 
-def verify_now(data_dir: Path, config: Path | None) -> dict[str, Any]:
+def verify_now(data_dir: Path, config: Path | None, env: dict[str, str] | None = None) -> dict[str, Any]:
     """``steadyhand verify --json`` as an operator runs it."""
     cmd = [sys.executable, "-m", "steadyhand.cli", "verify", "--json", "--data-dir", str(data_dir)]
     if config is not None:
         cmd += ["--config", str(config)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
     try:
         checked = json.loads(result.stdout)
     except ValueError:

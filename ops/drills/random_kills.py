@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Randomized crash drill: kill steadyhand over and over, anywhere, then prove the books are exact.
 
-    python ops/drills/random_kills.py --count 25            # what CI runs
-    python ops/drills/random_kills.py --count 1000 --keep   # a long offline run
+    python ops/drills/random_kills.py --count 25                    # what CI runs
+    python ops/drills/random_kills.py --count 1000 --keep           # a long offline run
+    python ops/drills/random_kills.py --count 12 --broker alpaca    # the Alpaca adapter, local exchange
 
 Runs ``steadyhand run`` on the simulated market as a real process and, ``--count`` times, does one
 of: SIGKILL one actor (the supervisor restarts it), SIGKILL every process of the run at once (a
@@ -10,6 +11,14 @@ power cut; the drill starts it again), or start it with a random named crash poi
 (``STEADYHAND_CRASH_AT``) and wait for it to fire. Then it starts steadyhand once more, lets the
 OMS reconcile, runs ``steadyhand verify`` while it runs and again after a graceful stop, prints the
 totals, and exits 1 on any invariant violation (or a process left behind).
+
+``--broker alpaca``: the same drill through the Alpaca adapter (alpaca-py) against ``steadyhand
+exchange serve``, started once as a process of its own on the drill's data dir (same speed, so the
+clock anchored in ``exchange.db`` is shared). Every kill is of the bot only: after each one the
+drill checks that the exchange is the same process and still serves, ``verify`` reads it over
+Alpaca's REST API, and at the end the exchange is stopped and its port proven closed. The night is
+not skipped in this mode: the exchange's clock is its own, as a real broker's is (kills while the
+market is closed still exercise restarts and reconciliation, not the order path).
 """
 
 from __future__ import annotations
@@ -24,12 +33,13 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from drill import DrillError, Run, actor_pids, leftovers, report_count, verify_now, violations, wait_for
-from steadyhand import crashpoints, market_hours
+from drill import DrillError, Exchange, Run, actor_pids, leftovers, report_count, verify_now, violations, wait_for
+from steadyhand import crashpoints, market_hours, procs
 from steadyhand.brokers.sim import jump_clock, stored_clock
 
 # The drill's own settings: a jumpy strategy, so orders are always in flight when it kills; and it
@@ -50,11 +60,35 @@ ARM_TIMEOUT_S = 6.0  # a crash point that needs open orders may not fire: give u
 # at a cancel-all) are reached less often: arm the order-path points more often.
 POINT_WEIGHTS = {"oms.after_journal": 3, "oms.after_submit": 3, "oms.after_fill_received": 3,
                  "oms.mid_reconcile": 2, "oms.mid_cancel_all": 1}
+# The Alpaca keys the bot and verify use; the local exchange accepts any non-empty pair.
+ALPACA_ENV = {"ALPACA_API_KEY": "drill-key", "ALPACA_SECRET_KEY": "drill-secret"}
+
+
+@dataclass
+class Setup:
+    """Where and how the drill runs the bot (and, with ``--broker alpaca``, the exchange)."""
+
+    data_dir: Path
+    config: Path
+    run_args: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    exchange: Exchange | None = None
+
+    def check_exchange(self, totals: dict[str, Any]) -> None:
+        """The bot was killed: the broker must not have noticed (same process, still serving)."""
+        if self.exchange is None:
+            return
+        totals["exchange"]["checks"] += 1
+        if not self.exchange.up:
+            totals["exchange"]["stayed_up"] = False
+            raise DrillError(f"the exchange (pid {self.exchange.pid}, port {self.exchange.port}) went down")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=25, help="how many kills")
+    parser.add_argument("--broker", choices=("sim", "alpaca"), default="sim",
+                        help="sim, or alpaca against steadyhand exchange serve")
     parser.add_argument("--data-dir", help="where (default: a fresh temporary directory)")
     parser.add_argument("--speed", type=float, default=200.0, help="simulated seconds per second")
     parser.add_argument("--seed", type=int, default=None, help="seed of the drill's random choices")
@@ -67,15 +101,17 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir.parent / "drill.toml"
     config.write_text(CONFIG)
-    run_args = ["--speed", f"{args.speed:g}", "--config", str(config)]
-    totals: dict[str, Any] = {"seed": seed, "data_dir": str(data_dir), "kills": 0, "by_kind": Counter(),
-                              "actors_killed": Counter(), "points_armed": Counter(), "points_fired": Counter(),
-                              "starts": 0}
+    setup = Setup(data_dir, config, ["--speed", f"{args.speed:g}", "--config", str(config)])
+    totals: dict[str, Any] = {"seed": seed, "broker": args.broker, "data_dir": str(data_dir), "kills": 0,
+                              "by_kind": Counter(), "actors_killed": Counter(), "points_armed": Counter(),
+                              "points_fired": Counter(), "starts": 0}
     started = time.monotonic()
     code = 0
     try:
-        _drill(args.count, rng, data_dir, run_args, totals)
-        final = _final_check(data_dir, run_args, config, totals)
+        if args.broker == "alpaca":
+            _start_exchange(setup, args.speed, totals)
+        _drill(args.count, rng, setup, totals)
+        final = _final_check(setup, totals)
         totals["violations"] = final
         code = 1 if final else 0
     except DrillError as exc:
@@ -88,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
             crashpoints.kill_run(data_dir)
             totals["leftover_processes"] = left
             code = 1
+        if setup.exchange is not None and not _stop_exchange(setup.exchange, totals):
+            code = 1
     totals["elapsed_s"] = round(time.monotonic() - started, 1)
     _print(totals, args.json)
     if not args.keep and not args.data_dir and code == 0:
@@ -95,18 +133,48 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _drill(count: int, rng: random.Random, data_dir: Path, run_args: list[str], totals: dict[str, Any]) -> None:
+def _start_exchange(setup: Setup, speed: float, totals: dict[str, Any]) -> None:
+    """The exchange first, so it anchors the clock; then the bot's config points at it."""
+    exchange_config = setup.data_dir.parent / "exchange.toml"
+    exchange_config.write_text(f"[sim]\nspeed = {speed:g}\n")
+    setup.exchange = exchange = Exchange(setup.data_dir, exchange_config)
+    setup.config.write_text('broker = "alpaca"\n' + CONFIG + "\n[alpaca]\npaper = true\n"
+                            + "".join(f'{k} = "{v}"\n' for k, v in exchange.urls.items()))
+    setup.env = dict(ALPACA_ENV)
+    totals["exchange"] = {"pid": exchange.pid, "port": exchange.port, "checks": 0, "stayed_up": True}
+
+
+def _stop_exchange(exchange: Exchange, totals: dict[str, Any]) -> bool:
+    """Stop the exchange and prove it gone (process exited, port closed); False if it was not clean."""
+    info = totals.setdefault("exchange", {})
+    info["stayed_up"] = info.get("stayed_up", True) and exchange.proc.poll() is None
+    served = exchange.requests()
+    info["requests"] = sum(served.values())
+    info["requests_by_path"] = dict(sorted(served.items(), key=lambda kv: -kv[1]))
+    try:
+        info["exit_code"] = exchange.stop()
+    except DrillError as exc:
+        info["error"] = str(exc)
+        return False
+    info["port_closed"] = not procs.port_listening(exchange.port)
+    info["process_gone"] = not procs.pid_alive(exchange.pid)
+    return info["exit_code"] == 0 and info["port_closed"] and info["process_gone"] and info["stayed_up"]
+
+
+def _drill(count: int, rng: random.Random, setup: Setup, totals: dict[str, Any]) -> None:
+    data_dir = setup.data_dir
     run: Run | None = None
     while totals["kills"] < count:
+        setup.check_exchange(totals)
         kind = rng.choices(["actor", "power_cut", "crash_point"], weights=[6, 2, 2])[0]
         if kind == "crash_point":
             if run is not None and run.alive:
                 run.power_cut()  # the point is armed through the environment: a fresh start
                 _count(totals, "power_cut")
-            run = _start_armed(rng, data_dir, run_args, totals)
+            run = _start_armed(rng, setup, totals)
             continue
         if run is None or not run.alive:
-            run = _start(data_dir, run_args, {}, totals)
+            run = _start(setup, {}, totals)
         time.sleep(rng.uniform(0.2, 1.5))  # let it trade (or die mid-reconciliation)
         if kind == "actor":
             pids = actor_pids(data_dir)
@@ -123,14 +191,16 @@ def _drill(count: int, rng: random.Random, data_dir: Path, run_args: list[str], 
             _count(totals, "power_cut")
     if run is not None and run.alive:
         run.power_cut()
+    setup.check_exchange(totals)
 
 
-def _start_armed(rng: random.Random, data_dir: Path, run_args: list[str], totals: dict[str, Any]) -> Run:
+def _start_armed(rng: random.Random, setup: Setup, totals: dict[str, Any]) -> Run:
+    data_dir = setup.data_dir
     point = rng.choices(crashpoints.POINTS, weights=[POINT_WEIGHTS.get(p, 1) for p in crashpoints.POINTS])[0]
     spec = f"{point}:{rng.choice([1, 1, 2])}" + (":group" if rng.random() < 0.5 else "")
     crashpoints.fired_path(data_dir).unlink(missing_ok=True)
     totals["points_armed"][point] += 1
-    run = _start(data_dir, run_args, {crashpoints.ENV: spec}, totals)
+    run = _start(setup, {crashpoints.ENV: spec}, totals)
     try:
         wait_for(lambda: crashpoints.fired_path(data_dir).exists(), ARM_TIMEOUT_S, spec, interval=0.05)
     except DrillError:
@@ -143,10 +213,11 @@ def _start_armed(rng: random.Random, data_dir: Path, run_args: list[str], totals
     return run
 
 
-def _start(data_dir: Path, run_args: list[str], env: dict[str, str], totals: dict[str, Any]) -> Run:
+def _start(setup: Setup, env: dict[str, str], totals: dict[str, Any]) -> Run:
     totals["starts"] += 1
-    _skip_the_night(data_dir, totals)
-    return Run(data_dir, run_args, env)
+    if setup.exchange is None:  # the exchange process keeps its own clock: its night is not skipped
+        _skip_the_night(setup.data_dir, totals)
+    return Run(setup.data_dir, setup.run_args, {**setup.env, **env})
 
 
 def _skip_the_night(data_dir: Path, totals: dict[str, Any]) -> None:
@@ -164,15 +235,17 @@ def _count(totals: dict[str, Any], kind: str) -> None:
     totals["by_kind"][kind] += 1
 
 
-def _final_check(data_dir: Path, run_args: list[str], config: Path, totals: dict[str, Any]) -> int:
+def _final_check(setup: Setup, totals: dict[str, Any]) -> int:
     """A clean start, its reconciliation, verify while running and after a graceful stop."""
+    data_dir, config = setup.data_dir, setup.config
     crashpoints.fired_path(data_dir).unlink(missing_ok=True)
     before = report_count(data_dir)
-    run = _start(data_dir, run_args, {}, totals)
+    run = _start(setup, {}, totals)
     wait_for(lambda: report_count(data_dir) > before, 60, "the final reconciliation")
-    running = verify_now(data_dir, config)
+    running = verify_now(data_dir, config, setup.env)
     stopped_code = run.stop()
-    stopped = verify_now(data_dir, config)
+    setup.check_exchange(totals)
+    stopped = verify_now(data_dir, config, setup.env)
     totals["verify_running"] = {k: running[k] for k in ("ok", "counts")}
     totals["verify_stopped"] = {k: stopped[k] for k in ("ok", "counts")}
     found = violations(running) + violations(stopped)
@@ -187,11 +260,13 @@ def _print(totals: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(totals, default=dict))
         return
-    print(f"drill: {totals['kills']} kills in {totals['elapsed_s']}s (seed {totals['seed']}, "
+    print(f"drill ({totals['broker']}): {totals['kills']} kills in {totals['elapsed_s']}s (seed {totals['seed']}, "
           f"{totals['starts']} starts): {dict(totals['by_kind'])}")
     print(f"  actors killed: {dict(totals['actors_killed'])}")
     print("  crash points fired/armed: " + ", ".join(
         f"{p} {totals['points_fired'][p]}/{n}" for p, n in sorted(totals["points_armed"].items())))
+    if "exchange" in totals:
+        print(f"  exchange: {totals['exchange']}")
     if "verify_stopped" in totals:
         print(f"  verify: running {totals['verify_running']}, stopped {totals['verify_stopped']}")
     print(f"  violations: {totals.get('violations', 'n/a')}"
