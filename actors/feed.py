@@ -164,7 +164,11 @@ class FeedActor(SteadyActor):
     def on_history(self, message: HistoryRequest, sender: ActorAddress) -> None:
         end = self.next_minute or floor_minute(self.clock.now())
         if self.live_source is not None:
-            bars = self.live_source.history(self.symbols, end, message.count)
+            try:
+                bars = self.live_source.history(self.symbols, end, message.count)
+            except Exception as exc:  # e.g. 429: no warm-up this time, but no crash loop either
+                self.event("history_failed", level="warning", error=repr(exc))
+                bars = []  # the strategy's windows fill from live bars instead
         elif self.replay_rows is not None:
             past = [b for b in self.replay_rows[: self.replay_index] if b.ts < end]
             validator = BarValidator(self.symbols)
