@@ -55,8 +55,12 @@ def run_once(n_symbols: int, startup_s: float, keep: bool = False) -> dict[str, 
             def ours(e: dict[str, Any]) -> bool:
                 return token in e.get("client_order_id", e.get("intent_id", ""))
 
+            def killed() -> list[dict[str, Any]]:
+                return [e for e in common.events(data_dir, "supervisor", "actor_unresponsive")
+                        if e.get("actor_name") == "oms"]
+
             def done() -> str:
-                if any(e["actor_name"] == "oms" for e in common.events(data_dir, "supervisor", "actor_unresponsive")):
+                if killed():
                     return "killed"  # the OMS missed its heartbeat deadline: the supervisor killed it
                 approved = [e for e in common.events(data_dir, "risk", "risk_decision") if ours(e)]
                 acked = [e for e in common.events(data_dir, "oms", "order_submitted") if ours(e)]
@@ -67,11 +71,15 @@ def run_once(n_symbols: int, startup_s: float, keep: bool = False) -> dict[str, 
             signals = [e for e in common.events(data_dir, "strategy", "signal") if ours(e)]
             decisions = [e for e in common.events(data_dir, "risk", "risk_decision") if ours(e)]
             acks = [e for e in common.events(data_dir, "oms", "order_submitted") if ours(e)]
+            kills = [round(e["t"] - burst_at, 2) for e in killed()]  # seconds after the burst's bar
+    if not acks:
+        return {"symbols": n_symbols, "signals": len(signals), "approved": sum(e["approved"] for e in decisions),
+                "submitted": 0, "outcome": outcome, "burst_s": None, "last_ack_s": None, "oms_kills_at_s": kills}
     last = max(acks, key=lambda e: e["t"])
     sent = last["t"] - last["bar_to_ack_ms"] / 1000
     return {
         "symbols": n_symbols, "signals": len(signals), "approved": sum(e["approved"] for e in decisions),
-        "submitted": len(acks), "outcome": outcome,
+        "submitted": len(acks), "outcome": outcome, "oms_kills_at_s": kills,
         "burst_s": last["bar_to_ack_ms"] / 1000 if outcome == "complete" else None,
         "last_ack_s": last["bar_to_ack_ms"] / 1000,
         "strategy_done_s": max(e["t"] for e in signals) - sent,
@@ -99,7 +107,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs.append(r)
         if r["outcome"] == "killed":
             figure.note = (f"{n} symbols: the OMS missed its heartbeat deadline mid-burst and was killed "
-                           f"after {r['submitted']} orders in {r['last_ack_s']:.1f}s")
+                           f"{r['oms_kills_at_s']}s after the bar, having submitted {r['submitted']} orders")
+        if not r["submitted"]:
+            print(f"  run ({r['outcome']}): {r}", flush=True)
+            continue
         print(f"  run ({r['outcome']}): {r['signals']} signals, {r['approved']} approved, {r['submitted']} "
               f"submitted; last submitted {r['last_ack_s']:.2f}s after the bar "
               f"(strategy done {r['strategy_done_s']:.2f}s, "
