@@ -23,11 +23,12 @@ from steadyhand.verify import verify
 
 
 def test_restarted_oms_reconciles_before_any_new_order(make_bot: Any, data_dir: Path) -> None:
-    bot = make_bot(args=("--speed", "300")).start()
+    # Short SMA windows cross nearly every few bars: signals keep coming while the OMS reconciles.
+    bot = make_bot(config="[strategy]\nfast = 2\nslow = 3\n", args=("--speed", "300")).start()
     poll(lambda: bot.status()["fills"] >= 1, timeout=30, what="trading under way")
     old_pid = bot.status()["actors"]["oms"]["pid"]
     before = len(reports(data_dir))
-    set_fault(data_dir, "slow", delay_s=0.4)  # every broker call takes 0.4 s
+    set_fault(data_dir, "slow", delay_s=0.6)  # every broker call takes 0.6 s
     killed_at = store.now_iso()
     os.kill(old_pid, signal.SIGKILL)
     poll(lambda: bot.status()["actors"]["oms"]["pid"] not in (0, old_pid), timeout=15, what="a new OMS")
