@@ -245,12 +245,27 @@ def run_nautilus(csv: Path) -> dict[str, Any] | None:
 # --- main ----------------------------------------------------------------------------------------
 
 
+def _profiled(profile: bool, fn: Any, *args: Any) -> Any:
+    if not profile:
+        return fn(*args)
+    from pyinstrument import Profiler
+
+    profiler = Profiler()
+    profiler.start()
+    try:
+        return fn(*args)
+    finally:
+        profiler.stop()
+        print(profiler.output_text(unicode=False, color=False), flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--bars", type=int, help="total bars (default 200000; --quick 50000)")
     p.add_argument("--symbols", type=int, default=100)
     p.add_argument("--tmpfs", action="store_true", help="steadyhand's data dir on /dev/shm (no fsync cost)")
     p.add_argument("--skip", default="", help="comma-separated engines to skip: backtrader,nautilus")
+    p.add_argument("--profile", action="store_true", help="print a pyinstrument profile of steadyhand's run")
     args = p.parse_args(argv)
     total = args.bars or common.size(args, 200_000, 50_000, 5_000)
     ticks = total // args.symbols
@@ -269,7 +284,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         csv = write_csv(Path(tmp) / "bars.csv", names, minutes, closes)
         for _ in range(common.repeats(args)):
             base = Path(tempfile.mkdtemp(dir="/dev/shm" if args.tmpfs else tmp))
-            row = {"steadyhand": run_steadyhand(names, minutes, closes, base / "var")}
+            row = {"steadyhand": _profiled(args.profile, run_steadyhand, names, minutes, closes, base / "var")}
             row["backtest"] = run_steadyhand_backtest(names, minutes, closes)
             if "backtrader" not in skip:
                 row["backtrader"] = run_backtrader(names, minutes, closes)
