@@ -142,6 +142,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     except SecretError as exc:
         raise ConfigError(f"operator secret: {exc}") from None
     clock = _anchor_clock(settings, data_dir)
+    _preload(clock)
     run = RunSettings(settings=settings, data_dir=str(data_dir), clock=clock,
                       test_hooks=os.environ.get("STEADYHAND_TEST_HOOKS") == "1",
                       config_path=str(Path(args.config).resolve()) if args.config else "",
@@ -189,6 +190,17 @@ def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
         start = ReplayMarket(settings.sim.replay).first_ts
     return anchor_clock(str(data_dir / "exchange.db"), speed=settings.sim.speed, mode=settings.sim.clock,
                         start=start)
+
+
+def _preload(clock: Any) -> None:
+    """Load what every actor needs (the exchange calendar: ~0.5 s) once, here: the actor processes
+    are forked from this one and inherit it, so neither a start nor a restart waits for it."""
+    from steadyhand import market_hours
+
+    now = clock.now()
+    market_hours.is_open(now)
+    market_hours.session_at(now)
+    market_hours.next_open(now)
 
 
 def _clock_text(clock: Any) -> str:

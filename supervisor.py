@@ -172,7 +172,14 @@ class Supervisor(SteadyActor):
         for name in self.children:
             self._create(name)
         self._broadcast_wiring()
+        self._cancel_all_if_halted()
         self.event("supervisor_started", trading_state=self.trading_state.value, pid=os.getpid())
+
+    def _cancel_all_if_halted(self) -> None:
+        """A new OMS under HALTED cancels everything (after its reconciliation): a kill switch cut
+        short by a crash, or a halted bot restarted, must not leave orders working at the broker."""
+        if self.trading_state is TradingState.HALTED:
+            self.tell_peer("oms", CancelAll(command_id=f"halted-restart-{time.time():.6f}", reason="halted"))
 
     def _create(self, name: str) -> None:
         child = self.children[name]
@@ -254,6 +261,8 @@ class Supervisor(SteadyActor):
         child.restarts += 1
         self._create(name)
         self._broadcast_wiring()
+        if name == "oms":
+            self._cancel_all_if_halted()
         self._journal_restart(name, "restarted", f"restart #{child.restarts}")
         self.alert(f"restart:{name}", Severity.HIGH, f"steadyhand: {name} restarted",
                    f"{name} crashed and was restarted (restart #{child.restarts}).")
@@ -343,6 +352,10 @@ class Supervisor(SteadyActor):
     def on_command(self, command: OperatorCommand, sender: ActorAddress) -> None:
         received = time.time()
         problem = commands.refusal(command, self.secret, received)
+        if problem is None and command.name == "status":
+            # A read with no effect: answered, not journaled (the live view asks every 2 s).
+            self.send(sender, self._cmd_status(command, sender, received))
+            return
         if problem is None:
             first = self._journaled_result(command)
             if isinstance(first, CommandResult):  # a repeat: the first result, nothing done again

@@ -37,6 +37,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import (
     BrokerHealth,
@@ -87,6 +88,7 @@ SNAPSHOT_EVERY_S = 10.0  # broker positions sent to the portfolio for comparison
 SUBMIT_ATTEMPTS = 3  # tenacity: per submission, inside one handler (short waits: the actor blocks)
 PROBE_EVERY_S = 1.0  # while the circuit is open, the poll probes the broker this often
 RECONCILE_RETRY_S = 1.0  # a reconciliation the broker could not answer is tried again after this
+IDLE_POLL_S = 2.0  # poll period while the market is closed and nothing of ours is working
 POSITION_SETTLE_ROUNDS = 5  # positions are read between two polls that saw no new fill
 _TRANSIENT = (TransientBrokerError, UnknownOutcome)
 
@@ -138,6 +140,7 @@ class OmsActor(SteadyActor):
         self.reconciled = False
         self.last_report: dict[str, Any] | None = None
         self.last_snapshot = 0.0
+        self.last_poll_at = 0.0
         self.circuit = Circuit()
         self.stopping = False
         self.store_fault = ""  # the first store error; trading stays stopped in this process
@@ -288,6 +291,18 @@ class OmsActor(SteadyActor):
 
     # --- broker calls and the circuit -------------------------------------------------------
 
+    def _idle(self) -> bool:
+        """Nothing can change at the broker: market closed and nothing of ours working. Then the
+        poll runs only every IDLE_POLL_S (idle cost), still often enough to notice anything."""
+        now = time.monotonic()
+        if now - self.last_poll_at >= IDLE_POLL_S or market_hours.is_open(self.run.clock.now()):
+            self.last_poll_at = now
+            return False
+        if self.db.execute(f"SELECT 1 FROM orders WHERE {_IS_OPEN} LIMIT 1", OPEN_STATUSES).fetchone():
+            self.last_poll_at = now
+            return False
+        return True
+
     def _call(self, op: str, *args: Any) -> Any:
         try:
             result = getattr(self.broker, op)(*args)
@@ -339,6 +354,8 @@ class OmsActor(SteadyActor):
     # --- broker updates ---------------------------------------------------------------------
 
     def poll(self) -> None:
+        if self._idle():
+            return
         if self.circuit.open:
             now = time.monotonic()
             if self.circuit.kind == "rejecting" and now >= self.circuit.retry_at:
@@ -627,14 +644,14 @@ class OmsActor(SteadyActor):
     # --- cancels ----------------------------------------------------------------------------
 
     def on_cancel_all(self, message: CancelAll, sender: ActorAddress) -> None:
-        count = self.cancel_open(lambda row: True, reason=message.reason)
+        count = self.cancel_everything(reason=message.reason)
         self.send(sender, CancelAllDone(message.command_id, count))
 
     def on_flatten(self, message: Flatten, sender: ActorAddress) -> None:
         """Operator's flatten: cancel everything, then close each broker position at market.
         The closing orders are journaled like any other (write-ahead), but bypass risk: they are
         the operator's, and they only reduce."""
-        count = self.cancel_open(lambda row: True, reason="flatten")
+        count = self.cancel_everything(reason="flatten")
         requests = []
         try:
             positions = self._call("positions")
@@ -653,6 +670,19 @@ class OmsActor(SteadyActor):
             self._submit(request)
         self.tell_peer("risk", self._open_orders())
         self.send(sender, FlattenDone(message.command_id, count, tuple(r.client_order_id for r in requests)))
+
+    def cancel_everything(self, reason: str) -> int:
+        """The kill switch: one request cancels every open order at the broker (ours and any it has
+        that we do not know), so a halt costs one round trip whatever the size of the book."""
+        try:
+            count = int(self._call("cancel_all"))
+        except BrokerError as exc:
+            # Unknown outcome or broker down: fall back to one cancel per journaled order.
+            self.event("cancel_all_failed", level="warning", error=repr(exc))
+            return self.cancel_open(lambda row: True, reason=reason)
+        crash_point("oms.mid_cancel_all")  # the broker has cancelled; the journal does not know yet
+        self.event("cancel_all", reason=reason, count=count)
+        return count
 
     def cancel_open(self, which: Callable[[dict[str, Any]], bool], reason: str) -> int:
         rows = [r for r in self.db.query(
@@ -678,7 +708,7 @@ class OmsActor(SteadyActor):
         self.stopping = True  # nothing new goes out from here on (no pending retries)
         policy = self.run.settings.oms.cancel_on_shutdown if self.run else "none"
         if policy == "all":
-            self.cancel_open(lambda row: True, reason="shutdown")
+            self.cancel_everything(reason="shutdown")
         elif policy == "day":
             self.cancel_open(lambda row: row["time_in_force"] == TimeInForce.DAY.value, reason="shutdown")
         if policy != "none":

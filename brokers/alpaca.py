@@ -520,6 +520,11 @@ class AlpacaBroker:
                 raise NotCancelable(str(exc)) from cause
             raise
 
+    def cancel_all(self) -> int:
+        """DELETE /v2/orders: Alpaca cancels every open order at once (207, one status per order)."""
+        responses = self._call(self._client.cancel_orders)
+        return len(responses or [])
+
     def get_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         try:
             order = self._call(lambda: self._client.get_order_by_client_id(client_order_id))

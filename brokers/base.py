@@ -141,6 +141,11 @@ class Broker(Protocol):
         """Request cancellation. Raises OrderNotFound, NotCancelable, TransientBrokerError."""
         ...
 
+    def cancel_all(self) -> int:
+        """Request cancellation of every open order at once (the kill switch); how many.
+        Raises TransientBrokerError, UnknownOutcome (cancels are idempotent: the poll settles it)."""
+        ...
+
     def get_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         """The order with this client id, or None when the broker never saw it."""
         ...

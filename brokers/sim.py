@@ -503,18 +503,22 @@ class SimExchange:
         advanced_to = _parse(adv_text) if adv_text else None
         if advanced_to is not None and now <= advanced_to:
             return  # another process (its clock a hair ahead) already did this stretch
+        if advanced_to is not None and math.ceil(advanced_to.timestamp()) >= now.timestamp():
+            return  # the path is per second: no new second (hence no event) in [advanced_to, now)
         rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
         events: list[_Event] = []
+        paths: dict[tuple[str, datetime, datetime], QuoteArrays] = {}  # shared by orders of a symbol
         for row in rows:
             order = _Order.from_row(row)
             start = order.eligible_at if advanced_to is None else max(advanced_to, order.eligible_at)
-            events.extend(self._match(order, start, now))
+            events.extend(self._match(order, start, now, paths))
         events.sort(key=lambda e: e.key)
         for event in events:
             self._apply(event)
         _set_meta(self._conn, advanced_to=_iso(now))
 
-    def _match(self, o: _Order, start: datetime, now: datetime) -> list[_Event]:
+    def _match(self, o: _Order, start: datetime, now: datetime,
+               paths: dict[tuple[str, datetime, datetime], QuoteArrays] | None = None) -> list[_Event]:
         """What happens to one order between ``start`` and ``now`` (independent of other orders:
         liquidity is unlimited and the market does not react to us)."""
         end = now if o.expires_at is None else min(now, o.expires_at)
@@ -528,7 +532,12 @@ class SimExchange:
         chunk_start = start
         while chunk_start < end and remaining > 0:
             chunk_end = min(end, chunk_start + _CHUNK)
-            qa: QuoteArrays = quote_arrays(self.market, o.symbol, chunk_start, chunk_end)
+            key = (o.symbol, chunk_start, chunk_end)
+            qa = paths.get(key) if paths is not None else None
+            if qa is None:
+                qa = quote_arrays(self.market, o.symbol, chunk_start, chunk_end)
+                if paths is not None:
+                    paths[key] = qa
             i, n = 0, len(qa)
             while i < n and remaining > 0:
                 if not triggered:
@@ -792,6 +801,24 @@ class SimExchange:
         self._hook("cancel:after_commit")
         if lose_reply:
             raise UnknownOutcome(f"timed out (simulated fault) canceling {broker_order_id}")
+
+    def cancel_all(self) -> int:
+        """Cancel every open order in one transaction (the kill switch); how many were open."""
+        lose_reply = self._injected("cancel")
+        with self._write() as conn:
+            now = self._now()
+            self._catch_up(now)
+            ids = [r[0] for r in conn.execute(f"SELECT broker_order_id FROM orders WHERE status IN {_OPEN_IN}")]
+            conn.execute(
+                f"UPDATE orders SET status = ?, updated_at = ?, reason = ? WHERE status IN {_OPEN_IN}",
+                (OrderStatus.CANCELED.value, _iso(now), "canceled by request (all)"),
+            )
+            for broker_order_id in ids:
+                self._changed("order", broker_order_id, _iso(now))
+        self._hook("cancel:after_commit")
+        if lose_reply:
+            raise UnknownOutcome("timed out (simulated fault) canceling all orders")
+        return len(ids)
 
     def get_by_client_id(self, client_order_id: str) -> BrokerOrder | None:
         self._injected("get_by_client_id")
