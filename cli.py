@@ -30,6 +30,7 @@ EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 RUN_FILE = "run.json"
 START_TIMEOUT_S = 60.0
 ASK_TIMEOUT_S = 5.0
+LIVE_VIEW_PERIOD_S = 3.0
 
 
 class NotRunning(RuntimeError):
@@ -222,7 +223,7 @@ def _live_view(connection: Connection, data_dir: Path, stop: threading.Event, cl
     """A compact status line whenever something changes, until SIGINT/SIGTERM or `shutdown`."""
     failures = 0
     last_line = ""
-    while not stop.wait(2.0):
+    while not stop.wait(LIVE_VIEW_PERIOD_S):
         reply = connection.command("status", timeout=ASK_TIMEOUT_S)
         if not reply.ok:
             failures += 1

@@ -18,6 +18,7 @@ from steadyhand.state import store
 from thespian.actors import ActorAddress
 
 DELIVERY_PERIOD_S = 1.0
+IDLE_PERIOD_S = 10.0  # also the escalation check's period when nothing is pending
 
 
 class AlerterActor(SteadyActor):
@@ -61,7 +62,10 @@ class AlerterActor(SteadyActor):
                 deliver_pending(outbox, notifier, now)
             except Exception:  # delivery trouble must never take the alerter down
                 self.event("delivery_error", level="error", exc_info=True)
-            self.wake.wait(DELIVERY_PERIOD_S)
+            # Sooner while something waits for delivery; a new alert wakes this thread at once anyway.
+            busy = outbox.pending(datetime.now(UTC), 86400.0)
+            idle = min(IDLE_PERIOD_S, self.run.settings.alerts.escalation_interval_s)
+            self.wake.wait(DELIVERY_PERIOD_S if busy else idle)
             self.wake.clear()
 
     def on_stop(self) -> None:

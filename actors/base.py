@@ -56,6 +56,7 @@ class SteadyActor(Actor):
         self.handlers: dict[type, Handler] = {}
         self.timers: dict[str, Callable[[], None]] = {}
         self._schedules: dict[str, tuple[float, float, int]] = {}  # name -> (t0, period, k)
+        self._slow: dict[str, tuple[float, Callable[[], bool]]] = {}  # name -> (slow period, when)
         self._crashed = False
         self._wired_once = False
 
@@ -172,11 +173,16 @@ class SteadyActor(Actor):
         """Run ``self.timers[name]`` once after ``seconds`` (wall clock)."""
         self.wakeupAfter(timedelta(seconds=max(0.0, seconds)), payload=name)
 
-    def every(self, name: str, period_s: float, first_in: float | None = None) -> None:
+    def every(self, name: str, period_s: float, first_in: float | None = None,
+              slow_period_s: float | None = None, slow_when: Callable[[], bool] | None = None) -> None:
         """Run ``self.timers[name]`` every ``period_s`` on an absolute schedule (t0 + k·period),
-        so a slow handler does not make the period drift."""
+        so a slow handler does not make the period drift. While ``slow_when()`` is true (e.g. the
+        market is closed and nothing is working) the next run is ``slow_period_s`` away instead:
+        an idle bot costs next to nothing."""
         t0 = time.time() + (period_s if first_in is None else first_in)
         self._schedules[name] = (t0, period_s, 0)
+        if slow_period_s is not None and slow_when is not None:
+            self._slow[name] = (slow_period_s, slow_when)
         self.wakeupAfter(timedelta(seconds=max(0.0, t0 - time.time())), payload=name)
 
     def _on_timer(self, payload: Any) -> None:
@@ -187,7 +193,12 @@ class SteadyActor(Actor):
         if schedule is not None:
             t0, period, k = schedule
             now = time.time()
-            k = max(k + 1, int((now - t0) / period) + 1)  # skip missed slots, never pile up
-            self._schedules[name] = (t0, period, k)
-            self.wakeupAfter(timedelta(seconds=max(0.0, t0 + k * period - now)), payload=name)
+            slow = self._slow.get(name)
+            if slow is not None and slow[1]():
+                self._schedules[name] = (now + slow[0], period, 0)  # re-anchored when it speeds up
+                self.wakeupAfter(timedelta(seconds=slow[0]), payload=name)
+            else:
+                k = max(k + 1, int((now - t0) / period) + 1)  # skip missed slots, never pile up
+                self._schedules[name] = (t0, period, k)
+                self.wakeupAfter(timedelta(seconds=max(0.0, t0 + k * period - now)), payload=name)
         self.timers[name]()

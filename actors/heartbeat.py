@@ -20,6 +20,7 @@ from steadyhand.actors.messages import ActorUnresponsive, FeedFresh, FeedStale, 
 from thespian.actors import ActorAddress
 
 NOT_PINGED = ("heartbeat", "supervisor")
+CLOSED_SLOWDOWN = 5  # the beat is this many times slower while the market is closed (idle cost)
 
 
 class HeartbeatActor(SteadyActor):
@@ -38,7 +39,9 @@ class HeartbeatActor(SteadyActor):
     def on_first_wiring(self) -> None:
         now = time.monotonic()
         self.last_pong = {name: now for name in self._watched()}
-        self.every("beat", self.run.settings.heartbeat.interval_s, first_in=0.0)
+        interval = self.run.settings.heartbeat.interval_s
+        self.every("beat", interval, first_in=0.0, slow_period_s=interval * CLOSED_SLOWDOWN,
+                   slow_when=self._market_closed)
         if self.run.settings.alerts.deadman_url:
             self.every("deadman", self.run.settings.alerts.deadman_interval_s)
 
@@ -70,10 +73,16 @@ class HeartbeatActor(SteadyActor):
         url = self.run.settings.alerts.deadman_url
         threading.Thread(target=_ping_url, args=(url,), name="deadman", daemon=True).start()
 
+    def _market_closed(self) -> bool:
+        return not market_hours.is_open(self.clock.now())
+
     def beat(self) -> None:
         self.seq += 1
         now = time.monotonic()
-        deadline = self.run.settings.heartbeat.deadline_s
+        settings = self.run.settings.heartbeat
+        # While the market is closed the beat is slower; a pong can then be that much older.
+        deadline = max(settings.deadline_s, 2.5 * settings.interval_s * CLOSED_SLOWDOWN) \
+            if self._market_closed() else settings.deadline_s
         for name in self._watched():
             self.tell_peer(name, Ping(self.seq))
             silent = now - self.last_pong.get(name, now)

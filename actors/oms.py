@@ -140,7 +140,6 @@ class OmsActor(SteadyActor):
         self.reconciled = False
         self.last_report: dict[str, Any] | None = None
         self.last_snapshot = 0.0
-        self.last_poll_at = 0.0
         self.circuit = Circuit()
         self.stopping = False
         self.store_fault = ""  # the first store error; trading stays stopped in this process
@@ -152,7 +151,7 @@ class OmsActor(SteadyActor):
 
     def on_first_wiring(self) -> None:
         self.reconcile("start")
-        self.every("poll", self.run.settings.oms.poll_interval_s)
+        self.every("poll", self.run.settings.oms.poll_interval_s, slow_period_s=IDLE_POLL_S, slow_when=self._idle)
 
     def on_peers_changed(self, names: set[str]) -> None:
         # A restarted peer starts knowing nothing: tell it what it needs from us.
@@ -294,14 +293,9 @@ class OmsActor(SteadyActor):
     def _idle(self) -> bool:
         """Nothing can change at the broker: market closed and nothing of ours working. Then the
         poll runs only every IDLE_POLL_S (idle cost), still often enough to notice anything."""
-        now = time.monotonic()
-        if now - self.last_poll_at >= IDLE_POLL_S or market_hours.is_open(self.run.clock.now()):
-            self.last_poll_at = now
+        if self.circuit.open or not self.reconciled or market_hours.is_open(self.run.clock.now()):
             return False
-        if self.db.execute(f"SELECT 1 FROM orders WHERE {_IS_OPEN} LIMIT 1", OPEN_STATUSES).fetchone():
-            self.last_poll_at = now
-            return False
-        return True
+        return not self.db.execute(f"SELECT 1 FROM orders WHERE {_IS_OPEN} LIMIT 1", OPEN_STATUSES).fetchone()
 
     def _call(self, op: str, *args: Any) -> Any:
         try:
@@ -354,8 +348,6 @@ class OmsActor(SteadyActor):
     # --- broker updates ---------------------------------------------------------------------
 
     def poll(self) -> None:
-        if self._idle():
-            return
         if self.circuit.open:
             now = time.monotonic()
             if self.circuit.kind == "rejecting" and now >= self.circuit.retry_at:
