@@ -58,6 +58,7 @@ class SteadyActor(Actor):
         self._schedules: dict[str, tuple[float, float, int]] = {}  # name -> (t0, period, k)
         self._slow: dict[str, tuple[float, Callable[[], bool]]] = {}  # name -> (slow period, when)
         self._crashed = False
+        self._last_alive = 0.0
         self._wired_once = False
 
     # --- Thespian entry point ---------------------------------------------------------------
@@ -156,6 +157,14 @@ class SteadyActor(Actor):
     def event(self, event: str, level: str = "info", exc_info: bool = False, **fields: Any) -> None:
         if self.log is not None:
             self.log.event(event, level=level, exc_info=exc_info, **fields)
+
+    def still_alive(self) -> None:
+        """Tell the heartbeat monitor we are busy, not hung, from inside a long handler (a burst of
+        submissions, a large reconciliation): an unasked-for pong, at most every half second."""
+        now = time.monotonic()
+        if now - self._last_alive >= 0.5:
+            self._last_alive = now
+            self.tell_peer("heartbeat", Pong(self.name, os.getpid(), -1, {"busy": True}))
 
     def tell_peer(self, name: str, message: Any) -> bool:
         """Send to a peer by name; False when it is not wired (down, or not started yet)."""

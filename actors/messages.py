@@ -197,6 +197,15 @@ class OrderRequests:
 
 
 @dataclass(frozen=True, slots=True)
+class SubmitBacklog:
+    """OMS -> itself: journaled requests still to submit (a burst is submitted in chunks so the OMS
+    keeps answering its heartbeat in between)."""
+
+    requests: tuple[OrderRequest, ...]
+    bar_sent_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class Fill:
     """One execution, recorded once (unique ``fill_id``)."""
 

@@ -58,6 +58,7 @@ from steadyhand.actors.messages import (
     RequestHalt,
     Severity,
     Side,
+    SubmitBacklog,
     TimeInForce,
     TradingState,
     TradingStateChanged,
@@ -88,6 +89,7 @@ SNAPSHOT_EVERY_S = 10.0  # broker positions sent to the portfolio for comparison
 SUBMIT_ATTEMPTS = 3  # tenacity: per submission, inside one handler (short waits: the actor blocks)
 PROBE_EVERY_S = 1.0  # while the circuit is open, the poll probes the broker this often
 RECONCILE_RETRY_S = 1.0  # a reconciliation the broker could not answer is tried again after this
+SUBMIT_CHUNK = 100  # submissions per handler run (the rest follow in a message to ourselves)
 IDLE_POLL_S = 2.0  # poll period while the market is closed and nothing of ours is working
 POSITION_SETTLE_ROUNDS = 5  # positions are read between two polls that saw no new fill
 _TRANSIENT = (TransientBrokerError, UnknownOutcome)
@@ -140,12 +142,14 @@ class OmsActor(SteadyActor):
         self.reconciled = False
         self.last_report: dict[str, Any] | None = None
         self.last_snapshot = 0.0
+        self.queued: set[str] = set()  # journaled, waiting in a SubmitBacklog message
         self.circuit = Circuit()
         self.stopping = False
         self.store_fault = ""  # the first store error; trading stays stopped in this process
         self.trading_state = TradingState.ACTIVE
-        self.handlers = {OrderRequests: self.on_order_requests, CancelAll: self.on_cancel_all,
-                         Flatten: self.on_flatten, TradingStateChanged: self.on_trading_state}
+        self.handlers = {OrderRequests: self.on_order_requests, SubmitBacklog: self.on_submit_backlog,
+                         CancelAll: self.on_cancel_all, Flatten: self.on_flatten,
+                         TradingStateChanged: self.on_trading_state}
         self.reconcile_reason = "retry"
         self.timers = {"poll": self.poll, "reconcile": lambda: self.reconcile(self.reconcile_reason)}
 
@@ -201,13 +205,26 @@ class OmsActor(SteadyActor):
             self.event("requests_dropped", level="warning", reason=why_not, count=len(message.requests))
             return
         fresh = self._journal_pending(message.requests)
-        for request in fresh:
+        self.queued.update(r.client_order_id for r in fresh)
+        self._submit_some(tuple(fresh), message.bar_sent_at)
+
+    def _submit_some(self, requests: tuple[OrderRequest, ...], bar_sent_at: float) -> None:
+        """Submit up to SUBMIT_CHUNK journaled requests; the rest follow in a message to ourselves,
+        so a burst (thousands of orders on one bar) never keeps this actor from its heartbeat."""
+        for request in requests[:SUBMIT_CHUNK]:
+            self.queued.discard(request.client_order_id)
             crash_point("oms.after_journal")
-            if self.circuit.open:  # opened by an earlier request of this batch: the poll retries
-                continue
-            self._submit(request, message.bar_sent_at)
-        if fresh:
+            if self.circuit.open or self.stopping or self.trading_state is TradingState.HALTED:
+                continue  # stays PENDING_SUBMIT: the poll retries it, or reconciliation settles it
+            self._submit(request, bar_sent_at)
+        rest = requests[SUBMIT_CHUNK:]
+        if rest:
+            self.send(self.myAddress, SubmitBacklog(rest, bar_sent_at))
+        if requests:
             self.tell_peer("risk", self._open_orders())
+
+    def on_submit_backlog(self, message: SubmitBacklog, sender: ActorAddress) -> None:
+        self._submit_some(message.requests, message.bar_sent_at)
 
     def _journal_pending(self, requests: tuple[OrderRequest, ...]) -> list[OrderRequest]:
         """Step 3: durable PENDING_SUBMIT rows, one transaction per batch; duplicates dropped."""
@@ -230,6 +247,7 @@ class OmsActor(SteadyActor):
         return fresh
 
     def _submit(self, request: OrderRequest, bar_sent_at: float = 0.0) -> None:
+        self.still_alive()  # a burst of thousands takes seconds: busy, not hung
         spec = OrderSpec(client_order_id=request.client_order_id, symbol=request.symbol, side=request.side,
                          qty=request.qty, type=request.type, time_in_force=request.time_in_force,
                          limit_price=request.limit_price, stop_price=request.stop_price)
@@ -376,19 +394,24 @@ class OmsActor(SteadyActor):
         updates = self._call("poll", self.cursor)
         if updates.fills:
             crash_point("oms.after_fill_received")
-        new_fills = self._record_fills(updates.fills)
-        changed = bool(new_fills)
-        for order in updates.orders:
-            changed |= self._apply_order(order)
+        with store.transaction(self.db):  # one commit for the whole poll: fills and states together
+            new_fills = self._record_fills(updates.fills, notify=False)
+            changed = bool(new_fills)
+            for order in updates.orders:
+                self.still_alive()
+                changed |= self._apply_order(order)
+        self._notify_fills(new_fills)  # after the commit: the portfolio reads the journal
         self.cursor = updates.cursor  # only now: a crash or store fault above re-reads them
         return changed, len(updates.fills)
 
     def _retry_pending(self) -> None:
+        if self.stopping or self.trading_state is TradingState.HALTED:
+            return  # nothing new goes out; reconciliation settles what is left
         cutoff = store.iso(datetime.now(UTC) - timedelta(seconds=PENDING_RETRY_AFTER_S))
-        rows = list(self.db.query(
-            "SELECT * FROM orders WHERE status = ? AND created_at < ?",
-            [OrderStatus.PENDING_SUBMIT.value, cutoff],
-        ))
+        rows = [r for r in self.db.query(
+            "SELECT * FROM orders WHERE status = ? AND created_at < ? ORDER BY created_at LIMIT ?",
+            [OrderStatus.PENDING_SUBMIT.value, cutoff, SUBMIT_CHUNK + len(self.queued)],
+        ) if r["client_order_id"] not in self.queued][:SUBMIT_CHUNK]  # queued ones are on their way
         for row in rows:
             if self.circuit.open:
                 return
@@ -443,8 +466,9 @@ class OmsActor(SteadyActor):
                        old=old.value, new=order.status.value, filled_qty=order.filled_qty)
         return True
 
-    def _record_fills(self, fills: tuple[BrokerFill, ...] | list[BrokerFill]) -> list[Fill]:
-        """Each fill once; the new ones go to the portfolio and risk."""
+    def _record_fills(self, fills: tuple[BrokerFill, ...] | list[BrokerFill], notify: bool = True) -> list[Fill]:
+        """Each fill once; the new ones go to the portfolio and risk (``notify``: now, else the
+        caller does it once its enclosing transaction has committed)."""
         new: list[Fill] = []
         if not fills:
             return new
@@ -462,6 +486,11 @@ class OmsActor(SteadyActor):
                     new.append(Fill(fill_id=f.fill_id, client_order_id=f.client_order_id,
                                     broker_order_id=f.broker_order_id, symbol=f.symbol, side=f.side,
                                     qty=f.qty, price=f.price, ts=f.ts))
+        if notify:
+            self._notify_fills(new)
+        return new
+
+    def _notify_fills(self, new: list[Fill]) -> None:
         for fill in new:
             self.event("fill", fill_id=fill.fill_id, client_order_id=fill.client_order_id,
                        symbol=fill.symbol, side=fill.side.value, qty=fill.qty, price=str(fill.price))
@@ -469,7 +498,6 @@ class OmsActor(SteadyActor):
             batch = Fills(tuple(new))
             self.tell_peer("portfolio", batch)
             self.tell_peer("risk", batch)
-        return new
 
     # --- reconciliation (DESIGN §6) ---------------------------------------------------------
 
@@ -509,6 +537,7 @@ class OmsActor(SteadyActor):
         # Take the update cursor first: anything that changes while we look is polled again later.
         self.cursor = self._call("poll", None).cursor
         for row in list(self.db.query(f"SELECT * FROM orders WHERE {_IS_OPEN}", OPEN_STATUSES)):
+            self.still_alive()
             report["orders_checked"] += 1
             cid = row["client_order_id"]
             order = self._find(cid)
@@ -681,6 +710,7 @@ class OmsActor(SteadyActor):
             "SELECT * FROM orders WHERE status IN (?, ?) AND broker_order_id IS NOT NULL",
             [OrderStatus.SUBMITTED.value, OrderStatus.PARTIALLY_FILLED.value]) if which(r)]
         for row in rows:
+            self.still_alive()
             self._cancel(row["broker_order_id"])
             crash_point("oms.mid_cancel_all")
         if rows:

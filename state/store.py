@@ -247,7 +247,13 @@ def migrate(db: sqlite_utils.Database) -> int:
 
 @contextmanager
 def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """BEGIN IMMEDIATE ... COMMIT (durable per the connection's synchronous level), or ROLLBACK."""
+    """BEGIN IMMEDIATE ... COMMIT (durable per the connection's synchronous level), or ROLLBACK.
+
+    Inside another transaction it joins that one: a batch of writes (e.g. every update one poll
+    brought) becomes one commit, one fsync, all or nothing."""
+    if db.conn.in_transaction:
+        yield db
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db
