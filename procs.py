@@ -16,8 +16,9 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -98,14 +99,16 @@ def terminate(processes: list[psutil.Process], grace_s: float = 3.0) -> list[psu
     return still
 
 
-def wait_until(predicate: object, timeout_s: float, interval_s: float = 0.02) -> bool:
-    """Poll ``predicate()`` until true or the deadline passes; returns the last result."""
+def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float = 0.02) -> Any:
+    """Poll ``predicate()`` until it returns something truthy (returned) or the deadline passes
+    (None). The one deadline poll: tests, drills and benchmarks wrap it with their own failure."""
     deadline = time.monotonic() + timeout_s
     while True:
-        if predicate():  # type: ignore[operator]
-            return True
+        value = predicate()
+        if value:
+            return value
         if time.monotonic() >= deadline:
-            return False
+            return None
         time.sleep(interval_s)
 
 

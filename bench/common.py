@@ -354,14 +354,10 @@ def events(data_dir: Path, actor: str, name: str | None = None) -> list[dict[str
 
 def wait_for(predicate: Callable[[], Any], timeout: float, interval: float = 0.05, what: str = "") -> Any:
     """Poll until truthy; RuntimeError at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out after {timeout:g}s waiting for {what or predicate}")
-        time.sleep(interval)
+    value = procs.wait_until(predicate, timeout, interval)
+    if not value:
+        raise RuntimeError(f"timed out after {timeout:g}s waiting for {what or predicate}")
+    return value
 
 
 def wait_event(data_dir: Path, actor: str, name: str, after: float, timeout: float,

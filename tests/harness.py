@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,14 +27,10 @@ def steadyhand(*args: str, data_dir: Path, env: dict[str, str] | None = None,
 
 def poll(predicate: Callable[[], Any], timeout: float, interval: float = 0.2, what: str = "") -> Any:
     """Call ``predicate`` until it returns something truthy; fail the test at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
-        time.sleep(interval)
+    value = procs.wait_until(predicate, timeout, interval)
+    if not value:
+        pytest.fail(f"timed out after {timeout}s waiting for {what or predicate}")
+    return value
 
 
 class Bot:

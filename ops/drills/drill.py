@@ -14,7 +14,6 @@ import sqlite3
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -145,14 +144,10 @@ class Exchange:
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise DrillError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+    value = procs.wait_until(predicate, timeout, interval)
+    if not value:
+        raise DrillError(f"timed out after {timeout}s waiting for {what}")
+    return value
 
 
 def query(data_dir: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
