@@ -99,8 +99,10 @@ def test_bot_lives_through_broker_faults_and_recovers_by_itself(make_bot: Any, d
                      (opened["ts"], _iso(down_until))), "an order went out while the circuit was open"
     poll(lambda: any(r["reason"] == "broker recovered" for r in reports(data_dir)), timeout=10,
          what="a reconciliation after the outage")
-    keys = {a["key"]: a["severity"] for a in alerts(data_dir)}
-    assert keys.get("broker:circuit") == "critical" and "broker:circuit_closed" in keys
+    # The alerter records alerts asynchronously: wait for the resolved one to be stored.
+    keys = poll(lambda: "broker:circuit_closed" in (k := {a["key"]: a["severity"] for a in alerts(data_dir)})
+                and k, timeout=10, what="the resolved alert stored")
+    assert keys.get("broker:circuit") == "critical"
 
     # 2. Replies lost (timeouts): every submission gets there, the OMS finds it by id, never resubmits.
     set_fault(data_dir, "timeout", delay_s=0.05, ops=("submit",))
@@ -123,7 +125,8 @@ def test_bot_lives_through_broker_faults_and_recovers_by_itself(make_bot: Any, d
     clear_fault(data_dir)
     closed_before = len(_events(data_dir, "circuit_closed"))
     poll(lambda: len(_events(data_dir, "circuit_closed")) > closed_before, timeout=15, what="closing again")
-    assert any(a["key"].startswith("rejected:") and a["severity"] == "high" for a in alerts(data_dir))
+    poll(lambda: any(a["key"].startswith("rejected:") and a["severity"] == "high" for a in alerts(data_dir)),
+         timeout=10, what="a rejection alert stored")
     after = _iso(time.time())
     poll(lambda: query(data_dir, "SELECT 1 FROM orders WHERE created_at > ? AND status != 'rejected'",
                        (after,)), timeout=30, what="orders accepted again")
