@@ -396,28 +396,26 @@ def _rows(data_dir: Path, sql: str) -> list[dict[str, Any]]:
         db.close()
 
 
-def cmd_orders(args: argparse.Namespace) -> int:
-    rows = _rows(data_dir_of(args), "SELECT * FROM orders ORDER BY created_at")
-    orders = [{k: r[k] for k in ORDER_KEYS} for r in rows]
+def _journal_listing(args: argparse.Namespace, sql: str, keys: tuple[str, ...], line: str) -> int:
+    """``orders`` and ``fills``: rows of the journal, as JSON (the stable keys) or one line each."""
+    rows = [{k: r[k] for k in keys} for r in _rows(data_dir_of(args), sql)]
     if args.json:
-        print(json.dumps(orders))
+        print(json.dumps(rows))
     else:
-        for o in orders:
-            print(f"{o['client_order_id']:<34} {o['symbol']:<6} {o['side']:<4} {o['qty']:>6} {o['type']:<6} "
-                  f"{o['status']:<16} filled {o['filled_qty']:>6} @ {o['avg_fill_price'] or '-'}")
+        for row in rows:
+            print(line.format(**{k: "-" if v is None else v for k, v in row.items()}))
     return EXIT_OK
+
+
+def cmd_orders(args: argparse.Namespace) -> int:
+    return _journal_listing(args, "SELECT * FROM orders ORDER BY created_at", ORDER_KEYS,
+                            "{client_order_id:<34} {symbol:<6} {side:<4} {qty:>6} {type:<6} "
+                            "{status:<16} filled {filled_qty:>6} @ {avg_fill_price}")
 
 
 def cmd_fills(args: argparse.Namespace) -> int:
-    rows = _rows(data_dir_of(args), "SELECT * FROM fills ORDER BY ts")
-    fills = [{k: r[k] for k in FILL_KEYS} for r in rows]
-    if args.json:
-        print(json.dumps(fills))
-    else:
-        for f in fills:
-            print(f"{f['ts']} {f['symbol']:<6} {f['side']:<4} {f['qty']:>6} @ {f['price']:<10} "
-                  f"{f['client_order_id']}")
-    return EXIT_OK
+    return _journal_listing(args, "SELECT * FROM fills ORDER BY ts", FILL_KEYS,
+                            "{ts} {symbol:<6} {side:<4} {qty:>6} @ {price:<10} {client_order_id}")
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
