@@ -41,6 +41,7 @@ from thespian.actors import (
 )
 
 Handler = Callable[[Any, ActorAddress], None]
+SLOW_HANDLER_S = 1.0  # a handler running longer is logged (the heartbeat declares hung at seconds)
 
 
 class SteadyActor(Actor):
@@ -66,10 +67,15 @@ class SteadyActor(Actor):
     def receiveMessage(self, message: Any, sender: ActorAddress) -> None:
         if self._crashed:
             return
+        started = time.perf_counter()
         try:
             self._dispatch(message, sender)
         except Exception as exc:  # let it crash: log, exit, be restarted fresh
             self._crash(exc, message)
+        took = time.perf_counter() - started
+        if took >= SLOW_HANDLER_S:  # a handler this long starves the heartbeat: say which one
+            what = f"timer:{message.payload}" if isinstance(message, WakeupMessage) else type(message).__name__
+            self.event("slow_handler", level="warning", message=what, seconds=round(took, 3))
 
     def _dispatch(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, WakeupMessage):

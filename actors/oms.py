@@ -211,12 +211,16 @@ class OmsActor(SteadyActor):
     def _submit_some(self, requests: tuple[OrderRequest, ...], bar_sent_at: float) -> None:
         """Submit up to SUBMIT_CHUNK journaled requests; the rest follow in a message to ourselves,
         so a burst (thousands of orders on one bar) never keeps this actor from its heartbeat."""
+        acks: list[BrokerOrder] = []
         for request in requests[:SUBMIT_CHUNK]:
             self.queued.discard(request.client_order_id)
             crash_point("oms.after_journal")
             if self.circuit.open or self.stopping or self.trading_state is TradingState.HALTED:
                 continue  # stays PENDING_SUBMIT: the poll retries it, or reconciliation settles it
-            self._submit(request, bar_sent_at)
+            order = self._submit(request, bar_sent_at)
+            if order is not None:
+                acks.append(order)
+        self._apply_orders(acks)
         rest = requests[SUBMIT_CHUNK:]
         if rest:
             self.send(self.myAddress, SubmitBacklog(rest, bar_sent_at))
@@ -246,15 +250,21 @@ class OmsActor(SteadyActor):
                     self.event("duplicate_intent", level="warning", client_order_id=r.client_order_id)
         return fresh
 
-    def _submit(self, request: OrderRequest, bar_sent_at: float = 0.0) -> None:
+    def _submit(self, request: OrderRequest, bar_sent_at: float = 0.0) -> BrokerOrder | None:
         self.still_alive()  # a burst of thousands takes seconds: busy, not hung
         spec = OrderSpec(client_order_id=request.client_order_id, symbol=request.symbol, side=request.side,
                          qty=request.qty, type=request.type, time_in_force=request.time_in_force,
                          limit_price=request.limit_price, stop_price=request.stop_price)
-        self._send_to_broker(spec, bar_sent_at, looked_up=True)  # a fresh id: the broker cannot have it
+        return self._send_to_broker(spec, bar_sent_at, looked_up=True)  # a fresh id: the broker cannot have it
 
-    def _send_to_broker(self, spec: OrderSpec, bar_sent_at: float = 0.0, looked_up: bool = False) -> None:
-        """Submit with retries; ``looked_up``: we know the broker does not have this id yet."""
+    def _send_to_broker(self, spec: OrderSpec, bar_sent_at: float = 0.0,
+                        looked_up: bool = False) -> BrokerOrder | None:
+        """Submit with retries; ``looked_up``: we know the broker does not have this id yet.
+
+        Returns the broker's acknowledgement for the caller to journal (``_apply_orders``: one
+        commit for a whole chunk), or None when rejected or the outcome is unknown. Until it is
+        journaled the row stays PENDING_SUBMIT, which is safe: a crash in between is the
+        ``oms.after_submit`` case, settled by looking the id up at the broker."""
         cid = spec.client_order_id
         try:
             order = self._submit_with_retries(spec, looked_up)
@@ -263,19 +273,26 @@ class OmsActor(SteadyActor):
             self.alert(f"rejected:{spec.symbol}", Severity.HIGH, f"order rejected: {spec.symbol}",
                        f"{cid}: {exc}")
             self._rejected(str(exc))
-            return
+            return None
         except BrokerError as exc:
             self.event("submit_uncertain", level="warning", client_order_id=cid, error=repr(exc))
-            return  # still PENDING_SUBMIT: the poll looks it up and retries it later
+            return None  # still PENDING_SUBMIT: the poll looks it up and retries it later
         crash_point("oms.after_submit")
         self.circuit.rejections = 0
         if self.circuit.kind == "rejecting":
             self._close_circuit()
         latency_ms = (time.time() - bar_sent_at) * 1000 if bar_sent_at else None
-        self._apply_order(order)
         self.event("order_submitted", client_order_id=cid, broker_order_id=order.broker_order_id,
                    symbol=spec.symbol, side=spec.side.value, qty=spec.qty, status=order.status.value,
                    bar_to_ack_ms=latency_ms)
+        return order
+
+    def _apply_orders(self, orders: list[BrokerOrder]) -> None:
+        """Journal a batch of broker acknowledgements in one transaction (one fsync, not one each)."""
+        if orders:
+            with store.transaction(self.db):
+                for order in orders:
+                    self._apply_order(order)
 
     def _submit_with_retries(self, spec: OrderSpec, looked_up: bool) -> BrokerOrder:
         cid = spec.client_order_id
@@ -421,10 +438,10 @@ class OmsActor(SteadyActor):
                 self.event("lookup_failed", level="warning", client_order_id=row["client_order_id"],
                            error=repr(exc))
                 continue  # unknown: never resubmit on a failed lookup
+            if order is None:
+                order = self._send_to_broker(_spec_from_row(row), looked_up=True)
             if order is not None:
                 self._apply_order(order)
-            else:
-                self._send_to_broker(_spec_from_row(row), looked_up=True)
 
     def _sweep_stale(self) -> None:
         """Open orders older than ``stale_order_age_s`` (broker time) are cancelled while running
@@ -451,16 +468,13 @@ class OmsActor(SteadyActor):
                 and row["broker_order_id"] == order.broker_order_id)
         if same or not _advances(old, order.status):
             return False
-        with store.transaction(self.db):
-            self.db["orders"].update(order.client_order_id, {
-                "broker_order_id": order.broker_order_id,
-                "status": order.status.value,
-                "filled_qty": order.filled_qty,
-                "avg_fill_price": _text(order.avg_fill_price),
-                "submitted_at": row["submitted_at"] or store.iso(order.submitted_at),
-                "updated_at": store.now_iso(),
-                "reason": order.reason or row["reason"],
-            })
+        with store.transaction(self.db):  # plain SQL: this runs for every order and every update
+            self.db.execute(
+                "UPDATE orders SET broker_order_id = ?, status = ?, filled_qty = ?, avg_fill_price = ?,"
+                " submitted_at = ?, updated_at = ?, reason = ? WHERE client_order_id = ?",
+                [order.broker_order_id, order.status.value, order.filled_qty, _text(order.avg_fill_price),
+                 row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(),
+                 order.reason or row["reason"], order.client_order_id])
         if order.status != old:
             self.event("order_status", client_order_id=order.client_order_id, symbol=order.symbol,
                        old=old.value, new=order.status.value, filled_qty=order.filled_qty)
@@ -687,8 +701,7 @@ class OmsActor(SteadyActor):
             requests.append(OrderRequest(client_order_id=f"flat-{message.command_id[:12]}-{position.symbol}",
                                          symbol=position.symbol, side=side, qty=abs(position.qty)))
         fresh = self._journal_pending(tuple(requests))
-        for request in fresh:
-            self._submit(request)
+        self._apply_orders([o for o in map(self._submit, fresh) if o is not None])
         self.tell_peer("risk", self._open_orders())
         self.send(sender, FlattenDone(message.command_id, count, tuple(r.client_order_id for r in requests)))
 
@@ -742,9 +755,10 @@ class OmsActor(SteadyActor):
 
     # --- helpers ----------------------------------------------------------------------------
 
-    def _row(self, cid: str) -> dict[str, Any] | None:
-        rows = list(self.db.query("SELECT * FROM orders WHERE client_order_id = ?", [cid]))
-        return rows[0] if rows else None
+    def _row(self, cid: str) -> sqlite3.Row | None:
+        cursor = self.db.conn.cursor()
+        cursor.row_factory = sqlite3.Row  # read by column name, without sqlite-utils' per-row dicts
+        return cursor.execute("SELECT * FROM orders WHERE client_order_id = ?", [cid]).fetchone()
 
     def _mark(self, cid: str, status: OrderStatus, reason: str) -> None:
         with store.transaction(self.db):

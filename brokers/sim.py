@@ -150,8 +150,14 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
 
 
 def open_exchange_db(path: str | Path) -> sqlite_utils.Database:
-    """Open (creating and migrating as needed) an exchange database: WAL, busy timeout, FULL."""
-    db = connect(path, synchronous="FULL")
+    """Open (creating and migrating as needed) an exchange database: WAL, busy timeout, NORMAL.
+
+    NORMAL, not FULL: the exchange stands for a remote broker, not for our journal. In WAL mode a
+    NORMAL commit survives any process crash (every kill drill); only a power loss can roll back
+    its last commits, and that looks to the bot like a broker that lost orders, which
+    reconciliation already handles (journaled but unknown at the broker: cancelled, alerted). Our
+    own journal stays FULL. This saves an fsync on every submission, cancel and catch-up."""
+    db = connect(path, synchronous="NORMAL")
     # One transaction for check-and-apply, so two processes opening a new file at once cannot
     # both apply the same migration.
     with transaction(db):
