@@ -80,11 +80,14 @@ class RiskActor(SteadyActor):
     # --- decisions --------------------------------------------------------------------------
 
     def on_signals(self, message: Signals, sender: ActorAddress) -> None:
+        if not message.signals:
+            return
         now_sim = self.clock.now()
         self.book.market_open = market_hours.is_open(now_sim)
         now_wall = time.time()
+        decided_at = store.now_iso()  # one timestamp per batch: its decisions are made together
         approved: list[OrderRequest] = []
-        rows = []
+        rows: list[DecisionRow] = []
         for signal in message.signals:
             request = OrderRequest(client_order_id=signal.intent_id, symbol=signal.symbol,
                                    side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
@@ -94,19 +97,20 @@ class RiskActor(SteadyActor):
                 decision = Decision.deny("broker" if self.broker_down else "store",
                                          f"broker unavailable: {self.broker_down}" if self.broker_down
                                          else f"state store fault: {self.store_fault}")
-            rows.append(_decision_row(request, decision))
+            rows.append(_decision_row(decided_at, request, decision))
             self.event("risk_decision", client_order_id=request.client_order_id, symbol=request.symbol,
                        side=request.side.value, qty=request.qty, approved=decision.approved,
                        check=decision.check, reason=decision.reason)
             if decision.approved:
                 approved.append(request)
         try:
+            # Plain SQL, one transaction: sqlite-utils' insert_all re-reads the schema on every call.
             with store.transaction(self.db):
-                self.db["risk_decisions"].insert_all(rows)
+                self.db.conn.executemany(INSERT_DECISION, rows)
         except sqlite3.OperationalError as exc:
             self._store_fault(exc)  # every decision is journaled, or none is acted on
             return
-        if approved:
+        if approved:  # only now, after the commit: the write-ahead order of section 5
             self.tell_peer("oms", OrderRequests(tuple(approved), bar_sent_at=message.bar_sent_at))
 
     # --- what the book knows ----------------------------------------------------------------
@@ -187,8 +191,11 @@ class RiskActor(SteadyActor):
         self.book.feed_stale = False
 
 
-def _decision_row(request: OrderRequest, decision: Decision) -> dict[str, object]:
-    return {"ts": store.now_iso(), "client_order_id": request.client_order_id, "symbol": request.symbol,
-            "side": request.side.value, "qty": request.qty, "approved": int(decision.approved),
-            "reason": decision.reason if not decision.approved else "ok"}
+DecisionRow = tuple[str, str, str, str, int, int, str]
+INSERT_DECISION = ("INSERT INTO risk_decisions (ts, client_order_id, symbol, side, qty, approved, reason)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?)")
 
+
+def _decision_row(ts: str, request: OrderRequest, decision: Decision) -> DecisionRow:
+    return (ts, request.client_order_id, request.symbol, request.side.value, request.qty, int(decision.approved),
+            decision.reason if not decision.approved else "ok")
