@@ -1,15 +1,41 @@
-"""Pre-trade risk: each check denies a violating request (with its reason) and passes a valid one."""
+"""Pre-trade risk: each check denies a violating request (with its reason) and passes a valid one;
+the risk actor journals every decision before an approval leaves it."""
 
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
+from typing import Any
 
 import pytest
-from steadyhand.actors.messages import Bar, OrderRequest, OrderType, Side, TradingState
-from steadyhand.config import RiskSettings
+from steadyhand.actors.messages import (
+    Alert,
+    Bar,
+    Bars,
+    Configure,
+    OrderRequest,
+    OrderRequests,
+    OrderType,
+    ReconcileFinished,
+    RequestHalt,
+    Severity,
+    Side,
+    Signal,
+    Signals,
+    TradingState,
+    Wiring,
+)
+from steadyhand.actors.risk import RiskActor
+from steadyhand.clock import SimClock
+from steadyhand.config import RiskSettings, RunSettings, Settings
 from steadyhand.risk_checks import CHECKS, Decision, RiskBook, breaker_check, is_reducing
+from steadyhand.state import store
+from thespian.actors import Actor, ActorExitRequest, ActorSystem
 
 NOW_SIM = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 NOW = 1_000_000.0
@@ -319,3 +345,107 @@ def test_reducing_orders_allowed_while_reducing_stale_and_tripped() -> None:
     assert_denied(decide(b, req(Side.BUY, 1)), "stale_data")
     b.feed_stale = False
     assert_denied(decide(b, req(Side.BUY, 1)), "daily_loss", "breaker tripped")
+
+
+# ---------------------------------------------------------------------------------------------
+# the actor: every decision journaled before an approval leaves (write-ahead, DESIGN §5)
+# ---------------------------------------------------------------------------------------------
+
+
+class JournalProbe(Actor):
+    """Stands in for the OMS, supervisor and alerter; notes which decisions were journaled when
+    each batch of order requests arrived."""
+
+    db_path = ""
+
+    def receiveMessage(self, message: Any, sender: Any) -> None:
+        if message == "seen?":
+            self.send(sender, list(getattr(self, "seen", [])))
+            return
+        if isinstance(message, OrderRequests):
+            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+            journaled = {r[0] for r in conn.execute("SELECT client_order_id FROM risk_decisions WHERE approved = 1")}
+            conn.close()
+            message = (message, journaled)
+        self.seen = [*getattr(self, "seen", []), message]
+
+
+@pytest.fixture
+def system() -> Iterator[ActorSystem]:
+    asys = ActorSystem("simpleSystemBase", transientUnique=True)
+    yield asys
+    asys.shutdown()
+
+
+def _start_risk(system: ActorSystem, data_dir: Path) -> tuple[Any, Any]:
+    store.open_store(data_dir).close()
+    run = RunSettings(settings=Settings(symbols=("AAPL", "MSFT"), risk=LIMITS), data_dir=str(data_dir),
+                      clock=SimClock(NOW_SIM, time.time(), 1.0))
+    JournalProbe.db_path = run.db_path
+    risk = system.createActor(RiskActor)
+    system.ask(risk, Configure(name="risk", settings=run), 5)
+    probe = system.createActor(JournalProbe)
+    system.tell(risk, Wiring({"oms": probe, "supervisor": probe, "alerter": probe}))
+    system.tell(risk, ReconcileFinished({}))
+    bar_ts = NOW_SIM - timedelta(minutes=1)
+    system.tell(risk, Bars(bar_ts, tuple(Bar(s, bar_ts, 50.0, 50.0, 50.0, 50.0, 100) for s in ("AAPL", "MSFT"))))
+    return risk, probe
+
+
+def _signals(*specs: tuple[str, str, int]) -> Signals:
+    bar_ts = NOW_SIM - timedelta(minutes=1)
+    return Signals(tuple(Signal(intent_id, "sma", symbol, Side.BUY, qty, bar_ts, 50.0)
+                         for intent_id, symbol, qty in specs), bar_ts=bar_ts)
+
+
+def _decisions(data_dir: Path) -> list[tuple[Any, ...]]:
+    conn = sqlite3.connect(data_dir / "steadyhand.db")
+    try:
+        return conn.execute("SELECT ts, client_order_id, symbol, side, qty, approved, reason"
+                            " FROM risk_decisions ORDER BY id").fetchall()
+    finally:
+        conn.close()
+
+
+def test_actor_journals_a_batch_before_its_approvals_leave(system: ActorSystem, data_dir: Path) -> None:
+    risk, probe = _start_risk(system, data_dir)
+    system.tell(risk, _signals(("a1", "AAPL", 10), ("a2", "MSFT", 5_000), ("a3", "MSFT", 10)))
+    seen = system.ask(probe, "seen?", 5)
+    (requests, journaled), = [m for m in seen if isinstance(m, tuple)]
+    assert [r.client_order_id for r in requests.requests] == ["a1", "a3"]  # the oversized one denied
+    assert journaled >= {"a1", "a3"}  # already committed when the requests arrived
+    rows = _decisions(data_dir)
+    assert [r[1:6] for r in rows] == [("a1", "AAPL", "buy", 10, 1), ("a2", "MSFT", "buy", 5_000, 0),
+                                      ("a3", "MSFT", "buy", 10, 1)]
+    assert rows[0][6] == "ok" and "max_order_qty" in rows[1][6]
+    assert len({r[0] for r in rows}) == 1  # one batch, one decision time
+    system.tell(risk, _signals())  # an empty batch writes nothing and sends nothing
+    assert len(_decisions(data_dir)) == 3
+    assert sum(isinstance(m, tuple) for m in system.ask(probe, "seen?", 5)) == 1
+    system.tell(risk, ActorExitRequest())
+
+
+def test_actor_approves_nothing_it_could_not_journal(system: ActorSystem, data_dir: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 50)  # the lock below outlasts it at once
+    risk, probe = _start_risk(system, data_dir)
+    blocker = sqlite3.connect(data_dir / "steadyhand.db", isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+    try:
+        system.tell(risk, _signals(("b1", "AAPL", 10)))
+        seen = system.ask(probe, "seen?", 5)
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    assert not any(isinstance(m, tuple) for m in seen)  # nothing went to the OMS
+    halt, = [m for m in seen if isinstance(m, RequestHalt)]
+    assert halt.source == "risk" and "locked" in halt.reason
+    assert [m.key for m in seen if isinstance(m, Alert) and m.severity is Severity.CRITICAL] == ["store:fault"]
+    assert _decisions(data_dir) == []
+
+    system.tell(risk, _signals(("b2", "MSFT", 10)))  # the lock is gone; still nothing is approved
+    seen = system.ask(probe, "seen?", 5)
+    assert not any(isinstance(m, tuple) for m in seen)
+    assert [(r[1], r[5]) for r in _decisions(data_dir)] == [("b2", 0)]
+    assert "state store fault" in _decisions(data_dir)[0][6]
+    system.tell(risk, ActorExitRequest())
