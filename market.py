@@ -257,6 +257,7 @@ class SyntheticMarket:
 # ---------------------------------------------------------------------------------------------
 
 REPLAY_COLUMNS = ("ts", "symbol", "open", "high", "low", "close", "volume")
+_UNSEEN = object()  # not yet in the ts cache (None there means "unreadable")
 
 
 def _parse_float(text: str | None) -> float:
@@ -301,52 +302,51 @@ class ReplayMarket:
         self.spread_bps = spread_bps
         self.skipped = 0
         self._rows: list[Bar] = []
+        ts_cache: dict[str, datetime | None] = {}  # a tick's rows share one ts text: parse it once
         with self.csv_path.open(newline="", encoding="utf-8") as fh:
-            reader = csv.DictReader(fh)
-            missing = [c for c in REPLAY_COLUMNS if c not in (reader.fieldnames or ())]
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            missing = [c for c in REPLAY_COLUMNS if c not in header]
             if missing:
                 raise ValueError(f"{self.csv_path}: missing column(s) {', '.join(missing)}")
+            # The last column of a repeated name wins, as with csv.DictReader.
+            cols = [len(header) - 1 - header[::-1].index(c) for c in REPLAY_COLUMNS]
+            width = max(cols) + 1
             for rec in reader:
-                ts = _parse_ts(rec.get("ts"))
-                symbol = (rec.get("symbol") or "").strip()
+                if not rec:
+                    continue  # a blank line is no row at all (csv.DictReader skips it too)
+                if len(rec) < width:  # a short row: the missing fields read as empty, as DictReader gives None
+                    rec = rec + [""] * (width - len(rec))
+                ts_text, symbol, o, h, lo, c, v = (rec[i] for i in cols)
+                ts = ts_cache.get(ts_text, _UNSEEN)
+                if ts is _UNSEEN:
+                    ts = ts_cache[ts_text] = _parse_ts(ts_text)
+                symbol = symbol.strip()
                 if ts is None or not symbol:
                     self.skipped += 1
                     continue
-                self._rows.append(
-                    Bar(
-                        symbol=symbol,
-                        ts=ts,
-                        open=_parse_float(rec.get("open")),
-                        high=_parse_float(rec.get("high")),
-                        low=_parse_float(rec.get("low")),
-                        close=_parse_float(rec.get("close")),
-                        volume=_parse_volume(rec.get("volume")),
-                    )
-                )
+                self._rows.append(Bar(symbol=symbol, ts=ts, open=_parse_float(o), high=_parse_float(h),
+                                      low=_parse_float(lo), close=_parse_float(c), volume=_parse_volume(v)))
         if not self._rows:
             raise ValueError(f"{self.csv_path}: no readable bars")
-        seen: dict[str, None] = {}
-        for b in self._rows:
-            seen.setdefault(b.symbol, None)
+        seen: dict[str, None] = dict.fromkeys(b.symbol for b in self._rows)
         self.symbols: tuple[str, ...] = tuple(symbols) if symbols is not None else tuple(seen)
         self._by_key: dict[tuple[str, datetime], Bar] = {}
         for b in self._rows:
             self._by_key.setdefault((b.symbol, b.ts), b)  # first of duplicates wins
         # Per symbol, time-sorted bars (stable: file order among equal ts) for history, and the
         # usable ones (finite, positive close; first of duplicates) for quotes and the path.
+        in_order = all(a.ts <= b.ts for a, b in zip(self._rows, self._rows[1:]))  # the usual file: no sort
         self._sorted: dict[str, list[Bar]] = {}
-        for b in sorted(self._rows, key=lambda b: b.ts):
+        for b in self._rows if in_order else sorted(self._rows, key=lambda b: b.ts):
             self._sorted.setdefault(b.symbol, []).append(b)
         self._quotable: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        by_key = self._by_key
         for symbol, bars in self._sorted.items():
-            usable = [
-                b
-                for b in bars
-                if self._by_key[(symbol, b.ts)] is b and math.isfinite(b.close) and b.close > 0
-            ]
-            ts = np.array([int(b.ts.timestamp()) for b in usable], dtype=np.int64)
+            usable = [b for b in bars if by_key[(symbol, b.ts)] is b and b.close > 0 and math.isfinite(b.close)]
+            ts_arr = np.array([int(b.ts.timestamp()) for b in usable], dtype=np.int64)
             close = np.array([b.close for b in usable], dtype=np.float64)
-            self._quotable[symbol] = (ts, close)
+            self._quotable[symbol] = (ts_arr, close)
 
     @property
     def first_ts(self) -> datetime:

@@ -305,3 +305,19 @@ def test_load_market_picks_replay_or_synthetic(tmp_path: Path) -> None:
     replayed = load_market(SimSettings(replay=str(path)), ("AAA",))
     assert isinstance(replayed, ReplayMarket) and replayed.symbols == ("AAA",)
     assert isinstance(replayed, MarketModel)
+
+
+def test_replay_reads_ragged_files_as_a_dict_reader_would(tmp_path: Path) -> None:
+    # Blank lines are no rows; a short row's missing fields are empty (unreadable values, not a
+    # crash); a repeated column name takes its last column; one unreadable ts is one skipped row.
+    path = tmp_path / "ragged.csv"
+    path.write_text("ts,symbol,open,high,low,close,volume,close\n"
+                    "2026-11-16T14:30:00Z,AAA,1,2,0.5,9,100,1.5\n"
+                    "\n"
+                    "2026-11-16T14:31:00Z,AAA,1,2\n"
+                    "not-a-time,AAA,1,2,0.5,1.5,100,1.5\n")
+    replay = ReplayMarket(path)
+    first, short = replay.rows()
+    assert replay.skipped == 1
+    assert first.close == 1.5 and first.volume == 100
+    assert short.high == 2.0 and math.isnan(short.low) and math.isnan(short.close) and short.volume == -1
