@@ -75,6 +75,9 @@ class OmsSettings:
 class HeartbeatSettings:
     interval_s: float = 1.0
     deadline_s: float = 5.0
+    # Until an actor's first answer after a (re)start: its setup may load a large replay file or
+    # history. A start hung for longer than this is reported like any hung actor.
+    startup_deadline_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -247,8 +250,9 @@ def _validate(settings: Settings) -> None:
         raise ConfigError("sim.partial_fill_probability: must be between 0 and 1")
     if settings.admin_port > 65535:
         raise ConfigError(f"admin_port: {settings.admin_port} is not a TCP port")
-    if settings.heartbeat.interval_s <= 0 or settings.heartbeat.deadline_s <= 0:
-        raise ConfigError("heartbeat.interval_s: interval and deadline must be positive")
+    for key in ("interval_s", "deadline_s", "startup_deadline_s"):
+        if getattr(settings.heartbeat, key) <= 0:
+            raise ConfigError(f"heartbeat.{key}: must be positive, got {getattr(settings.heartbeat, key)}")
     if settings.supervisor.period_s <= 0:
         raise ConfigError("supervisor.period_s: must be positive")
 

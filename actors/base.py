@@ -123,6 +123,9 @@ class SteadyActor(Actor):
                                        log_settings.backups)
         if self._test_hooks and os.environ.get("STEADYHAND_TEST_CRASH_ON_START") == self.name:
             raise RuntimeError(f"test hook: {self.name} crashes on start")
+        slow = os.environ.get("STEADYHAND_TEST_SLOW_START", "") if self._test_hooks else ""
+        if slow.partition(":")[0] == self.name:  # "<actor>:<seconds>": a setup that takes that long
+            time.sleep(float(slow.partition(":")[2]))
         self.setup()
         self.event("started", pid=os.getpid())
         self.send(sender, ChildReady(self.name, os.getpid()))

@@ -30,6 +30,7 @@ class HeartbeatActor(SteadyActor):
         self.last_pong: dict[str, float] = {}  # name -> monotonic time of its last pong
         self.pids: dict[str, int] = {}
         self.reported: set[tuple[str, int]] = set()  # (name, pid) already reported as hung
+        self.answered: set[str] = set()  # actors that have ponged since their (re)start
         self.feed_last_bar: datetime | None = None
         self.feed_stale = False
         self.replay_done = False
@@ -50,6 +51,7 @@ class HeartbeatActor(SteadyActor):
         for name in names:  # a restarted actor gets a fresh deadline
             self.last_pong[name] = now
             self.pids.pop(name, None)
+            self.answered.discard(name)
             self.reported = {r for r in self.reported if r[0] != name}
         if "feed" in names and self.feed_stale:
             self.tell_peer("risk", FeedStale(self.feed_last_bar, 0.0))  # a new risk must know too
@@ -87,7 +89,8 @@ class HeartbeatActor(SteadyActor):
             self.tell_peer(name, Ping(self.seq))
             silent = now - self.last_pong.get(name, now)
             pid = self.pids.get(name, 0)
-            if silent > deadline and (name, pid) not in self.reported:  # pid 0: the supervisor knows it
+            limit = deadline if name in self.answered else max(deadline, settings.startup_deadline_s)
+            if silent > limit and (name, pid) not in self.reported:  # pid 0: the supervisor knows it
                 self.reported.add((name, pid))
                 self.event("unresponsive", level="warning", actor_name=name, pid=pid,
                            silent_s=round(silent, 2))
@@ -99,6 +102,7 @@ class HeartbeatActor(SteadyActor):
             return  # from a process that has since been replaced
         self.last_pong[message.name] = time.monotonic()
         self.pids[message.name] = message.pid
+        self.answered.add(message.name)
         if message.name == "feed":
             self.feed_last_bar = message.info.get("last_bar_at") or self.feed_last_bar
             self.replay_done = bool(message.info.get("replay_done"))

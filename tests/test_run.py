@@ -112,6 +112,16 @@ def test_hung_actor_is_found_by_the_heartbeat_and_restarted(make_bot: Any) -> No
     assert rows and str(old_pid) in rows[0][0]
 
 
+def test_a_slow_start_is_not_taken_for_a_hang(make_bot: Any) -> None:
+    # The OMS takes three deadlines to set up (as with a large replay file): until its first answer
+    # the heartbeat allows startup_deadline_s, so it is not reported hung, and it starts once.
+    config = "[heartbeat]\ninterval_s = 0.25\ndeadline_s = 1.0\nstartup_deadline_s = 30\n"
+    bot = make_bot(config=config, args=FAST, env={"STEADYHAND_TEST_SLOW_START": "oms:3"}).start()
+    poll(lambda: bot.status()["actors"]["oms"]["alive"], timeout=30, what="the OMS up")
+    assert bot.status()["actors"]["oms"]["restarts"] == 0
+    assert _query(bot.data_dir, "SELECT detail FROM restarts WHERE event = 'unresponsive'") == []
+
+
 def test_replayed_bad_bars_are_rejected_with_reasons(make_bot: Any, tmp_path: Path) -> None:
     replay = tmp_path / "bars.csv"
     replay.write_text(
