@@ -18,6 +18,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from itertools import pairwise
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -336,7 +337,7 @@ class ReplayMarket:
             self._by_key.setdefault((b.symbol, b.ts), b)  # first of duplicates wins
         # Per symbol, time-sorted bars (stable: file order among equal ts) for history, and the
         # usable ones (finite, positive close; first of duplicates) for quotes and the path.
-        in_order = all(a.ts <= b.ts for a, b in zip(self._rows, self._rows[1:]))  # the usual file: no sort
+        in_order = all(a.ts <= b.ts for a, b in pairwise(self._rows))  # the usual file: no sort needed
         self._sorted: dict[str, list[Bar]] = {}
         for b in self._rows if in_order else sorted(self._rows, key=lambda b: b.ts):
             self._sorted.setdefault(b.symbol, []).append(b)
