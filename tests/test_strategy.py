@@ -301,6 +301,71 @@ def test_five_thousand_symbols_per_call_match_the_vectorized_signal() -> None:
     assert len(positions) > 500  # plenty of symbols actually traded
 
 
+def test_every_tick_equals_sma_crossover_on_the_same_window() -> None:
+    """on_bars computes only the last two averages of each window; every tick must still give what
+    sma_crossover gives on that window: through warm-up NaNs, gaps, NaN/inf closes, flat stretches
+    and one-ulp wobbles (equal averages), integer prices (exact ties) and batches of several ticks."""
+    fast, slow, n, n_ticks = 5, 20, 50, 500
+    settings = StrategySettings(fast=fast, slow=slow, qty=1, allow_short=True)  # every crossing orders
+    symbols = [f"S{j:02d}" for j in range(n)]
+    rng = np.random.default_rng(29)
+    steps = rng.normal(0, 0.004, (n_ticks, n))
+    flat_end = {}
+    for j in range(10):  # stand still for 45 ticks: fast == slow, then the first move crosses
+        start = int(rng.integers(0, n_ticks - 60))
+        steps[start : start + 45, j] = 0.0
+        flat_end[j] = start + 45
+    prices = 50 * np.exp(np.cumsum(steps, axis=0))
+    for j in range(10, 15):  # alternate by one ulp: rounding noise that must not cross
+        start = int(rng.integers(0, n_ticks - 60))
+        p = prices[start, j]
+        prices[start : start + 45, j] = [p, np.nextafter(p, np.inf)] * 22 + [p]
+    # Flat at 3.3 with rare huge spikes: once a spike leaves the window the averages are equal again,
+    # which a running sum (add the new close, subtract the old) misses by far more than rounding.
+    prices[:, 15:20] = 3.3
+    for j in range(15, 20):
+        prices[rng.integers(0, n_ticks, 8), j] = 10 ** rng.uniform(6, 10, 8)
+    prices[:, 40:] = 100 + np.cumsum(rng.integers(-1, 2, (n_ticks, 10)), axis=0)  # exact ties
+    for bad in (np.nan, np.inf, -np.inf):
+        prices[rng.integers(0, n_ticks, 6), rng.integers(20, n, 6)] = bad
+    has_bar = rng.random((n_ticks, n)) >= 0.15
+    has_bar[rng.random(n_ticks) < 0.2] &= rng.random(n) < 0.2  # sparse ticks: few symbols get a bar
+    has_bar[:, :10] = True  # flat symbols: a bar every tick, so their flat windows fill
+
+    strategy = SmaCrossover(settings, symbols)  # no warm-up: the first windows are NaN
+    history: list[list[float]] = [[] for _ in range(n)]
+    got, want = [], []
+    k = 0
+    while k < n_ticks:
+        batch_ticks = range(k, min(n_ticks, k + int(rng.integers(1, 4))))  # 1-3 ticks per call
+        k = batch_ticks[-1] + 1
+        batch = [
+            Bar(symbols[j], ts(t), 1.0, 1.0, 1.0, float(prices[t, j]), 1)
+            for t in batch_ticks
+            for j in np.flatnonzero(has_bar[t])
+        ]
+        rng.shuffle(batch)
+        got += [(s.bar_ts, s.symbol, s.side, s.qty) for s in strategy.on_bars(batch, {})]
+        projected: dict[str, int] = {}  # as on_bars does: later ticks of a batch see earlier intents
+        for t in batch_ticks:
+            window = np.full((slow + 1, n), np.nan)
+            for j in np.flatnonzero(has_bar[t]):
+                history[j].append(prices[t, j])
+                tail = history[j][-(slow + 1) :]
+                window[slow + 1 - len(tail) :, j] = tail
+            last = sma_crossover(pd.DataFrame(window, columns=symbols), fast, slow).to_numpy()[-1]
+            row = {symbols[j]: int(last[j]) for j in np.flatnonzero(has_bar[t]) if last[j]}
+            for symbol, (side, qty) in target_orders(row, projected, 1, True).items():
+                want.append((ts(t), symbol, side, qty))
+                projected[symbol] = projected.get(symbol, 0) + side.sign * qty
+
+    assert sorted(got) == sorted(want)
+    assert len(want) > 500  # not vacuous
+    signalled = {(bar_ts, symbol) for bar_ts, symbol, _, _ in want}
+    for j, end in flat_end.items():  # equal averages count as "not above": the first move crosses
+        assert (ts(end), symbols[j]) in signalled
+
+
 def test_bad_configuration_fails_at_construction() -> None:
     with pytest.raises(ValueError):
         SmaCrossover(StrategySettings(fast=5, slow=5), ["A"])
