@@ -514,6 +514,8 @@ class SimExchange:
         rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
         events: list[_Event] = []
         paths: dict[tuple[str, datetime, datetime], QuoteArrays] = {}  # shared by orders of a symbol
+        if advanced_to is not None:
+            rows = self._may_change(rows, advanced_to, now, paths)
         for row in rows:
             order = _Order.from_row(row)
             start = order.eligible_at if advanced_to is None else max(advanced_to, order.eligible_at)
@@ -522,6 +524,30 @@ class SimExchange:
         for event in events:
             self._apply(event)
         _set_meta(self._conn, advanced_to=_iso(now))
+
+    def _may_change(self, rows: list[sqlite3.Row], advanced_to: datetime, now: datetime,
+                    paths: dict[tuple[str, datetime, datetime], QuoteArrays]) -> list[sqlite3.Row]:
+        """The open orders something can happen to in [advanced_to, now): without a new quote for
+        its symbol, an order already eligible that does not expire by now stays as it is. On a
+        minute-bar replay most catch-ups see no new quote at all, and skipping those orders before
+        parsing them keeps a book of thousands of open orders from costing O(book) per submission."""
+        if now - advanced_to > _CHUNK:
+            return rows  # a long gap: let the matcher walk it chunk by chunk
+        since, until = _iso(advanced_to), _iso(now)
+        quoted: dict[str, bool] = {}
+        kept = []
+        for row in rows:
+            if row["eligible_at"] > since or (row["expires_at"] is not None and row["expires_at"] <= until):
+                kept.append(row)
+                continue
+            symbol = row["symbol"]
+            if symbol not in quoted:
+                qa = quote_arrays(self.market, symbol, advanced_to, now)
+                paths[(symbol, advanced_to, now)] = qa  # the matcher's first chunk: computed once
+                quoted[symbol] = len(qa) > 0
+            if quoted[symbol]:
+                kept.append(row)
+        return kept
 
     def _match(self, o: _Order, start: datetime, now: datetime,
                paths: dict[tuple[str, datetime, datetime], QuoteArrays] | None = None) -> list[_Event]:
