@@ -93,6 +93,13 @@ class MarketModel(Protocol):
         ...
 
 
+def may_quote_between(market: MarketModel, t0: datetime, t1: datetime) -> bool:
+    """False only when the model knows no symbol has a quote in [t0, t1) (a minute-bar replay
+    between two bars); models without ``quotes_between`` may always have one."""
+    known = getattr(market, "quotes_between", None)
+    return True if known is None else bool(known(t0, t1))
+
+
 def quote_arrays(market: MarketModel, symbol: str, t0: datetime, t1: datetime) -> QuoteArrays:
     """``market.path`` as arrays; uses the model's vectorised ``path_arrays`` when it has one."""
     fast = getattr(market, "path_arrays", None)
@@ -348,6 +355,8 @@ class ReplayMarket:
             ts_arr = np.array([int(b.ts.timestamp()) for b in usable], dtype=np.int64)
             close = np.array([b.close for b in usable], dtype=np.float64)
             self._quotable[symbol] = (ts_arr, close)
+        every = [ts for ts, _ in self._quotable.values()]
+        self._quote_times = np.unique(np.concatenate(every)) if every else np.empty(0, np.int64)
 
     @property
     def first_ts(self) -> datetime:
@@ -375,6 +384,11 @@ class ReplayMarket:
             return None
         bid, ask = _spread(close[i : i + 1], self.spread_bps)
         return Quote(symbol, t, float(bid[0]), float(ask[0]))
+
+    def quotes_between(self, t0: datetime, t1: datetime) -> bool:
+        """Whether any symbol has a quote in [t0, t1) (the bounds as in ``path_arrays``)."""
+        lo = int(np.searchsorted(self._quote_times, _utc(t0).timestamp(), side="left"))
+        return int(np.searchsorted(self._quote_times, _utc(t1).timestamp(), side="left")) > lo
 
     def path_arrays(self, symbol: str, t0: datetime, t1: datetime) -> QuoteArrays:
         t0, t1 = _utc(t0), _utc(t1)

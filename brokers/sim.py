@@ -51,7 +51,7 @@ from steadyhand.brokers.base import (
     UnknownOutcome,
 )
 from steadyhand.clock import SimClock
-from steadyhand.market import MarketModel, Quote, QuoteArrays, quote_arrays, stable_int
+from steadyhand.market import MarketModel, Quote, QuoteArrays, may_quote_between, quote_arrays, stable_int
 from steadyhand.state.store import SchemaTooNew, connect, transaction
 
 CENT = Decimal("0.01")
@@ -511,9 +511,14 @@ class SimExchange:
             return  # another process (its clock a hair ahead) already did this stretch
         if advanced_to is not None and math.ceil(advanced_to.timestamp()) >= now.timestamp():
             return  # the path is per second: no new second (hence no event) in [advanced_to, now)
-        rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
         events: list[_Event] = []
         paths: dict[tuple[str, datetime, datetime], QuoteArrays] = {}  # shared by orders of a symbol
+        if advanced_to is not None and not may_quote_between(self.market, advanced_to, now):
+            # No quote anywhere (a replay between two bars): only eligibility and expiry can matter.
+            rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} AND (eligible_at > ? "
+                              "OR expires_at <= ?) ORDER BY id", (_iso(advanced_to), _iso(now)))
+        else:
+            rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
         if advanced_to is not None:
             rows = self._may_change(rows, advanced_to, now, paths)
         for row in rows:
