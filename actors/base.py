@@ -58,6 +58,8 @@ class SteadyActor(Actor):
         self.timers: dict[str, Callable[[], None]] = {}
         self._schedules: dict[str, tuple[float, float, int]] = {}  # name -> (t0, period, k)
         self._slow: dict[str, tuple[float, Callable[[], bool]]] = {}  # name -> (slow period, when)
+        self._generation: dict[str, int] = {}  # name -> current chain of a periodic timer
+        self._sleeping_slow: set[str] = set()  # periodic timers now waiting out a slow period
         self._crashed = False
         self._last_alive = 0.0
         self._wired_once = False
@@ -201,22 +203,41 @@ class SteadyActor(Actor):
         self._schedules[name] = (t0, period_s, 0)
         if slow_period_s is not None and slow_when is not None:
             self._slow[name] = (slow_period_s, slow_when)
-        self.wakeupAfter(timedelta(seconds=max(0.0, t0 - time.time())), payload=name)
+        self._wake(name, t0 - time.time())
+
+    def hurry(self, name: str) -> None:
+        """A periodic timer waiting out its slow period runs at its normal rate again from now on
+        (work just started, e.g. an order went out at the open: its fills must not wait seconds)."""
+        if name in self._sleeping_slow:
+            _, period, _ = self._schedules[name]
+            self._schedules[name] = (time.time() + period, period, 0)
+            self._wake(name, period)  # a new chain: the slow wakeup still pending is ignored
+
+    def _wake(self, name: str, seconds: float, slow: bool = False) -> None:
+        generation = self._generation.get(name, 0) + 1
+        self._generation[name] = generation
+        (self._sleeping_slow.add if slow else self._sleeping_slow.discard)(name)
+        self.wakeupAfter(timedelta(seconds=max(0.0, seconds)), payload=(name, generation))
 
     def _on_timer(self, payload: Any) -> None:
-        name = payload if isinstance(payload, str) else None
+        if isinstance(payload, tuple):  # a periodic timer: (name, generation)
+            name, generation = payload
+            if generation != self._generation.get(name):
+                return  # a chain replaced by hurry() or a new every()
+        else:
+            name = payload if isinstance(payload, str) else None
         if name is None or name not in self.timers:
             return
-        schedule = self._schedules.get(name)
+        schedule = self._schedules.get(name) if isinstance(payload, tuple) else None
         if schedule is not None:
             t0, period, k = schedule
             now = time.time()
             slow = self._slow.get(name)
             if slow is not None and slow[1]():
                 self._schedules[name] = (now + slow[0], period, 0)  # re-anchored when it speeds up
-                self.wakeupAfter(timedelta(seconds=slow[0]), payload=name)
+                self._wake(name, slow[0], slow=True)
             else:
                 k = max(k + 1, int((now - t0) / period) + 1)  # skip missed slots, never pile up
                 self._schedules[name] = (t0, period, k)
-                self.wakeupAfter(timedelta(seconds=max(0.0, t0 + k * period - now)), payload=name)
+                self._wake(name, t0 + k * period - now)
         self.timers[name]()

@@ -221,6 +221,8 @@ class OmsActor(SteadyActor):
             if order is not None:
                 acks.append(order)
         self._apply_orders(acks)
+        if acks:
+            self.hurry("poll")  # out of the idle rate: these orders' fills are wanted now
         rest = requests[SUBMIT_CHUNK:]
         if rest:
             self.send(self.myAddress, SubmitBacklog(rest, bar_sent_at))
