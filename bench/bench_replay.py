@@ -301,6 +301,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"  {r['engine']:<22} {r['bars']:>8} bars in {r['seconds']:7.2f}s = "
                           f"{r['bars_per_s']:>10,.0f} bars/s  (orders {r['orders']}, fills {r['fills']})",
                           flush=True)
+            share = row["steadyhand"]["orders"] / max(1, row["backtest"]["orders"])
+            if share < 0.8:  # a fast run that trades much less than the strategy asks is not a result
+                print(f"  WARNING: the live path sent {share:.0%} of the orders the strategy's signals ask for "
+                      f"({row['steadyhand']['orders']} of {row['backtest']['orders']}): look for denials",
+                      flush=True)
             ours = row["steadyhand"]["bars_per_s"]
             if row.get("backtrader"):
                 ratio_bt.add(ours / row["backtrader"]["bars_per_s"])
