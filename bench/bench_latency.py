@@ -26,6 +26,7 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from steadyhand.actors.messages import Bar, Bars  # noqa: E402
 from steadyhand.brokers.sim import stored_clock  # noqa: E402
 from thespian.actors import Actor, ActorSystem  # noqa: E402
 
@@ -96,6 +97,8 @@ class _Hop(Actor):
             self.next, self.seen = message.get("next"), []
         elif message == "report":
             self.send(sender, self.seen)
+        elif isinstance(message, tuple):  # (t0, payload): the payload rides the first hop only
+            self.send(self.next, message[0])
         elif isinstance(message, float):
             if self.next is None:
                 self.seen.append((time.time() - message) * 1000)
@@ -103,8 +106,15 @@ class _Hop(Actor):
                 self.send(self.next, message)
 
 
-def thespian_floor(messages: int) -> dict[str, float]:
-    """One-way latency through 3 hops of do-nothing actors (multiprocTCPBase, loopback)."""
+def tick_of_bars(symbols: int) -> Bars:
+    """A tick as the feed sends it, for the transport cost of its size."""
+    ts = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
+    return Bars(ts=ts, bars=tuple(Bar(s, ts, 100.0, 100.5, 99.5, 100.25, 1000) for s in common.symbols(symbols)))
+
+
+def thespian_floor(messages: int, first_hop_payload: Any = None) -> dict[str, float]:
+    """One-way latency through 3 hops of do-nothing actors (multiprocTCPBase, loopback); with
+    ``first_hop_payload``, the first hop carries it (as feed -> strategy carries a tick of bars)."""
     from steadyhand import procs
 
     procs.bind_thespian_to_loopback()
@@ -114,7 +124,7 @@ def thespian_floor(messages: int) -> dict[str, float]:
         for i, hop in enumerate(chain):
             system.tell(hop, {"next": chain[i + 1] if i + 1 < len(chain) else None})
         for _ in range(messages):
-            system.tell(chain[0], time.time())
+            system.tell(chain[0], time.time() if first_hop_payload is None else (time.time(), first_hop_payload))
             time.sleep(0.005)  # one at a time, as ticks are
         seen = system.ask(chain[-1], "report", 10) or []
     finally:
@@ -147,14 +157,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         first.add(r["first_order_ms"])
     floor50 = common.Figure("thespian_3_hops_p50", "ms", note="do-nothing actors, same machine, same moment")
     floor99 = common.Figure("thespian_3_hops_p99", "ms")
+    bars50 = common.Figure("thespian_3_hops_tick_of_80_bars_p50", "ms",
+                           note="the same, the first hop carrying a Bars of 80 symbols")
+    bars99 = common.Figure("thespian_3_hops_tick_of_80_bars_p99", "ms")
     for _ in range(common.repeats(args)):
         f = thespian_floor(common.size(args, 1000, 300, 50))
         floor50.add(f["p50"])
         floor99.add(f["p99"])
+        f = thespian_floor(common.size(args, 1000, 300, 50), first_hop_payload=tick_of_bars(80))
+        bars50.add(f["p50"])
+        bars99.add(f["p99"])
     note = f"{args.orders_per_tick} orders per tick, >= {orders} orders per run"
     p50.note = note
     result = common.report("bar -> order accepted (multiproc, durable journal)",
-                           [p50, p99, f50, f99, first, floor50, floor99], {"runs": runs})
+                           [p50, p99, f50, f99, first, floor50, floor99, bars50, bars99], {"runs": runs})
     common.write_json(args, result)
     return result
 
