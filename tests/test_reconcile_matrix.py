@@ -196,3 +196,32 @@ def test_a_second_start_finds_nothing_more_to_do(matrix: Outcome, make_bot: Any,
     assert report["never_submitted"] == [] and report["stale_canceled"] == []
     assert bot.stop() == 0
     assert verify(data_dir, Settings())["ok"]
+
+
+def test_a_large_book_is_reconciled_in_a_few_broker_requests(make_bot: Any) -> None:
+    # 60 orders still working at the broker, journaled as acknowledged, one with its fills already
+    # journaled: one open-orders request covers them all (no lookup, no fills request each), so
+    # reconciling does not crawl at a broker's rate limit. Two ended while the bot was down: those
+    # are looked up one by one, and their fills fetched.
+    bot = make_bot(config=CONFIG, args=("--speed", SPEED))
+    _, close = last_session()
+    prep = Prep(bot.data_dir, close - timedelta(minutes=30))
+    for k in range(60):
+        prep.order(f"big-{k}", ("SPY", "AAPL", "QQQ")[k % 3])
+    prep.order("big-fills", "MSFT", qty=3, limit=None, tif=TimeInForce.DAY)  # fills while down
+    prep.order("big-cancel", "SPY")
+    prep.at(close - timedelta(minutes=20))
+    ended = prep.ex.get_by_client_id("big-cancel")
+    assert ended is not None
+    prep.ex.cancel(ended.broker_order_id)
+    prep.anchor(close + timedelta(minutes=1), speed=float(SPEED))
+    prep.close()
+    bot.start()
+    report = poll(lambda: (r := reports(bot.data_dir)) and r[0], timeout=30, what="the first report")
+    assert report["orders_checked"] == 62
+    assert {c["client_order_id"] for c in report["caught_up"]} == {"big-fills", "big-cancel"}
+    assert report["fills_recovered"] >= 1
+    # Before: a lookup and a fills request per order, 124 and more. Now: the cursor, one list, two
+    # lookups, one fills request, and the positions read between polls.
+    assert report["broker_calls"] <= 15, report["broker_calls"]
+    assert bot.stop(signal.SIGINT) == 0
