@@ -536,7 +536,9 @@ class AlpacaBroker:
         return self._fills_of([self._get_order(broker_order_id)])
 
     def open_orders(self) -> list[BrokerOrder]:
-        return [self._watch(o) for o in self._list_orders(QueryOrderStatus.OPEN, limit=500)]
+        # Every page: reconciliation takes this list as the broker's whole open book (an order
+        # past the first 500 would otherwise be looked up one by one, or, unknown, never seen).
+        return [self._watch(o) for o in self._orders_paged(QueryOrderStatus.OPEN)]
 
     def positions(self) -> list[BrokerPosition]:
         return [wire.position_from_alpaca(p) for p in self._call(self._client.get_all_positions)]
@@ -550,13 +552,19 @@ class AlpacaBroker:
     # --- whole-account reads for tools (``steadyhand verify``); not in the Broker protocol ------------
 
     def all_orders(self) -> list[BrokerOrder]:
-        """Every order of the account, oldest first: ``GET /v2/orders?status=all&direction=asc``,
+        """Every order of the account, oldest first."""
+        orders = self._orders_paged(QueryOrderStatus.ALL)
+        with self._lock:
+            self._cids.update((o.broker_order_id, o.client_order_id) for o in orders)
+        return orders
+
+    def _orders_paged(self, status: QueryOrderStatus) -> list[BrokerOrder]:
+        """The account's orders with ``status``, oldest first: ``GET /v2/orders?direction=asc``,
         paged by ``after`` (Alpaca's exclusive submitted-at bound, 500 orders a page at most)."""
         by_id: dict[str, BrokerOrder] = {}
         after: datetime | None = None
         for _ in range(_MAX_ORDER_PAGES):
-            request = GetOrdersRequest(status=QueryOrderStatus.ALL, limit=_ORDER_PAGE, direction="asc",
-                                       nested=False, after=after)
+            request = GetOrdersRequest(status=status, limit=_ORDER_PAGE, direction="asc", nested=False, after=after)
             page = [wire.order_from_alpaca(o) for o in self._call(lambda r=request: self._client.get_orders(r))]
             new = [o for o in page if o.broker_order_id not in by_id]
             by_id.update((o.broker_order_id, o) for o in new)
@@ -569,8 +577,6 @@ class AlpacaBroker:
             after = max(o.submitted_at for o in page) - timedelta(microseconds=1)
         else:
             raise BrokerError(f"more than {_MAX_ORDER_PAGES * _ORDER_PAGE} orders: not read to the end")
-        with self._lock:
-            self._cids.update((oid, o.client_order_id) for oid, o in by_id.items())
         return sorted(by_id.values(), key=lambda o: (o.submitted_at, o.broker_order_id))
 
     def all_fills(self) -> list[BrokerFill]:

@@ -36,9 +36,11 @@ from steadyhand.brokers.base import (
     TransientBrokerError,
     UnknownOutcome,
 )
+from steadyhand.brokers.sim import SimExchange, stored_clock
 from steadyhand.config import RunSettings, Settings
 from steadyhand.exchange_server import ServerThread
 from steadyhand.feeds_alpaca import AlpacaBarSource
+from steadyhand.market import load_market
 
 
 @pytest.fixture(scope="module")
@@ -166,6 +168,30 @@ def test_rest_polling_when_there_is_no_stream(exchange: ServerThread) -> None:
         assert consumer.filled("poll-fill") == 6
     finally:
         broker.close()
+
+
+def test_open_orders_are_read_page_by_page(tmp_path: Path) -> None:
+    # Reconciliation takes open_orders() as the broker's whole open book: past Alpaca's page of 500
+    # nothing may be missing or repeated (an order past the page would be looked up one by one, or,
+    # unknown to the journal, never seen). The book is seeded straight into the exchange's file.
+    thread = start_exchange(tmp_path)
+    try:
+        db_path = tmp_path / "exchange.db"
+        clock = stored_clock(db_path)  # the server's anchored clock
+        assert clock is not None
+        seeder = SimExchange(db_path, load_market(thread.server.settings.sim, thread.server.symbols), clock,
+                             faults=False)
+        for k in range(505):
+            seeder.submit(_resting(f"many-{k}"))
+        seeder.close()
+        broker = AlpacaBroker(alpaca_settings(thread), api_key=KEY, secret_key=SECRET, retry_wait_s=0.05)
+        try:
+            listed = [o.client_order_id for o in broker.open_orders()]
+        finally:
+            broker.close()
+        assert sorted(listed) == sorted(f"many-{k}" for k in range(505))
+    finally:
+        thread.stop()
 
 
 def test_duplicate_403_and_404(broker: AlpacaBroker, exchange: ServerThread) -> None:
