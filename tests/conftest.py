@@ -9,6 +9,15 @@ from typing import Any
 import pytest
 from harness import Bot
 from steadyhand import procs
+from thespian.actors import ActorSystem
+
+
+@pytest.fixture
+def system() -> Iterator[ActorSystem]:
+    """An in-process actor system (simpleSystemBase) for one test."""
+    asys = ActorSystem("simpleSystemBase", transientUnique=True)
+    yield asys
+    asys.shutdown()
 
 
 @pytest.fixture

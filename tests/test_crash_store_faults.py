@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from actorkit import Probe
 from crashkit import Prep, broker_order, last_session, log_events, query, reports
 from steadyhand.actors import oms as oms_module
 from steadyhand.actors.messages import (
@@ -33,22 +33,7 @@ from steadyhand.actors.messages import (
 from steadyhand.brokers.sim import stored_clock
 from steadyhand.config import RunSettings, Settings
 from steadyhand.verify import verify
-from thespian.actors import Actor, ActorExitRequest, ActorSystem
-
-
-class Probe(Actor):
-    def receiveMessage(self, message: Any, sender: Any) -> None:
-        if message == "seen?":
-            self.send(sender, list(getattr(self, "seen", [])))
-            return
-        self.seen = [*getattr(self, "seen", []), message]
-
-
-@pytest.fixture
-def system() -> Iterator[ActorSystem]:
-    asys = ActorSystem("simpleSystemBase", transientUnique=True)
-    yield asys
-    asys.shutdown()
+from thespian.actors import ActorExitRequest, ActorSystem
 
 
 def _wait(system: ActorSystem, probe: Any, done: Any, timeout: float = 15) -> list[Any]:

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from actorkit import Probe
 from steadyhand.actors import oms as oms_module
 from steadyhand.actors.messages import (
     Configure,
@@ -27,7 +27,7 @@ from steadyhand.brokers.base import BrokerOrder, OrderSpec
 from steadyhand.brokers.sim import anchor_clock
 from steadyhand.config import RunSettings, Settings
 from steadyhand.state import store
-from thespian.actors import Actor, ActorExitRequest, ActorSystem
+from thespian.actors import ActorExitRequest, ActorSystem
 
 
 class JournalCheckingBroker:
@@ -52,13 +52,6 @@ class JournalCheckingBroker:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
-
-
-@pytest.fixture
-def system() -> Iterator[ActorSystem]:
-    asys = ActorSystem("simpleSystemBase", transientUnique=True)
-    yield asys
-    asys.shutdown()
 
 
 def test_journal_row_is_durable_before_the_broker_sees_the_order(
@@ -93,16 +86,6 @@ def test_journal_row_is_durable_before_the_broker_sees_the_order(
     assert [r[0] for r in rows] == ["t-AAPL-B0", "t-MSFT-B0"]
     assert all(r[1] != "pending_submit" and r[2] for r in rows)  # acknowledged by the broker
     assert sorted(wrappers[0].checked) == ["t-AAPL-B0", "t-MSFT-B0"]  # each submitted exactly once
-
-
-class Probe(Actor):
-    """Collects whatever the OMS sends to its peers."""
-
-    def receiveMessage(self, message: Any, sender: Any) -> None:
-        if message == "seen?":
-            self.send(sender, list(getattr(self, "seen", [])))
-            return
-        self.seen = [*getattr(self, "seen", []), message]
 
 
 def _wait(system: ActorSystem, probe: Any, done: Any, timeout: float = 10) -> bool:

@@ -3,19 +3,18 @@ positions, the fill cursor and one equity row per tick are persisted."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import pytest
+from actorkit import Probe
 from steadyhand.actors.messages import Bar, Bars, BrokerSnapshot, Configure, Fills, PnlUpdate, Wiring
 from steadyhand.actors.portfolio import PortfolioActor, Position
 from steadyhand.clock import SimClock
 from steadyhand.config import RunSettings, Settings
 from steadyhand.state import store
-from thespian.actors import Actor, ActorExitRequest, ActorSystem
+from thespian.actors import ActorExitRequest, ActorSystem
 
 
 def test_position_average_cost_and_realized_pnl() -> None:
@@ -27,13 +26,6 @@ def test_position_average_cost_and_realized_pnl() -> None:
     assert (p.qty, p.avg_cost, p.realized) == (15, Decimal("105"), Decimal("75"))
     p.apply(-20, Decimal("100"))  # through zero: realizes 15, the rest is a new short at 100
     assert (p.qty, p.avg_cost, p.realized) == (-5, Decimal("100"), Decimal("0"))
-
-
-@pytest.fixture
-def system() -> Iterator[ActorSystem]:
-    asys = ActorSystem("simpleSystemBase", transientUnique=True)
-    yield asys
-    asys.shutdown()
 
 
 def _fill(db: Any, fill_id: str, side: str, qty: int, price: str) -> None:
@@ -80,14 +72,6 @@ def test_fills_journaled_while_down_are_applied_once_after_restart(tmp_path: Pat
     system.tell(portfolio, Fills(()))  # repeated notices apply nothing twice
     system.ask(portfolio, Fills(()), 1)
     assert _qty(db) == 15
-
-
-class Probe(Actor):
-    def receiveMessage(self, message: Any, sender: Any) -> None:
-        if message == "seen?":
-            self.send(sender, list(getattr(self, "seen", [])))
-            return
-        self.seen = [*getattr(self, "seen", []), message]
 
 
 def _bars(ts: datetime, close: float) -> Bars:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 import sqlite3
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 import pytest
+from actorkit import Probe
 from steadyhand.actors.messages import (
     Alert,
     Bar,
@@ -35,7 +35,7 @@ from steadyhand.clock import SimClock
 from steadyhand.config import RiskSettings, RunSettings, Settings
 from steadyhand.risk_checks import CHECKS, Decision, RiskBook, breaker_check, is_reducing
 from steadyhand.state import store
-from thespian.actors import Actor, ActorExitRequest, ActorSystem
+from thespian.actors import ActorExitRequest, ActorSystem
 
 NOW_SIM = datetime(2026, 11, 20, 15, 0, tzinfo=UTC)
 NOW = 1_000_000.0
@@ -352,29 +352,19 @@ def test_reducing_orders_allowed_while_reducing_stale_and_tripped() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class JournalProbe(Actor):
+class JournalProbe(Probe):
     """Stands in for the OMS, supervisor and alerter; notes which decisions were journaled when
     each batch of order requests arrived."""
 
     db_path = ""
 
-    def receiveMessage(self, message: Any, sender: Any) -> None:
-        if message == "seen?":
-            self.send(sender, list(getattr(self, "seen", [])))
-            return
-        if isinstance(message, OrderRequests):
-            conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
-            journaled = {r[0] for r in conn.execute("SELECT client_order_id FROM risk_decisions WHERE approved = 1")}
-            conn.close()
-            message = (message, journaled)
-        self.seen = [*getattr(self, "seen", []), message]
-
-
-@pytest.fixture
-def system() -> Iterator[ActorSystem]:
-    asys = ActorSystem("simpleSystemBase", transientUnique=True)
-    yield asys
-    asys.shutdown()
+    def record(self, message: Any) -> Any:
+        if not isinstance(message, OrderRequests):
+            return message
+        conn = sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True)
+        journaled = {r[0] for r in conn.execute("SELECT client_order_id FROM risk_decisions WHERE approved = 1")}
+        conn.close()
+        return (message, journaled)
 
 
 def _start_risk(system: ActorSystem, data_dir: Path) -> tuple[Any, Any]:
