@@ -47,10 +47,9 @@ class FeedActor(SteadyActor):
         self.db = store.connect(self.run.db_path, synchronous="NORMAL")
         self.next_minute: datetime | None = None  # start of the next bar to emit
         self.last_bar_at: datetime | None = None  # sim time the last good bar closed
-        self.replay_rows: list[Bar] | None = None
+        # A replay is read by row index (file order) straight from the market's columns: no Bar per row held.
+        self.replay: ReplayMarket | None = self.market if isinstance(self.market, ReplayMarket) else None
         self.replay_index = 0
-        if isinstance(self.market, ReplayMarket):
-            self.replay_rows = self.market.rows()
         self.handlers = {HistoryRequest: self.on_history}
         self.timers = {"tick": self.tick, "drain": self.drain}
 
@@ -60,10 +59,8 @@ class FeedActor(SteadyActor):
             return
         now = self.clock.now()
         self.next_minute = floor_minute(now)  # bars before now are history, asked for separately
-        if self.replay_rows is not None:
-            self.replay_index = next(
-                (i for i, b in enumerate(self.replay_rows) if b.ts + MINUTE > now), len(self.replay_rows)
-            )
+        if self.replay is not None:
+            self.replay_index = self.replay.first_closing_after(now)
         self.tick()
 
     # --- a broker's stream ---------------------------------------------------------------------
@@ -84,8 +81,8 @@ class FeedActor(SteadyActor):
 
     def tick(self) -> None:
         now = self.clock.now()
-        if self.replay_rows is not None:
-            self._tick_replay(now)
+        if self.replay is not None:
+            self._tick_replay(self.replay, now)
         else:
             self._tick_synthetic(now)
 
@@ -106,23 +103,22 @@ class FeedActor(SteadyActor):
             self.next_minute = minutes[-1] + MINUTE
         self._schedule_next(now)
 
-    def _tick_replay(self, now: datetime) -> None:
-        rows = self.replay_rows or []
+    def _tick_replay(self, replay: ReplayMarket, now: datetime) -> None:
+        stop = replay.first_closing_after(now, self.replay_index)  # rows before it have closed by now
         batch: list[Bar] = []
         batch_ts: datetime | None = None
-        while self.replay_index < len(rows) and rows[self.replay_index].ts + MINUTE <= now:
-            bar = rows[self.replay_index]
+        for bar in replay.bars(self.replay_index, stop):  # one batch per run of rows sharing a ts
             if batch_ts is not None and bar.ts != batch_ts:
                 self._publish(batch_ts, batch)
                 batch = []
             batch_ts = bar.ts
             batch.append(bar)
-            self.replay_index += 1
+        self.replay_index = stop
         if batch and batch_ts is not None:
             self._publish(batch_ts, batch)
-        if self.replay_index >= len(rows):
+        if self.replay_index >= len(replay):
             return  # replay finished: nothing more will come
-        next_close = rows[self.replay_index].ts + MINUTE
+        next_close = replay.ts_at(self.replay_index) + MINUTE
         self.after(max(0.0, self.clock.real_at(next_close) - time.time()), "tick")
 
     def _schedule_next(self, now: datetime) -> None:
@@ -169,8 +165,8 @@ class FeedActor(SteadyActor):
             except Exception as exc:  # e.g. 429: no warm-up this time, but no crash loop either
                 self.event("history_failed", level="warning", error=repr(exc))
                 bars = []  # the strategy's windows fill from live bars instead
-        elif self.replay_rows is not None:
-            past = [b for b in self.replay_rows[: self.replay_index] if b.ts < end]
+        elif self.replay is not None:
+            past = self.replay.bars_before(self.replay_index, end)
             validator = BarValidator(self.symbols)
             good, _ = validator.validate(past)
             per_symbol: dict[str, list[Bar]] = {}
@@ -186,7 +182,7 @@ class FeedActor(SteadyActor):
 
     def pong_info(self) -> dict[str, Any]:
         return {"last_bar_at": self.last_bar_at, "bad_bars": dict(self.validator.counts),
-                "replay_done": self.replay_rows is not None and self.replay_index >= len(self.replay_rows)}
+                "replay_done": self.replay is not None and self.replay_index >= len(self.replay)}
 
 
 def _raw(bar: Bar) -> str:

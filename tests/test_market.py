@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -11,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from steadyhand import market as market_module
 from steadyhand import market_hours as mh
+from steadyhand.actors.messages import Bar
 from steadyhand.config import SimSettings
 from steadyhand.market import (
     MarketModel,
@@ -321,3 +324,84 @@ def test_replay_reads_ragged_files_as_a_dict_reader_would(tmp_path: Path) -> Non
     assert replay.skipped == 1
     assert first.close == 1.5 and first.volume == 100
     assert short.high == 2.0 and math.isnan(short.low) and math.isnan(short.close) and short.volume == -1
+
+
+# A file with every oddity the replay reader meets; the columnar reader must read it exactly as the
+# row-by-row reader it replaced (csv.DictReader plus the same per-field parsers) did.
+NASTY_CSV = (
+    "volume,ts,symbol,open,high,low,close,extra,close\r\n"
+    "100,2026-11-23T14:30:00Z,AAA,1,2,0.5,ignored,x,1.5\r\n"
+    "1e3,2026-11-23T14:30:00,BBB,nan,inf,-Infinity, 1.5 ,,1_000\n"
+    "\n"
+    "nan,not-a-time,CCC,1,1,1,1,,1\n"
+    " 7 ,2026-11-23T09:31:00-05:00, AAA ,1e400,abc,,0x10,,-0\n"
+    "12.9,2026-11-23T14:31:00.5+00:00,DDD,١٢,1__0,_1,+.5,,5.\n"
+    "-3.7,,EEE,1,1,1,1,,1\n"
+    "abc,2026-11-23T14:32:00Z,   ,1,1,1,1,,1\n"
+    "1, 2026-11-23T14:29:00Z ,\"B,B\",1,1,1,1,,2\n"
+    "5,2026-11-23T14:30:00Z,AAA,9,9,9,9,,9\n"  # a duplicate: bar() keeps the first
+    "6,2026-11-23T14:33:00Z,CCC,1,1,1,1,,3,long,row,with,more\n"
+    "7,2026-11-23T14:34:00Z,\"Q\nQ\",1\n"
+    "\"8\",\"2026-11-23T14:28:00Z\",AAA,2,2,2,2,,2.25\n"
+    "\n"
+)
+
+
+def _reference_rows(path: Path) -> tuple[list[Bar], int]:
+    """The pre-columnar reader, row by row."""
+    from steadyhand.market import _parse_float, _parse_ts, _parse_volume
+
+    rows: list[Bar] = []
+    skipped = 0
+    with path.open(newline="", encoding="utf-8") as fh:
+        for rec in csv.DictReader(fh):
+            ts, symbol = _parse_ts(rec.get("ts")), (rec.get("symbol") or "").strip()
+            if ts is None or not symbol:
+                skipped += 1
+                continue
+            rows.append(Bar(symbol, ts, _parse_float(rec["open"]), _parse_float(rec["high"]),
+                            _parse_float(rec["low"]), _parse_float(rec["close"]), _parse_volume(rec["volume"])))
+    return rows, skipped
+
+
+def _same(a: list[Bar], b: list[Bar]) -> bool:
+    # repr: NaN equals NaN, -0.0 differs from 0.0, and ts compares with its tzinfo.
+    return [repr(x) for x in a] == [repr(x) for x in b]
+
+
+@pytest.mark.parametrize("chunk_rows", [3, 200_000])
+def test_replay_reads_a_nasty_file_exactly_as_the_row_reader(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
+) -> None:
+    monkeypatch.setattr(market_module, "_CHUNK_ROWS", chunk_rows)  # symbols and ts met across chunks
+    path = tmp_path / "nasty.csv"
+    path.write_bytes(NASTY_CSV.encode())
+    expected, skipped = _reference_rows(path)
+    replay = ReplayMarket(path)
+    assert _same(replay.rows(), expected) and replay.skipped == skipped == 3
+    assert replay.symbols == tuple(dict.fromkeys(b.symbol for b in expected))
+    assert replay.first_ts == min(b.ts for b in expected) and replay.last_ts == max(b.ts for b in expected)
+    for symbol in replay.symbols:
+        mine = sorted((b for b in expected if b.symbol == symbol), key=lambda b: b.ts)
+        for b in mine:
+            first = next(x for x in mine if x.ts == b.ts)
+            assert _same([replay.bar(symbol, b.ts)], [first])
+        end = utc(2026, 11, 23, 14, 31)
+        assert _same(replay.history(symbol, end, 2), [b for b in mine if b.ts < end][-2:])
+
+
+def test_replay_row_accessors_match_the_rows(tmp_path: Path) -> None:
+    path = tmp_path / "bars.csv"
+    path.write_text(REPLAY_CSV)
+    replay = ReplayMarket(path)
+    rows = replay.rows()
+    assert len(replay) == len(rows)
+    assert _same(replay.bars(2, 5), rows[2:5]) and replay.bars(7, 99) == rows[7:] and replay.bars(3, 3) == []
+    assert all(replay.ts_at(i) == b.ts for i, b in enumerate(rows))
+    minute = timedelta(minutes=1)
+    for now in (utc(2026, 11, 23, 14, 30), utc(2026, 11, 23, 14, 32, 30), utc(2026, 11, 25)):
+        for start in range(len(rows) + 1):
+            want = next((i for i in range(start, len(rows)) if rows[i].ts + minute > now), len(rows))
+            assert replay.first_closing_after(now, start) == want
+        for stop in range(len(rows) + 1):
+            assert _same(replay.bars_before(stop, now), [b for b in rows[:stop] if b.ts < now])
