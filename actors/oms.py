@@ -560,9 +560,10 @@ class OmsActor(SteadyActor):
         # matters at a broker's rate limit (Alpaca: 200 a minute).
         open_at_broker = self._call("open_orders")
         by_cid = {o.client_order_id: o for o in open_at_broker}
-        journaled_fill_qty = dict(self.db.execute(
-            "SELECT client_order_id, sum(qty) FROM fills GROUP BY client_order_id").fetchall())
-        for row in list(self.db.query(f"SELECT * FROM orders WHERE {_IS_OPEN}", OPEN_STATUSES)):
+        open_rows = list(self.db.query(  # with the quantity their journaled fills add up to
+            "SELECT o.*, (SELECT coalesce(sum(f.qty), 0) FROM fills f WHERE f.client_order_id = o.client_order_id)"
+            f" AS journaled_fill_qty FROM orders o WHERE o.{_IS_OPEN}", OPEN_STATUSES))
+        for row in open_rows:
             self.still_alive()
             report["orders_checked"] += 1
             cid = row["client_order_id"]
@@ -581,7 +582,7 @@ class OmsActor(SteadyActor):
             # Fills first, then the status: a crash in between leaves the order open for next time.
             # Asked for only when the broker has filled more than the journal holds fills for.
             recovered = 0
-            if order.filled_qty > journaled_fill_qty.get(cid, 0):
+            if order.filled_qty > row["journaled_fill_qty"]:
                 recovered = len(self._record_fills(self._call("fills_for", order.broker_order_id)))
             report["fills_recovered"] += recovered
             if self._apply_order(order):

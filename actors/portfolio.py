@@ -30,8 +30,6 @@ from thespian.actors import ActorAddress
 ZERO = Decimal(0)
 SUMMARY_CHECK_S = 5.0  # wall seconds between looks for a session that has closed
 CENT = Decimal("0.01")
-UPSERT_STATE = ("INSERT INTO portfolio_state (key, value) VALUES (?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET value = excluded.value")
 UPSERT_POSITION = ("INSERT INTO positions (symbol, qty, avg_cost, realized_pnl, updated_at) VALUES (?, ?, ?, ?, ?)"
                    " ON CONFLICT (symbol) DO UPDATE SET qty = excluded.qty, avg_cost = excluded.avg_cost,"
                    " realized_pnl = excluded.realized_pnl, updated_at = excluded.updated_at")
@@ -121,7 +119,7 @@ class PortfolioActor(SteadyActor):
         now = store.now_iso()
         with store.transaction(self.db):
             if applied_through is not None:  # same transaction: positions and cursor never disagree
-                self.db.conn.execute(UPSERT_STATE, ("fills_applied_through", str(applied_through)))
+                store.set_portfolio_state(self.db, fills_applied_through=str(applied_through))
             rows = []
             for symbol in symbols:
                 p = self.positions[symbol]

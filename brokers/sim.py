@@ -513,14 +513,10 @@ class SimExchange:
             return  # the path is per second: no new second (hence no event) in [advanced_to, now)
         events: list[_Event] = []
         paths: dict[tuple[str, datetime, datetime], QuoteArrays] = {}  # shared by orders of a symbol
-        if advanced_to is not None and not may_quote_between(self.market, advanced_to, now):
-            # No quote anywhere (a replay between two bars): only eligibility and expiry can matter.
-            rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} AND (eligible_at > ? "
-                              "OR expires_at <= ?) ORDER BY id", (_iso(advanced_to), _iso(now)))
-        else:
+        if advanced_to is None:
             rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
-        if advanced_to is not None:
-            rows = self._may_change(rows, advanced_to, now, paths)
+        else:
+            rows = self._may_change(advanced_to, now, paths)
         for row in rows:
             order = _Order.from_row(row)
             start = order.eligible_at if advanced_to is None else max(advanced_to, order.eligible_at)
@@ -530,15 +526,20 @@ class SimExchange:
             self._apply(event)
         _set_meta(self._conn, advanced_to=_iso(now))
 
-    def _may_change(self, rows: list[sqlite3.Row], advanced_to: datetime, now: datetime,
+    def _may_change(self, advanced_to: datetime, now: datetime,
                     paths: dict[tuple[str, datetime, datetime], QuoteArrays]) -> list[sqlite3.Row]:
         """The open orders something can happen to in [advanced_to, now): without a new quote for
         its symbol, an order already eligible that does not expire by now stays as it is. On a
         minute-bar replay most catch-ups see no new quote at all, and skipping those orders before
         parsing them keeps a book of thousands of open orders from costing O(book) per submission."""
+        since, until = _iso(advanced_to), _iso(now)
+        if not may_quote_between(self.market, advanced_to, now):
+            # No quote for any symbol (a replay between two bars): only eligibility and expiry matter.
+            return self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} AND (eligible_at > ? "
+                              "OR expires_at <= ?) ORDER BY id", (since, until))
+        rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
         if now - advanced_to > _CHUNK:
             return rows  # a long gap: let the matcher walk it chunk by chunk
-        since, until = _iso(advanced_to), _iso(now)
         quoted: dict[str, bool] = {}
         kept = []
         for row in rows:

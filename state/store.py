@@ -295,11 +295,21 @@ def get_control(db: sqlite_utils.Database, key: str, default: str | None = None)
     return _get_value(db, "control", key, default)
 
 
-def set_control(db: sqlite_utils.Database, **values: str) -> None:
-    """Supervisor only: durable key/value writes to ``control``."""
+def _set_values(db: sqlite_utils.Database, table: str, values: dict[str, str], stamped: bool = False) -> None:
+    """Upsert key/value rows in one transaction (plain SQL: some of these run on hot paths, and
+    sqlite-utils' upsert re-reads the schema on every call)."""
+    columns = ["key", "value", "updated_at"] if stamped else ["key", "value"]
+    updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+    sql = (f"INSERT INTO [{table}] ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+           f" ON CONFLICT (key) DO UPDATE SET {updates}")
     with transaction(db):
         for key, value in values.items():
-            db["control"].upsert({"key": key, "value": value, "updated_at": now_iso()}, pk="key")
+            db.execute(sql, [key, value, now_iso()] if stamped else [key, value])
+
+
+def set_control(db: sqlite_utils.Database, **values: str) -> None:
+    """Supervisor only: durable key/value writes to ``control``."""
+    _set_values(db, "control", values, stamped=True)
 
 
 def get_portfolio_state(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
@@ -308,9 +318,7 @@ def get_portfolio_state(db: sqlite_utils.Database, key: str, default: str | None
 
 def set_portfolio_state(db: sqlite_utils.Database, **values: str) -> None:
     """Portfolio only: key/value writes to ``portfolio_state``."""
-    with transaction(db):
-        for key, value in values.items():
-            db["portfolio_state"].upsert({"key": key, "value": value}, pk="key")
+    _set_values(db, "portfolio_state", values)
 
 
 def get_risk_state(db: sqlite_utils.Database, key: str, default: str | None = None) -> str | None:
@@ -319,9 +327,7 @@ def get_risk_state(db: sqlite_utils.Database, key: str, default: str | None = No
 
 def set_risk_state(db: sqlite_utils.Database, **values: str) -> None:
     """Risk only: key/value writes to ``risk_state``."""
-    with transaction(db):
-        for key, value in values.items():
-            db["risk_state"].upsert({"key": key, "value": value}, pk="key")
+    _set_values(db, "risk_state", values)
 
 
 def to_json(value: Any) -> str:
