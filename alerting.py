@@ -27,7 +27,7 @@ import sqlite_utils
 from apprise.utils.cwe312 import cwe312_word
 from steadyhand.actors.messages import Alert, Severity
 from steadyhand.config import AlertSettings
-from steadyhand.logs import module_logger
+from steadyhand.runtime.logs import module_logger
 from steadyhand.state.store import iso, parse_ts, transaction
 
 ALERT_URLS_ENV = "STEADYHAND_ALERT_URLS"
@@ -329,7 +329,7 @@ def _age_s(row: Mapping[str, Any], now: datetime) -> float:
 
 
 def _log_alert(alert: Alert, severity: Severity, alert_id: int | None) -> None:
-    # "event"/"fields" is the shape steadyhand.logs' JSON-lines formatter expects (EventLog).
+    # "event"/"fields" is the shape steadyhand.runtime.logs' JSON-lines formatter expects (EventLog).
     fields = {
         "key": alert.key,
         "severity": severity.name.lower(),

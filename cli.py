@@ -21,9 +21,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from steadyhand import procs
 from steadyhand.actors.messages import CommandResult
 from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides
+from steadyhand.runtime import procs
 from steadyhand.state import store
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
@@ -84,7 +84,7 @@ class Connection:
     def command(self, name: str, args: dict[str, Any] | None = None, command_id: str | None = None,
                 timeout: float = 30.0) -> CommandResult:
         """Send a signed operator command and wait for its result."""
-        from steadyhand.commands import load_secret, new_command
+        from steadyhand.control.commands import load_secret, new_command
 
         command = new_command(name, load_secret(self.data_dir), args, command_id)
         reply = self.ask(command, timeout)
@@ -122,7 +122,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     marker = procs.run_marker(data_dir)
     if os.environ.get(procs.RUN_MARKER) != marker:
         # Re-execute with the run marker in the environment, so every process of this run (even
-        # an orphan of a killed admin) can be found by data dir later (see procs.py).
+        # an orphan of a killed admin) can be found by data dir later (see runtime/procs.py).
         env = {**os.environ, procs.RUN_MARKER: marker}
         os.execve(sys.executable, [sys.executable, "-m", "steadyhand.cli", *sys.argv[1:]], env)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     db = store.open_store(data_dir)  # migrations run here, once, before any actor starts
     db.close()
-    from steadyhand.commands import SecretError, load_secret
+    from steadyhand.control.commands import SecretError, load_secret
 
     try:
         load_secret(data_dir, create=True)  # so operator commands work from the first run
@@ -186,7 +186,7 @@ def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
 
     start = None
     if settings.sim.replay:
-        from steadyhand.market import ReplayMarket
+        from steadyhand.sim.market import ReplayMarket
 
         start = ReplayMarket(settings.sim.replay).first_ts
     return anchor_clock(str(data_dir / "exchange.db"), speed=settings.sim.speed, mode=settings.sim.clock,
@@ -196,7 +196,7 @@ def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
 def _preload(clock: Any) -> None:
     """Load what every actor needs (the exchange calendar: ~0.5 s) once, here: the actor processes
     are forked from this one and inherit it, so neither a start nor a restart waits for it."""
-    from steadyhand import market_hours
+    from steadyhand.domain import market_hours
 
     now = clock.now()
     market_hours.is_open(now)
@@ -244,7 +244,7 @@ def _live_view(connection: Connection, data_dir: Path, stop: threading.Event, cl
 
 def _market_text(clock: Any) -> str:
     """The simulated market's state, so a quiet bot explains itself ("closed, opens in 14 min")."""
-    from steadyhand import market_hours
+    from steadyhand.domain import market_hours
 
     now = clock.now()
     if market_hours.is_open(now):
@@ -419,7 +419,7 @@ def cmd_fills(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from steadyhand.logs import read_events, readable
+    from steadyhand.runtime.logs import read_events, readable
 
     events = read_events(data_dir_of(args) / "logs")[-args.lines:]
     for event in events:
@@ -429,8 +429,8 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
-    from steadyhand.bar_checks import BarValidator
-    from steadyhand.market import ReplayMarket
+    from steadyhand.data.bar_checks import BarValidator
+    from steadyhand.sim.market import ReplayMarket
     from steadyhand.strategies.sma import backtest
 
     replay = ReplayMarket(args.replay)
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "verify":
-            from steadyhand.verify import cmd_verify
+            from steadyhand.control.verify import cmd_verify
 
             return cmd_verify(args, load_settings(args.config or os.environ.get("STEADYHAND_CONFIG")))
         if args.command == "exchange":

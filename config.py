@@ -155,7 +155,7 @@ class RunSettings:
 
     settings: Settings
     data_dir: str
-    clock: Any  # steadyhand.clock.SimClock
+    clock: Any  # steadyhand.sim.clock.SimClock
     test_hooks: bool = False
     config_path: str = ""  # the file the settings came from ("" = defaults), for `reload`
     cli_overrides: dict[str, Any] = field(default_factory=dict)  # --speed/--seed/--replay, for `reload`

@@ -66,9 +66,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
-from steadyhand import alpaca_wire as wire
-from steadyhand import market_hours
 from steadyhand.actors.messages import Bar, OrderStatus, OrderType, Side, TimeInForce
+from steadyhand.brokers.alpaca import wire
 from steadyhand.brokers.base import (
     BrokerFill,
     BrokerOrder,
@@ -80,7 +79,8 @@ from steadyhand.brokers.base import (
 )
 from steadyhand.brokers.sim import NowSource, SimExchange, anchor_clock
 from steadyhand.config import Settings
-from steadyhand.market import MarketModel, load_market
+from steadyhand.domain import market_hours
+from steadyhand.sim.market import MarketModel, load_market
 from websockets.frames import Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
@@ -987,7 +987,7 @@ def vars_of(rule: FaultRule) -> dict[str, Any]:
 def _anchor(db_path: Path, settings: Settings) -> NowSource:
     start = None
     if settings.sim.replay:
-        from steadyhand.market import ReplayMarket
+        from steadyhand.sim.market import ReplayMarket
 
         start = ReplayMarket(settings.sim.replay).first_ts
     return anchor_clock(db_path, speed=settings.sim.speed, mode=settings.sim.clock, start=start)

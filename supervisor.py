@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from steadyhand import commands
 from steadyhand.actors.alerter import AlerterActor
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.feed import FeedActor
@@ -60,6 +59,7 @@ from steadyhand.actors.portfolio import PortfolioActor
 from steadyhand.actors.risk import RiskActor
 from steadyhand.actors.strategy import StrategyActor
 from steadyhand.config import ConfigError, RunSettings, load_settings, with_overrides
+from steadyhand.control import commands
 from steadyhand.state import store
 from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
 
@@ -599,7 +599,7 @@ class Supervisor(SteadyActor):
 
 
 def _setup_log(run: RunSettings) -> Any:
-    from steadyhand.logs import setup_actor_logging
+    from steadyhand.runtime.logs import setup_actor_logging
 
     return setup_actor_logging("supervisor", run.log_dir, run.settings.logging.max_bytes,
                                run.settings.logging.backups)

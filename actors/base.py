@@ -29,7 +29,7 @@ from steadyhand.actors.messages import (
     Wiring,
 )
 from steadyhand.config import RunSettings
-from steadyhand.logs import EventLog, setup_actor_logging
+from steadyhand.runtime.logs import EventLog, setup_actor_logging
 from thespian.actors import (
     Actor,
     ActorAddress,

@@ -13,11 +13,11 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import Bar, Bars, HistoryReply, HistoryRequest
-from steadyhand.bar_checks import BarValidator
-from steadyhand.market import MarketModel, ReplayMarket, load_market
+from steadyhand.data.bar_checks import BarValidator
+from steadyhand.domain import market_hours
+from steadyhand.sim.market import MarketModel, ReplayMarket, load_market
 from steadyhand.state import store
 from thespian.actors import ActorAddress
 
@@ -39,7 +39,7 @@ class FeedActor(SteadyActor):
         self.symbols = tuple(settings.symbols)
         self.live_source: Any = None  # a broker's bar stream (Alpaca); None: the simulated market
         if settings.broker == "alpaca":
-            from steadyhand.feeds_alpaca import AlpacaBarSource
+            from steadyhand.brokers.alpaca.feed import AlpacaBarSource
 
             self.live_source = AlpacaBarSource.from_settings(settings)
             self.live_source.start()

@@ -14,9 +14,9 @@ import urllib.request
 from datetime import datetime
 from typing import Any
 
-from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import ActorUnresponsive, FeedFresh, FeedStale, Ping, Pong, Severity
+from steadyhand.domain import market_hours
 from thespian.actors import ActorAddress
 
 NOT_PINGED = ("heartbeat", "supervisor")

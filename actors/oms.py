@@ -22,7 +22,7 @@ Broker health: consecutive transient failures (or rejections) open a circuit; ri
 answer closes it again (after a fresh reconciliation). State-store faults (locked, disk full) halt
 trading through the supervisor instead of crash-looping.
 
-Named crash points (``steadyhand.crashpoints``) mark the places where a crash is most dangerous.
+Named crash points (``steadyhand.runtime.crashpoints``) mark the places where a crash is most dangerous.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import (
     BrokerHealth,
@@ -77,7 +76,8 @@ from steadyhand.brokers.base import (
     TransientBrokerError,
     UnknownOutcome,
 )
-from steadyhand.crashpoints import crash_point
+from steadyhand.domain import market_hours
+from steadyhand.runtime.crashpoints import crash_point
 from steadyhand.state import store
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from thespian.actors import ActorAddress

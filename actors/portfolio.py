@@ -13,7 +13,6 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import (
     Bars,
@@ -24,6 +23,7 @@ from steadyhand.actors.messages import (
     Severity,
     Side,
 )
+from steadyhand.domain import market_hours
 from steadyhand.state import store
 from thespian.actors import ActorAddress
 

@@ -1,6 +1,6 @@
 """Risk: every order request passes here; every decision is journaled with its reason.
 
-The checks themselves are pure functions in ``steadyhand.risk_checks``; this actor keeps the
+The checks themselves are pure functions in ``steadyhand.risk.checks``; this actor keeps the
 ``RiskBook`` up to date from what the others tell it (bars, positions, P&L, open orders, trading
 state, reconciliation, feed staleness), turns signals into order requests, and trips the daily-loss
 / drawdown breaker (HALTED through the supervisor, CRITICAL alert). It denies everything until the
@@ -13,7 +13,6 @@ import sqlite3
 import time
 from datetime import datetime
 
-from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import (
     Bars,
@@ -35,7 +34,8 @@ from steadyhand.actors.messages import (
     TradingStateChanged,
 )
 from steadyhand.actors.oms import is_store_fault
-from steadyhand.risk_checks import Decision, RiskBook, breaker_check
+from steadyhand.domain import market_hours
+from steadyhand.risk.checks import Decision, RiskBook, breaker_check
 from steadyhand.state import store
 from thespian.actors import ActorAddress
 

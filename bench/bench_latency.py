@@ -115,7 +115,7 @@ def tick_of_bars(symbols: int) -> Bars:
 def thespian_floor(messages: int, first_hop_payload: Any = None) -> dict[str, float]:
     """One-way latency through 3 hops of do-nothing actors (multiprocTCPBase, loopback); with
     ``first_hop_payload``, the first hop carries it (as feed -> strategy carries a tick of bars)."""
-    from steadyhand import procs
+    from steadyhand.runtime import procs
 
     procs.bind_thespian_to_loopback()
     system = ActorSystem("multiprocTCPBase", {"Admin Port": procs.free_port()}, transientUnique=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from steadyhand import procs
+from steadyhand.runtime import procs
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable

@@ -14,7 +14,7 @@ def make_broker(run: RunSettings) -> Broker:
     settings = run.settings
     if settings.broker == "sim":
         from steadyhand.brokers.sim import SimExchange
-        from steadyhand.market import load_market
+        from steadyhand.sim.market import load_market
 
         sim = settings.sim
         return SimExchange(
@@ -28,7 +28,7 @@ def make_broker(run: RunSettings) -> Broker:
             seed=sim.seed,
         )
     if settings.broker == "alpaca":
-        from steadyhand.brokers.alpaca import AlpacaBroker
+        from steadyhand.brokers.alpaca.broker import AlpacaBroker
 
         return AlpacaBroker.from_settings(settings)  # keys from ALPACA_API_KEY / ALPACA_SECRET_KEY
     raise NotImplementedError(f"broker {settings.broker!r} is not available in this version")

@@ -33,7 +33,6 @@ from typing import Literal, Protocol
 
 import numpy as np
 import sqlite_utils
-from steadyhand import market_hours
 from steadyhand.actors.messages import OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.brokers.base import (
     Account,
@@ -50,8 +49,9 @@ from steadyhand.brokers.base import (
     TransientBrokerError,
     UnknownOutcome,
 )
-from steadyhand.clock import SimClock
-from steadyhand.market import MarketModel, Quote, QuoteArrays, may_quote_between, quote_arrays, stable_int
+from steadyhand.domain import market_hours
+from steadyhand.sim.clock import SimClock
+from steadyhand.sim.market import MarketModel, Quote, QuoteArrays, may_quote_between, quote_arrays, stable_int
 from steadyhand.state.store import SchemaTooNew, connect, transaction
 
 CENT = Decimal("0.01")

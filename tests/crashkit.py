@@ -16,12 +16,12 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from steadyhand import market_hours
 from steadyhand.actors.messages import OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.brokers.base import BrokerOrder, OrderSpec
 from steadyhand.brokers.sim import SimExchange, anchor_clock
 from steadyhand.config import Settings
-from steadyhand.market import load_market
+from steadyhand.domain import market_hours
+from steadyhand.sim.market import load_market
 from steadyhand.state import store
 
 FAR = Decimal("1.00")  # a buy limit this far below the market never fills

@@ -20,10 +20,10 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import GetOrdersRequest
 from alpaca_exchange import KEY, SECRET, admin, alpaca_settings, inject, module_exchange, start_exchange, wait_for
-from steadyhand import procs
 from steadyhand.actors.messages import OrderStatus, OrderType, Side
 from steadyhand.brokers import make_broker
-from steadyhand.brokers.alpaca import AlpacaBroker, RateLimiter
+from steadyhand.brokers.alpaca.broker import AlpacaBroker, RateLimiter
+from steadyhand.brokers.alpaca.feed import AlpacaBarSource
 from steadyhand.brokers.base import (
     Broker,
     BrokerError,
@@ -39,8 +39,8 @@ from steadyhand.brokers.base import (
 from steadyhand.brokers.sim import SimExchange, stored_clock
 from steadyhand.config import RunSettings, Settings
 from steadyhand.exchange_server import ServerThread
-from steadyhand.feeds_alpaca import AlpacaBarSource
-from steadyhand.market import load_market
+from steadyhand.runtime import procs
+from steadyhand.sim.market import load_market
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from steadyhand.actors.messages import Bar
-from steadyhand.bar_checks import BarValidator, check_bar
+from steadyhand.data.bar_checks import BarValidator, check_bar
 
 T0 = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
 

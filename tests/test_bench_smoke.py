@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from steadyhand import procs
+from steadyhand.runtime import procs
 
 REPO = Path(__file__).resolve().parent.parent
 

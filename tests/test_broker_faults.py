@@ -22,7 +22,7 @@ from steadyhand.actors.messages import Side
 from steadyhand.brokers.base import OrderRejected, OrderSpec, TransientBrokerError, UnknownOutcome
 from steadyhand.brokers.sim import clear_fault, set_fault
 from steadyhand.config import parse_settings
-from steadyhand.verify import verify
+from steadyhand.control.verify import verify
 
 # --- the switch ----------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from steadyhand.actors.messages import (
 )
 from steadyhand.brokers.sim import stored_clock
 from steadyhand.config import RunSettings, Settings
-from steadyhand.verify import verify
+from steadyhand.control.verify import verify
 from thespian.actors import ActorExitRequest, ActorSystem
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from steadyhand import market as market_module
-from steadyhand import market_hours as mh
 from steadyhand.actors.messages import Bar
 from steadyhand.config import SimSettings
-from steadyhand.market import (
+from steadyhand.domain import market_hours as mh
+from steadyhand.sim import market as market_module
+from steadyhand.sim.market import (
     MarketModel,
     ReplayMarket,
     SyntheticMarket,
@@ -102,7 +102,7 @@ def test_out_of_coverage_and_naive_inputs_are_value_errors() -> None:
 _FINGERPRINT = """
 import json, sys
 from datetime import UTC, datetime
-from steadyhand.market import SyntheticMarket
+from steadyhand.sim.market import SyntheticMarket
 m = SyntheticMarket(int(sys.argv[1]), ["AAPL", "SPY"])
 end = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)
 out = {}
@@ -349,7 +349,7 @@ NASTY_CSV = (
 
 def _reference_rows(path: Path) -> tuple[list[Bar], int]:
     """The pre-columnar reader, row by row."""
-    from steadyhand.market import _parse_float, _parse_ts, _parse_volume
+    from steadyhand.sim.market import _parse_float, _parse_ts, _parse_volume
 
     rows: list[Bar] = []
     skipped = 0

@@ -100,6 +100,6 @@ def _wait(system: ActorSystem, probe: Any, done: Any, timeout: float = 10) -> bo
 def _session_open() -> Any:
     from datetime import UTC, datetime
 
-    from steadyhand import market_hours
+    from steadyhand.domain import market_hours
 
     return market_hours.previous_open(datetime(2026, 11, 20, 16, 0, tzinfo=UTC))

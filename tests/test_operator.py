@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import Bot, poll
-from steadyhand import commands
 from steadyhand.actors.messages import CommandResult, OperatorCommand
+from steadyhand.control import commands
 
 FAST = ("--speed", "600")
 

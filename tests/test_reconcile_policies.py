@@ -14,7 +14,7 @@ from crashkit import Prep, alerts, broker_order, last_session, order_row, query,
 from harness import poll
 from steadyhand.actors.messages import TimeInForce
 from steadyhand.config import parse_settings
-from steadyhand.verify import verify
+from steadyhand.control.verify import verify
 
 
 @pytest.mark.parametrize("policy", ["adopt", "alert"])

@@ -31,9 +31,9 @@ from steadyhand.actors.messages import (
     Wiring,
 )
 from steadyhand.actors.risk import RiskActor
-from steadyhand.clock import SimClock
 from steadyhand.config import RiskSettings, RunSettings, Settings
-from steadyhand.risk_checks import CHECKS, Decision, RiskBook, breaker_check, is_reducing
+from steadyhand.risk.checks import CHECKS, Decision, RiskBook, breaker_check, is_reducing
+from steadyhand.sim.clock import SimClock
 from steadyhand.state import store
 from thespian.actors import ActorExitRequest, ActorSystem
 
@@ -119,7 +119,7 @@ def test_breaker_check() -> None:
 
 
 def test_checks_are_documented_in_order() -> None:
-    import steadyhand.risk_checks as rc
+    import steadyhand.risk.checks as rc
 
     doc = rc.__doc__ or ""
     positions = [doc.index(f"{i}. {name} ") for i, name in enumerate(CHECKS, 1)]

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from harness import Bot, poll, steadyhand
-from steadyhand import procs
 from steadyhand.actors.messages import DebugHang, DebugToActor
+from steadyhand.runtime import procs
 
 FAST = ("--speed", "600")  # ten simulated minutes per second: bars (and trades) come quickly
 

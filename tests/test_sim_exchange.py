@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from steadyhand import market_hours as mh
 from steadyhand.actors.messages import Bar, OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.brokers.base import (
     Broker,
@@ -30,7 +29,8 @@ from steadyhand.brokers.base import (
     OrderSpec,
 )
 from steadyhand.brokers.sim import SimExchange, anchor_clock
-from steadyhand.market import Quote, ReplayMarket, SyntheticMarket, quote_arrays
+from steadyhand.domain import market_hours as mh
+from steadyhand.sim.market import Quote, ReplayMarket, SyntheticMarket, quote_arrays
 
 
 def utc(*args: int) -> datetime:
@@ -601,8 +601,8 @@ from datetime import datetime
 from steadyhand.actors.messages import Side
 from steadyhand.brokers.base import DuplicateClientOrderId, OrderSpec
 from steadyhand.brokers.sim import SimExchange
-from steadyhand.clock import SimClock
-from steadyhand.market import SyntheticMarket
+from steadyhand.sim.clock import SimClock
+from steadyhand.sim.market import SyntheticMarket
 db, name, anchor_sim, anchor_real = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 clock = SimClock(datetime.fromisoformat(anchor_sim), anchor_real, speed=600.0)
 ex = SimExchange(db, SyntheticMarket(7, ["AAPL"]), clock, partial_fill_probability=0.3)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from steadyhand import crashpoints, procs
+from steadyhand.runtime import crashpoints, procs
 
 START_TIMEOUT_S = 60.0
 

@@ -14,7 +14,7 @@
   and queues order snapshots and fills. While it is down the broker polls REST instead (recent
   orders, every order it watches, fill activities) at most every ``fallback_poll_s`` and says so
   (``polling_fallback``, a warning in the log); when it comes back, one more REST sweep covers
-  what happened while it was away. Fills carry source-independent ids (``alpaca_wire.fill_id``), so
+  what happened while it was away. Fills carry source-independent ids (``wire.fill_id``), so
   a fill seen on both paths is reported once.
 - **Safety**: paper unless ``[alpaca] paper = false`` *and* ``allow_live = true``; the keys come only
   from ``ALPACA_API_KEY`` / ``ALPACA_SECRET_KEY`` and are never logged or put in a message.
@@ -47,8 +47,8 @@ from alpaca.trading.requests import (
     StopOrderRequest,
 )
 from alpaca.trading.stream import TradingStream
-from steadyhand import alpaca_wire as wire
 from steadyhand.actors.messages import OrderStatus, OrderType
+from steadyhand.brokers.alpaca import wire
 from steadyhand.brokers.base import (
     Account,
     BrokerError,
@@ -66,7 +66,7 @@ from steadyhand.brokers.base import (
     UnknownOutcome,
 )
 from steadyhand.config import AlpacaSettings, Settings
-from steadyhand.logs import module_logger
+from steadyhand.runtime.logs import module_logger
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 log = module_logger("steadyhand.brokers.alpaca")  # looked up per call: see logs.module_logger
@@ -84,7 +84,7 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration, credentials, HTTP plumbing (shared with feeds_alpaca)
+# Configuration, credentials, HTTP plumbing (shared with feed.py)
 # ---------------------------------------------------------------------------------------------
 
 

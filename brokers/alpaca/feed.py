@@ -32,9 +32,9 @@ from alpaca.data.historical import StockHistoricalDataClient
 from alpaca.data.live import StockDataStream
 from alpaca.data.requests import StockBarsRequest
 from alpaca.data.timeframe import TimeFrame
-from steadyhand import alpaca_wire as wire
 from steadyhand.actors.messages import Bar
-from steadyhand.brokers.alpaca import (
+from steadyhand.brokers.alpaca import wire
+from steadyhand.brokers.alpaca.broker import (
     RateLimiter,
     StreamRunner,
     credentials,

@@ -28,7 +28,7 @@ How the broker is read:
 - **sim**: directly, its ``exchange.db`` opened next to the bot's own connection, faults switched
   off (verify inspects the book, it is not a client on the wire).
 - **alpaca** (a paper account, or ``steadyhand exchange serve``): through the Broker interface,
-  an :class:`~steadyhand.brokers.alpaca.AlpacaBroker` on the configured ``[alpaca]`` URLs with the
+  an :class:`~steadyhand.brokers.alpaca.broker.AlpacaBroker` on the configured ``[alpaca]`` URLs with the
   keys from ``ALPACA_API_KEY`` / ``ALPACA_SECRET_KEY``, REST only: every order of the account
   (``GET /v2/orders?status=all``, paged by ``after``), every fill (``GET
   /v2/account/activities/FILL``, paged by ``page_token``), ``/v2/positions`` and ``/v2/clock``
@@ -137,7 +137,7 @@ class _BrokerView:
 def _open_broker(data_dir: Path, settings: Settings) -> Any:
     if settings.broker == "sim":
         from steadyhand.brokers.sim import SimExchange, stored_clock
-        from steadyhand.market import load_market
+        from steadyhand.sim.market import load_market
 
         clock = stored_clock(data_dir / "exchange.db")
         if clock is None:
@@ -148,14 +148,14 @@ def _open_broker(data_dir: Path, settings: Settings) -> Any:
                            slippage_bps=sim.slippage_bps, latency_ms=sim.latency_ms,
                            start_cash=sim.start_cash, seed=sim.seed, faults=False)
     if settings.broker == "alpaca":
-        from steadyhand.brokers.alpaca import AlpacaBroker
+        from steadyhand.brokers.alpaca.broker import AlpacaBroker
 
         # A REST client only (no trade-updates stream), keys from ALPACA_API_KEY / ALPACA_SECRET_KEY,
         # URLs from [alpaca]; patient with 429s, since the account's 200 requests a minute are shared
         # with the bot (a bot that just restarted spends a good part of them): ~30 s of retries.
         return AlpacaBroker.from_settings(settings, stream=False, retry_attempts=12, retry_wait_s=1.0)
     from steadyhand.brokers import make_broker
-    from steadyhand.clock import SimClock
+    from steadyhand.sim.clock import SimClock
 
     return make_broker(RunSettings(settings=settings, data_dir=str(data_dir), clock=SimClock.real()))
 

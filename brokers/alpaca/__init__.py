@@ -1,0 +1,1 @@
+"""Alpaca: the broker adapter on alpaca-py, the wire format both ways, and the market-data feed."""

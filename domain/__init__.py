@@ -1,0 +1,1 @@
+"""The types every layer shares (the domain vocabulary) and the XNYS calendar."""

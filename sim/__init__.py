@@ -1,0 +1,1 @@
+"""The embedded market and exchange: market models, the clock, the simulated exchange."""
