@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 import apprise
 import sqlite_utils
 from apprise.utils.cwe312 import cwe312_word
-from steadyhand.actors.messages import Alert, Severity
 from steadyhand.config import AlertSettings
+from steadyhand.domain import Alert, Severity
 from steadyhand.runtime.logs import module_logger
 from steadyhand.state.store import iso, parse_ts, transaction
 

@@ -66,20 +66,12 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
-from steadyhand.actors.messages import Bar, OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.brokers.alpaca import wire
-from steadyhand.brokers.base import (
-    BrokerFill,
-    BrokerOrder,
-    DuplicateClientOrderId,
-    NotCancelable,
-    OrderNotFound,
-    OrderRejected,
-    OrderSpec,
-)
+from steadyhand.brokers.base import DuplicateClientOrderId, NotCancelable, OrderNotFound, OrderRejected
 from steadyhand.brokers.sim import NowSource, SimExchange, anchor_clock
 from steadyhand.config import Settings
-from steadyhand.domain import market_hours
+from steadyhand.domain import Bar, BrokerOrder, OrderSpec, OrderStatus, OrderType, Side, TimeInForce, market_hours
+from steadyhand.domain import Fill as BrokerFill
 from steadyhand.sim.market import MarketModel, load_market
 from websockets.frames import Opcode
 from websockets.http11 import Request as WsRequest

@@ -47,10 +47,8 @@ from steadyhand.actors.messages import (
     OperatorCommand,
     Reconfigure,
     RequestHalt,
-    Severity,
     ShutdownComplete,
     ShutdownRequest,
-    TradingState,
     TradingStateChanged,
     Wiring,
 )
@@ -60,6 +58,7 @@ from steadyhand.actors.risk import RiskActor
 from steadyhand.actors.strategy import StrategyActor
 from steadyhand.config import ConfigError, RunSettings, load_settings, with_overrides
 from steadyhand.control import commands
+from steadyhand.domain import Severity, TradingState
 from steadyhand.state import store
 from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
 

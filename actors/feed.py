@@ -14,9 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from steadyhand.actors.base import SteadyActor
-from steadyhand.actors.messages import Bar, Bars, HistoryReply, HistoryRequest
+from steadyhand.actors.messages import Bars, HistoryReply, HistoryRequest
 from steadyhand.data.bar_checks import BarValidator
-from steadyhand.domain import market_hours
+from steadyhand.domain import Bar, market_hours
 from steadyhand.sim.market import MarketModel, ReplayMarket, load_market
 from steadyhand.state import store
 from thespian.actors import ActorAddress

@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Any
 
 from steadyhand.actors.base import SteadyActor
-from steadyhand.actors.messages import ActorUnresponsive, FeedFresh, FeedStale, Ping, Pong, Severity
-from steadyhand.domain import market_hours
+from steadyhand.actors.messages import ActorUnresponsive, FeedFresh, FeedStale, Ping, Pong
+from steadyhand.domain import Severity, market_hours
 from thespian.actors import ActorAddress
 
 NOT_PINGED = ("heartbeat", "supervisor")

@@ -43,40 +43,40 @@ from steadyhand.actors.messages import (
     BrokerSnapshot,
     CancelAll,
     CancelAllDone,
-    Fill,
     Fills,
     Flatten,
     FlattenDone,
     OpenOrders,
-    OrderRequest,
     OrderRequests,
-    OrderStatus,
-    OrderType,
     ReconcileFinished,
     ReconcileStarted,
     RequestHalt,
-    Severity,
-    Side,
     SubmitBacklog,
-    TimeInForce,
-    TradingState,
     TradingStateChanged,
 )
 from steadyhand.brokers import make_broker
 from steadyhand.brokers.base import (
     Broker,
     BrokerError,
-    BrokerFill,
-    BrokerOrder,
     DuplicateClientOrderId,
     NotCancelable,
     OrderNotFound,
     OrderRejected,
-    OrderSpec,
     TransientBrokerError,
     UnknownOutcome,
 )
-from steadyhand.domain import market_hours
+from steadyhand.domain import (
+    BrokerOrder,
+    Fill,
+    OrderSpec,
+    OrderStatus,
+    OrderType,
+    Severity,
+    Side,
+    TimeInForce,
+    TradingState,
+    market_hours,
+)
 from steadyhand.runtime.crashpoints import crash_point
 from steadyhand.state import store
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
@@ -209,7 +209,7 @@ class OmsActor(SteadyActor):
         self.queued.update(r.client_order_id for r in fresh)
         self._submit_some(tuple(fresh), message.bar_sent_at)
 
-    def _submit_some(self, requests: tuple[OrderRequest, ...], bar_sent_at: float) -> None:
+    def _submit_some(self, requests: tuple[OrderSpec, ...], bar_sent_at: float) -> None:
         """Submit up to SUBMIT_CHUNK journaled requests; the rest follow in a message to ourselves,
         so a burst (thousands of orders on one bar) never keeps this actor from its heartbeat."""
         acks: list[BrokerOrder] = []
@@ -233,7 +233,7 @@ class OmsActor(SteadyActor):
     def on_submit_backlog(self, message: SubmitBacklog, sender: ActorAddress) -> None:
         self._submit_some(message.requests, message.bar_sent_at)
 
-    def _journal_pending(self, requests: tuple[OrderRequest, ...]) -> list[OrderRequest]:
+    def _journal_pending(self, requests: tuple[OrderSpec, ...]) -> list[OrderSpec]:
         """Step 3: durable PENDING_SUBMIT rows, one transaction per batch; duplicates dropped."""
         fresh = []
         now = store.now_iso()
@@ -253,12 +253,9 @@ class OmsActor(SteadyActor):
                     self.event("duplicate_intent", level="warning", client_order_id=r.client_order_id)
         return fresh
 
-    def _submit(self, request: OrderRequest, bar_sent_at: float = 0.0) -> BrokerOrder | None:
+    def _submit(self, request: OrderSpec, bar_sent_at: float = 0.0) -> BrokerOrder | None:
         self.still_alive()  # a burst of thousands takes seconds: busy, not hung
-        spec = OrderSpec(client_order_id=request.client_order_id, symbol=request.symbol, side=request.side,
-                         qty=request.qty, type=request.type, time_in_force=request.time_in_force,
-                         limit_price=request.limit_price, stop_price=request.stop_price)
-        return self._send_to_broker(spec, bar_sent_at, looked_up=True)  # a fresh id: the broker cannot have it
+        return self._send_to_broker(request, bar_sent_at, looked_up=True)  # a fresh id: the broker cannot have it
 
     def _send_to_broker(self, spec: OrderSpec, bar_sent_at: float = 0.0,
                         looked_up: bool = False) -> BrokerOrder | None:
@@ -484,7 +481,7 @@ class OmsActor(SteadyActor):
                        old=old.value, new=order.status.value, filled_qty=order.filled_qty)
         return True
 
-    def _record_fills(self, fills: tuple[BrokerFill, ...] | list[BrokerFill], notify: bool = True) -> list[Fill]:
+    def _record_fills(self, fills: tuple[Fill, ...] | list[Fill], notify: bool = True) -> list[Fill]:
         """Each fill once; the new ones go to the portfolio and risk (``notify``: now, else the
         caller does it once its enclosing transaction has committed)."""
         new: list[Fill] = []
@@ -501,9 +498,7 @@ class OmsActor(SteadyActor):
                      str(f.price), store.iso(f.ts), store.now_iso()],
                 )
                 if cursor.rowcount == 1:
-                    new.append(Fill(fill_id=f.fill_id, client_order_id=f.client_order_id,
-                                    broker_order_id=f.broker_order_id, symbol=f.symbol, side=f.side,
-                                    qty=f.qty, price=f.price, ts=f.ts))
+                    new.append(f)
         if notify:
             self._notify_fills(new)
         return new
@@ -715,8 +710,8 @@ class OmsActor(SteadyActor):
             if position.qty == 0:
                 continue
             side = Side.SELL if position.qty > 0 else Side.BUY
-            requests.append(OrderRequest(client_order_id=f"flat-{message.command_id[:12]}-{position.symbol}",
-                                         symbol=position.symbol, side=side, qty=abs(position.qty)))
+            requests.append(OrderSpec(client_order_id=f"flat-{message.command_id[:12]}-{position.symbol}",
+                                      symbol=position.symbol, side=side, qty=abs(position.qty)))
         fresh = self._journal_pending(tuple(requests))
         self._apply_orders([o for o in map(self._submit, fresh) if o is not None])
         self.tell_peer("risk", self._open_orders())

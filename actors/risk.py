@@ -21,7 +21,6 @@ from steadyhand.actors.messages import (
     FeedStale,
     Fills,
     OpenOrders,
-    OrderRequest,
     OrderRequests,
     PnlUpdate,
     PositionsSnapshot,
@@ -29,12 +28,11 @@ from steadyhand.actors.messages import (
     ReconcileStarted,
     Reconfigure,
     RequestHalt,
-    Severity,
     Signals,
     TradingStateChanged,
 )
 from steadyhand.actors.oms import is_store_fault
-from steadyhand.domain import market_hours
+from steadyhand.domain import OrderSpec, Severity, market_hours
 from steadyhand.risk.checks import Decision, RiskBook, breaker_check
 from steadyhand.state import store
 from thespian.actors import ActorAddress
@@ -86,12 +84,12 @@ class RiskActor(SteadyActor):
         self.book.market_open = market_hours.is_open(now_sim)
         now_wall = time.time()
         decided_at = store.now_iso()  # one timestamp per batch: its decisions are made together
-        approved: list[OrderRequest] = []
+        approved: list[OrderSpec] = []
         rows: list[DecisionRow] = []
         for signal in message.signals:
-            request = OrderRequest(client_order_id=signal.intent_id, symbol=signal.symbol,
-                                   side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
-                                   bar_ts=signal.bar_ts)
+            request = OrderSpec(client_order_id=signal.intent_id, symbol=signal.symbol,
+                                side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
+                                bar_ts=signal.bar_ts)
             decision = self.book.decide(request, now_wall, now_sim)
             if decision.approved and (self.broker_down or self.store_fault):
                 decision = Decision.deny("broker" if self.broker_down else "store",
@@ -196,6 +194,6 @@ INSERT_DECISION = ("INSERT INTO risk_decisions (ts, client_order_id, symbol, sid
                    " VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 
-def _decision_row(ts: str, request: OrderRequest, decision: Decision) -> DecisionRow:
+def _decision_row(ts: str, request: OrderSpec, decision: Decision) -> DecisionRow:
     return (ts, request.client_order_id, request.symbol, request.side.value, request.qty, int(decision.approved),
             decision.reason if not decision.approved else "ok")

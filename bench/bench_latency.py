@@ -26,8 +26,9 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from steadyhand.actors.messages import Bar, Bars  # noqa: E402
+from steadyhand.actors.messages import Bars
 from steadyhand.brokers.sim import stored_clock  # noqa: E402
+from steadyhand.domain import Bar
 from thespian.actors import Actor, ActorSystem  # noqa: E402
 
 from bench import common  # noqa: E402

@@ -34,8 +34,11 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
-from steadyhand.actors.messages import Bar, Bars  # noqa: E402
-from steadyhand.domain import market_hours  # noqa: E402
+from steadyhand.actors.messages import Bars
+from steadyhand.domain import (
+    Bar,
+    market_hours,  # noqa: E402
+)
 
 from bench import common  # noqa: E402
 

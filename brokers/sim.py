@@ -33,23 +33,28 @@ from typing import Literal, Protocol
 
 import numpy as np
 import sqlite_utils
-from steadyhand.actors.messages import OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.brokers.base import (
-    Account,
-    BrokerFill,
-    BrokerOrder,
-    BrokerPosition,
     BrokerUpdates,
     DuplicateClientOrderId,
-    MarketClock,
     NotCancelable,
     OrderNotFound,
     OrderRejected,
-    OrderSpec,
     TransientBrokerError,
     UnknownOutcome,
 )
-from steadyhand.domain import market_hours
+from steadyhand.domain import (
+    Account,
+    BrokerOrder,
+    Fill,
+    MarketClock,
+    OrderSpec,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+    TimeInForce,
+    market_hours,
+)
 from steadyhand.sim.clock import SimClock
 from steadyhand.sim.market import MarketModel, Quote, QuoteArrays, may_quote_between, quote_arrays, stable_int
 from steadyhand.state.store import SchemaTooNew, connect, transaction
@@ -313,8 +318,8 @@ def _row_to_order(r: sqlite3.Row) -> BrokerOrder:
     )
 
 
-def _row_to_fill(r: sqlite3.Row) -> BrokerFill:
-    return BrokerFill(
+def _row_to_fill(r: sqlite3.Row) -> Fill:
+    return Fill(
         fill_id=r["fill_id"],
         broker_order_id=r["broker_order_id"],
         client_order_id=r["client_order_id"],
@@ -878,7 +883,7 @@ class SimExchange:
         self._sync()
         return [_row_to_order(r) for r in self._rows("SELECT * FROM orders ORDER BY id")]
 
-    def all_fills(self) -> list[BrokerFill]:
+    def all_fills(self) -> list[Fill]:
         self._sync()
         return [_row_to_fill(r) for r in self._rows("SELECT * FROM fills ORDER BY ts, fill_id")]
 
@@ -886,7 +891,7 @@ class SimExchange:
         """Client order ids that were submitted again after the exchange already had them."""
         return [r[0] for r in self._conn.execute("SELECT client_order_id FROM duplicate_submits ORDER BY id")]
 
-    def fills_for(self, broker_order_id: str) -> list[BrokerFill]:
+    def fills_for(self, broker_order_id: str) -> list[Fill]:
         self._injected("fills_for")
         self._sync()
         rows = self._rows(
@@ -900,11 +905,11 @@ class SimExchange:
         rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
         return [_row_to_order(r) for r in rows]
 
-    def positions(self) -> list[BrokerPosition]:
+    def positions(self) -> list[Position]:
         self._injected("positions")
         self._sync()
         rows = self._rows("SELECT * FROM positions WHERE qty != 0 ORDER BY symbol")
-        return [BrokerPosition(r["symbol"], r["qty"], Decimal(r["avg_entry_price"])) for r in rows]
+        return [Position(r["symbol"], r["qty"], Decimal(r["avg_entry_price"])) for r in rows]
 
     def account(self) -> Account:
         self._injected("account")

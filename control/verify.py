@@ -54,10 +54,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from steadyhand.actors.messages import OrderStatus, Side
 from steadyhand.actors.oms import journal_positions
-from steadyhand.brokers.base import BrokerError, BrokerFill, BrokerOrder
+from steadyhand.brokers.base import BrokerError
 from steadyhand.config import RunSettings, Settings
+from steadyhand.domain import BrokerOrder, Fill, OrderStatus, Side
 from steadyhand.state import store
 
 KEYS = ("duplicate_submissions", "lost_fills", "unknown_open_orders", "stale_open_orders",
@@ -116,7 +116,7 @@ class _BrokerView:
             if hasattr(broker, "all_orders"):
                 for _ in range(1 if running else SNAPSHOT_ATTEMPTS):
                     self.orders: list[BrokerOrder] = broker.all_orders()
-                    self.fills: list[BrokerFill] = broker.all_fills()
+                    self.fills: list[Fill] = broker.all_fills()
                     self.positions = {p.symbol: p.qty for p in broker.positions() if p.qty}
                     if running or len(broker.all_fills()) == len(self.fills):
                         break

@@ -23,9 +23,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
-from steadyhand.actors.messages import Bar
 from steadyhand.config import SimSettings
-from steadyhand.domain import market_hours
+from steadyhand.domain import Bar, market_hours
 
 
 @dataclass(frozen=True, slots=True)

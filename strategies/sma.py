@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
-from steadyhand.actors.messages import Bar, Side, Signal
 from steadyhand.config import StrategySettings
+from steadyhand.domain import Bar, Side, Signal
 
 STRATEGY = "sma"
 MAX_ID_LEN = 48  # Alpaca's client_order_id limit is 48 characters; IB's is laxer

@@ -16,11 +16,9 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from steadyhand.actors.messages import OrderStatus, OrderType, Side, TimeInForce
-from steadyhand.brokers.base import BrokerOrder, OrderSpec
 from steadyhand.brokers.sim import SimExchange, anchor_clock
 from steadyhand.config import Settings
-from steadyhand.domain import market_hours
+from steadyhand.domain import BrokerOrder, OrderSpec, OrderStatus, OrderType, Side, TimeInForce, market_hours
 from steadyhand.sim.market import load_market
 from steadyhand.state import store
 

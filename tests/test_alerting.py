@@ -23,7 +23,6 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from steadyhand.actors.messages import Alert, Severity
 from steadyhand.alerting import (
     ALERT_URLS_ENV,
     AlertOutbox,
@@ -36,6 +35,7 @@ from steadyhand.alerting import (
     split_urls,
 )
 from steadyhand.config import AlertSettings
+from steadyhand.domain import Alert, Severity
 from steadyhand.state.store import open_store
 
 # Plain SMTP with AUTH on localhost is deliberate here.

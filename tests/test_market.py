@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from steadyhand.actors.messages import Bar
 from steadyhand.config import SimSettings
+from steadyhand.domain import Bar
 from steadyhand.domain import market_hours as mh
 from steadyhand.sim import market as market_module
 from steadyhand.sim.market import (

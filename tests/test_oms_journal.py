@@ -14,18 +14,11 @@ from typing import Any
 import pytest
 from actorkit import Probe
 from steadyhand.actors import oms as oms_module
-from steadyhand.actors.messages import (
-    Configure,
-    OrderRequest,
-    OrderRequests,
-    ReconcileFinished,
-    Side,
-    Wiring,
-)
+from steadyhand.actors.messages import Configure, OrderRequests, ReconcileFinished, Wiring
 from steadyhand.brokers import make_broker
-from steadyhand.brokers.base import BrokerOrder, OrderSpec
 from steadyhand.brokers.sim import anchor_clock
 from steadyhand.config import RunSettings, Settings
+from steadyhand.domain import BrokerOrder, OrderSpec, Side
 from steadyhand.state import store
 from thespian.actors import ActorExitRequest, ActorSystem
 
@@ -74,7 +67,7 @@ def test_journal_row_is_durable_before_the_broker_sees_the_order(
     system.tell(oms, Wiring({"risk": probe, "portfolio": probe, "alerter": probe}))
     assert _wait(system, probe, lambda seen: any(isinstance(m, ReconcileFinished) for m in seen))
 
-    requests = tuple(OrderRequest(client_order_id=f"t-{sym}-B0", symbol=sym, side=Side.BUY, qty=5)
+    requests = tuple(OrderSpec(client_order_id=f"t-{sym}-B0", symbol=sym, side=Side.BUY, qty=5)
                      for sym in ("AAPL", "MSFT"))
     system.tell(oms, OrderRequests(requests))
     system.tell(oms, OrderRequests(requests))  # the same intents again: duplicates, dropped

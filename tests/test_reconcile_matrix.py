@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 from crashkit import Prep, alerts, broker_order, last_session, order_row, query, reports
 from harness import Bot, poll
-from steadyhand.actors.messages import Side, TimeInForce
 from steadyhand.config import Settings, parse_settings
 from steadyhand.control.verify import verify
+from steadyhand.domain import Side, TimeInForce
 from steadyhand.runtime import procs
 
 CONFIG = """

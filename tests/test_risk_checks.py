@@ -13,25 +13,10 @@ from typing import Any
 
 import pytest
 from actorkit import Probe
-from steadyhand.actors.messages import (
-    Alert,
-    Bar,
-    Bars,
-    Configure,
-    OrderRequest,
-    OrderRequests,
-    OrderType,
-    ReconcileFinished,
-    RequestHalt,
-    Severity,
-    Side,
-    Signal,
-    Signals,
-    TradingState,
-    Wiring,
-)
+from steadyhand.actors.messages import Bars, Configure, OrderRequests, ReconcileFinished, RequestHalt, Signals, Wiring
 from steadyhand.actors.risk import RiskActor
 from steadyhand.config import RiskSettings, RunSettings, Settings
+from steadyhand.domain import Alert, Bar, OrderSpec, OrderType, Severity, Side, Signal, TradingState
 from steadyhand.risk.checks import CHECKS, Decision, RiskBook, breaker_check, is_reducing
 from steadyhand.sim.clock import SimClock
 from steadyhand.state import store
@@ -64,12 +49,12 @@ def book(limits: RiskSettings = LIMITS, **state: object) -> RiskBook:
     return b
 
 
-def req(side: Side = Side.BUY, qty: int = 10, symbol: str = "AAPL", **kw: object) -> OrderRequest:
+def req(side: Side = Side.BUY, qty: int = 10, symbol: str = "AAPL", **kw: object) -> OrderSpec:
     kw.setdefault("ref_price", 50.0)
-    return OrderRequest(f"t-{next(_ids)}", symbol, side, qty, **kw)  # type: ignore[arg-type]
+    return OrderSpec(f"t-{next(_ids)}", symbol, side, qty, **kw)  # type: ignore[arg-type]
 
 
-def decide(b: RiskBook, r: OrderRequest, now: float = NOW) -> Decision:
+def decide(b: RiskBook, r: OrderSpec, now: float = NOW) -> Decision:
     return b.decide(r, now, NOW_SIM)
 
 

@@ -19,16 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from steadyhand.actors.messages import Bar, OrderStatus, OrderType, Side, TimeInForce
-from steadyhand.brokers.base import (
-    Broker,
-    DuplicateClientOrderId,
-    NotCancelable,
-    OrderNotFound,
-    OrderRejected,
-    OrderSpec,
-)
+from steadyhand.brokers.base import Broker, DuplicateClientOrderId, NotCancelable, OrderNotFound, OrderRejected
 from steadyhand.brokers.sim import SimExchange, anchor_clock
+from steadyhand.domain import Bar, OrderSpec, OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.domain import market_hours as mh
 from steadyhand.sim.market import Quote, ReplayMarket, SyntheticMarket, quote_arrays
 
@@ -598,8 +591,9 @@ def test_two_instances_share_one_book(make: Callable[..., SimExchange], clock: M
 _CHILD = """
 import sys, time
 from datetime import datetime
-from steadyhand.actors.messages import Side
-from steadyhand.brokers.base import DuplicateClientOrderId, OrderSpec
+from steadyhand.domain import Side
+from steadyhand.brokers.base import DuplicateClientOrderId
+from steadyhand.domain import OrderSpec
 from steadyhand.brokers.sim import SimExchange
 from steadyhand.sim.clock import SimClock
 from steadyhand.sim.market import SyntheticMarket

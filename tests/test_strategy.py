@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 import pytest
-from steadyhand.actors.messages import Bar, Side
 from steadyhand.config import StrategySettings
+from steadyhand.domain import Bar, Side
 from steadyhand.strategies.sma import (
     SmaCrossover,
     backtest,

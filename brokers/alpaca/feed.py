@@ -32,7 +32,6 @@ from alpaca.data.historical import StockHistoricalDataClient
 from alpaca.data.live import StockDataStream
 from alpaca.data.requests import StockBarsRequest
 from alpaca.data.timeframe import TimeFrame
-from steadyhand.actors.messages import Bar
 from steadyhand.brokers.alpaca import wire
 from steadyhand.brokers.alpaca.broker import (
     RateLimiter,
@@ -44,6 +43,7 @@ from steadyhand.brokers.alpaca.broker import (
     websocket_params,
 )
 from steadyhand.config import AlpacaSettings, Settings
+from steadyhand.domain import Bar
 
 MAX_BUFFER = 100_000  # bars kept between drains; the oldest go first if nobody drains
 
