@@ -182,11 +182,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
-    from steadyhand.brokers.sim import anchor_clock
+    from steadyhand.sim.clock import anchor_clock
 
     start = None
     if settings.sim.replay:
-        from steadyhand.sim.market import ReplayMarket
+        from steadyhand.sim.replay import ReplayMarket
 
         start = ReplayMarket(settings.sim.replay).first_ts
     return anchor_clock(str(data_dir / "exchange.db"), speed=settings.sim.speed, mode=settings.sim.clock,
@@ -430,7 +430,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
     from steadyhand.data.bar_checks import BarValidator
-    from steadyhand.sim.market import ReplayMarket
+    from steadyhand.sim.replay import ReplayMarket
     from steadyhand.strategies.sma import backtest
 
     replay = ReplayMarket(args.replay)

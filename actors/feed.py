@@ -17,7 +17,8 @@ from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import Bars, HistoryReply, HistoryRequest
 from steadyhand.data.bar_checks import BarValidator
 from steadyhand.domain import Bar, market_hours
-from steadyhand.sim.market import MarketModel, ReplayMarket, load_market
+from steadyhand.sim.market import MarketModel, load_market
+from steadyhand.sim.replay import ReplayMarket
 from steadyhand.state import store
 from thespian.actors import ActorAddress
 

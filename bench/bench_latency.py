@@ -27,8 +27,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from steadyhand.actors.messages import Bars
-from steadyhand.brokers.sim import stored_clock  # noqa: E402
 from steadyhand.domain import Bar
+from steadyhand.sim.clock import stored_clock  # noqa: E402
 from thespian.actors import Actor, ActorSystem  # noqa: E402
 
 from bench import common  # noqa: E402

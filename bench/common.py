@@ -433,9 +433,9 @@ def seed_open_orders(data_dir: Path, n: int, names: Sequence[str], speed: float 
     from decimal import Decimal
 
     from steadyhand.brokers import make_broker
-    from steadyhand.brokers.sim import anchor_clock
     from steadyhand.config import RunSettings, Settings
     from steadyhand.domain import OrderSpec, OrderType, Side, TimeInForce
+    from steadyhand.sim.clock import anchor_clock
     from steadyhand.state import store
 
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -13,20 +13,9 @@ def make_broker(run: RunSettings) -> Broker:
     """The broker the configuration names, connected and ready for the OMS."""
     settings = run.settings
     if settings.broker == "sim":
-        from steadyhand.brokers.sim import SimExchange
-        from steadyhand.sim.market import load_market
+        from steadyhand.sim.exchange import open_sim_exchange
 
-        sim = settings.sim
-        return SimExchange(
-            run.exchange_db_path,
-            load_market(sim, settings.symbols),
-            run.clock,
-            partial_fill_probability=sim.partial_fill_probability,
-            slippage_bps=sim.slippage_bps,
-            latency_ms=sim.latency_ms,
-            start_cash=sim.start_cash,
-            seed=sim.seed,
-        )
+        return open_sim_exchange(settings, run.data_dir, run.clock)
     if settings.broker == "alpaca":
         from steadyhand.brokers.alpaca.broker import AlpacaBroker
 

@@ -136,17 +136,13 @@ class _BrokerView:
 
 def _open_broker(data_dir: Path, settings: Settings) -> Any:
     if settings.broker == "sim":
-        from steadyhand.brokers.sim import SimExchange, stored_clock
-        from steadyhand.sim.market import load_market
+        from steadyhand.sim.clock import stored_clock
+        from steadyhand.sim.exchange import open_sim_exchange
 
         clock = stored_clock(data_dir / "exchange.db")
         if clock is None:
             raise FileNotFoundError(f"no simulated exchange in {data_dir} (exchange.db)")
-        sim = settings.sim
-        return SimExchange(data_dir / "exchange.db", load_market(sim, settings.symbols), clock,
-                           partial_fill_probability=sim.partial_fill_probability,
-                           slippage_bps=sim.slippage_bps, latency_ms=sim.latency_ms,
-                           start_cash=sim.start_cash, seed=sim.seed, faults=False)
+        return open_sim_exchange(settings, data_dir, clock, faults=False)
     if settings.broker == "alpaca":
         from steadyhand.brokers.alpaca.broker import AlpacaBroker
 

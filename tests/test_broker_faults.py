@@ -19,10 +19,10 @@ import pytest
 from crashkit import Prep, alerts, broker_order, last_session, log_events, order_row, query, reports
 from harness import poll
 from steadyhand.brokers.base import OrderRejected, TransientBrokerError, UnknownOutcome
-from steadyhand.brokers.sim import clear_fault, set_fault
 from steadyhand.config import parse_settings
 from steadyhand.control.verify import verify
 from steadyhand.domain import OrderSpec, Side
+from steadyhand.sim.faults import clear_fault, set_fault
 
 # --- the switch ----------------------------------------------------------------------------------
 

@@ -16,9 +16,9 @@ from typing import Any
 
 from crashkit import exchange, query, reports
 from harness import poll
-from steadyhand.brokers.sim import clear_fault, set_fault
 from steadyhand.config import Settings
 from steadyhand.control.verify import verify
+from steadyhand.sim.faults import clear_fault, set_fault
 from steadyhand.state import store
 
 

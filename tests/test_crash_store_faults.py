@@ -20,10 +20,10 @@ from actorkit import Probe
 from crashkit import Prep, broker_order, last_session, log_events, query, reports
 from steadyhand.actors import oms as oms_module
 from steadyhand.actors.messages import Configure, OrderRequests, ReconcileFinished, RequestHalt, Wiring
-from steadyhand.brokers.sim import stored_clock
 from steadyhand.config import RunSettings, Settings
 from steadyhand.control.verify import verify
 from steadyhand.domain import Alert, OrderSpec, Severity, Side
+from steadyhand.sim.clock import stored_clock
 from thespian.actors import ActorExitRequest, ActorSystem
 
 

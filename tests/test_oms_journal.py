@@ -16,9 +16,9 @@ from actorkit import Probe
 from steadyhand.actors import oms as oms_module
 from steadyhand.actors.messages import Configure, OrderRequests, ReconcileFinished, Wiring
 from steadyhand.brokers import make_broker
-from steadyhand.brokers.sim import anchor_clock
 from steadyhand.config import RunSettings, Settings
 from steadyhand.domain import BrokerOrder, OrderSpec, Side
+from steadyhand.sim.clock import anchor_clock
 from steadyhand.state import store
 from thespian.actors import ActorExitRequest, ActorSystem
 

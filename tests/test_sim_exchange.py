@@ -20,10 +20,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from steadyhand.brokers.base import Broker, DuplicateClientOrderId, NotCancelable, OrderNotFound, OrderRejected
-from steadyhand.brokers.sim import SimExchange, anchor_clock
 from steadyhand.domain import Bar, OrderSpec, OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.domain import market_hours as mh
-from steadyhand.sim.market import Quote, ReplayMarket, SyntheticMarket, quote_arrays
+from steadyhand.sim.clock import anchor_clock
+from steadyhand.sim.exchange import SimExchange
+from steadyhand.sim.market import Quote, SyntheticMarket, quote_arrays
+from steadyhand.sim.replay import ReplayMarket
 
 
 def utc(*args: int) -> datetime:
@@ -594,7 +596,7 @@ from datetime import datetime
 from steadyhand.domain import Side
 from steadyhand.brokers.base import DuplicateClientOrderId
 from steadyhand.domain import OrderSpec
-from steadyhand.brokers.sim import SimExchange
+from steadyhand.sim.exchange import SimExchange
 from steadyhand.sim.clock import SimClock
 from steadyhand.sim.market import SyntheticMarket
 db, name, anchor_sim, anchor_real = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])

@@ -39,9 +39,9 @@ from pathlib import Path
 from typing import Any
 
 from drill import DrillError, Exchange, Run, actor_pids, leftovers, report_count, verify_now, violations, wait_for
-from steadyhand.brokers.sim import jump_clock, stored_clock
 from steadyhand.domain import market_hours
 from steadyhand.runtime import crashpoints, procs
+from steadyhand.sim.clock import jump_clock, stored_clock
 
 # The drill's own settings: a jumpy strategy, so orders are always in flight when it kills; and it
 # kills actors far faster than any real failure would, so it must not be stopped by the supervisor's
