@@ -54,10 +54,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from steadyhand.actors.oms import journal_positions
 from steadyhand.brokers.base import BrokerError
 from steadyhand.config import RunSettings, Settings
 from steadyhand.domain import BrokerOrder, Fill, OrderStatus, Side
+from steadyhand.orders.journal import journal_positions
 from steadyhand.state import store
 
 KEYS = ("duplicate_submissions", "lost_fills", "unknown_open_orders", "stale_open_orders",
