@@ -429,9 +429,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
+    from steadyhand.backtest.engine import backtest
     from steadyhand.data.bar_checks import BarValidator
     from steadyhand.sim.replay import ReplayMarket
-    from steadyhand.strategies.sma import backtest
 
     replay = ReplayMarket(args.replay)
     good, rejected = BarValidator().validate(replay.rows())

@@ -171,8 +171,8 @@ def _busy_risk() -> Any:
 
 def run_steadyhand_backtest(names: list[str], minutes: list[datetime], closes: np.ndarray) -> dict[str, Any]:
     import pandas as pd
+    from steadyhand.backtest.engine import backtest
     from steadyhand.config import StrategySettings
-    from steadyhand.strategies.sma import backtest
 
     opens, highs, lows = ohlc(closes)
     frame = pd.DataFrame({
