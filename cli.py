@@ -16,102 +16,29 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from steadyhand.actors.messages import CommandResult
 from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides
+from steadyhand.control.client import (
+    ASK_TIMEOUT_S,
+    RUN_FILE,
+    Connection,
+    NotRunning,
+    connect,
+    data_dir_of,
+    quiet_logging,
+    read_run_file,
+    running_info,
+    write_run_file,
+)
 from steadyhand.runtime import procs
 from steadyhand.state import store
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
-RUN_FILE = "run.json"
 START_TIMEOUT_S = 60.0
-ASK_TIMEOUT_S = 5.0
 LIVE_VIEW_PERIOD_S = 3.0
-
-
-class NotRunning(RuntimeError):
-    pass
-
-
-# --- data dir and run file ---------------------------------------------------------------------
-
-
-def data_dir_of(args: argparse.Namespace) -> Path:
-    given = getattr(args, "data_dir", None) or os.environ.get("STEADYHAND_DATA_DIR") or "./var"
-    return Path(given).expanduser().resolve()
-
-
-def read_run_file(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((data_dir / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_run_file(data_dir: Path, info: dict[str, Any]) -> None:
-    tmp = data_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, data_dir / RUN_FILE)
-
-
-def running_info(data_dir: Path) -> dict[str, Any] | None:
-    """run.json of a live run (its process alive and its admin port listening), else None."""
-    info = read_run_file(data_dir)
-    if not info or not procs.pid_alive(int(info.get("pid", 0))):
-        return None
-    if not procs.port_listening(int(info["admin_port"])):
-        return None
-    return info
-
-
-# --- talking to the running system --------------------------------------------------------------
-
-
-@dataclass
-class Connection:
-    system: Any
-    supervisor: Any
-    data_dir: Path
-
-    def ask(self, message: Any, timeout: float = ASK_TIMEOUT_S) -> Any:
-        with self.system.private() as ctx:
-            return ctx.ask(self.supervisor, message, timeout)
-
-    def command(self, name: str, args: dict[str, Any] | None = None, command_id: str | None = None,
-                timeout: float = 30.0) -> CommandResult:
-        """Send a signed operator command and wait for its result."""
-        from steadyhand.control.commands import load_secret, new_command
-
-        command = new_command(name, load_secret(self.data_dir), args, command_id)
-        reply = self.ask(command, timeout)
-        if not isinstance(reply, CommandResult):
-            return CommandResult(command.command_id, False, error=f"no answer from the supervisor in {timeout:g}s")
-        return reply
-
-
-def connect(data_dir: Path) -> Connection:
-    """Join the running actor system as an external client (never start one by accident)."""
-    info = running_info(data_dir)
-    if info is None:
-        raise NotRunning(f"steadyhand is not running (data dir {data_dir})")
-    procs.bind_thespian_to_loopback()
-    from steadyhand.supervisor import SUPERVISOR_NAME, Supervisor
-    from thespian.actors import ActorSystem
-
-    system = ActorSystem("multiprocTCPBase", {"Admin Port": int(info["admin_port"])},
-                         logDefs=_quiet_logging(), transientUnique=True)
-    supervisor = system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-    return Connection(system, supervisor, data_dir)
-
-
-def _quiet_logging() -> dict[str, Any]:
-    return {"version": 1, "disable_existing_loggers": False,
-            "handlers": {"null": {"class": "logging.NullHandler"}},
-            "root": {"level": "WARNING", "handlers": ["null"]}}
 
 
 # --- run ------------------------------------------------------------------------------------------
@@ -159,7 +86,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from steadyhand.supervisor import SUPERVISOR_NAME, Start, Started, Supervisor
     from thespian.actors import ActorSystem
 
-    system = ActorSystem("multiprocTCPBase", {"Admin Port": port}, logDefs=_quiet_logging())
+    system = ActorSystem("multiprocTCPBase", {"Admin Port": port}, logDefs=quiet_logging())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     write_run_file(data_dir, {"pid": os.getpid(), "pgid": os.getpgrp(), "admin_port": port,

@@ -72,7 +72,7 @@ def verify(data_dir: str | Path, settings: Settings, *, running: bool | None = N
     """The verification result (see the module doc); ``running`` None: find out from run.json."""
     data_dir = Path(data_dir)
     if running is None:
-        from steadyhand.cli import running_info
+        from steadyhand.control.client import running_info
 
         running = running_info(data_dir) is not None
     result = _check(data_dir, settings, running)
@@ -230,7 +230,7 @@ def _check(data_dir: Path, settings: Settings, running: bool) -> dict[str, Any]:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from steadyhand.cli import data_dir_of
+    from steadyhand.control.client import data_dir_of
 
     data_dir = data_dir_of(args)
     try:

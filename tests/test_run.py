@@ -142,7 +142,7 @@ def test_replayed_bad_bars_are_rejected_with_reasons(make_bot: Any, tmp_path: Pa
 
 
 def _debug(data_dir: Path, actor: str, message: Any) -> None:
-    from steadyhand.cli import connect
+    from steadyhand.control.client import connect
 
     assert connect(data_dir).ask(DebugToActor(actor, message)) is True
 
