@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from steadyhand.brokers import BROKERS
 from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides
 from steadyhand.control.client import (
     ASK_TIMEOUT_S,
@@ -451,8 +452,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
             if args.command == "run":
                 settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay)
-                if settings.broker == "ibkr":
-                    raise ConfigError("broker: 'ibkr' is not available in this version yet ('sim' or 'alpaca')")
+                if settings.broker not in BROKERS:
+                    known = " or ".join(repr(name) for name in BROKERS)
+                    raise ConfigError(f"broker: {settings.broker!r} is not available in this version yet ({known})")
                 return cmd_run(args, settings)
             return cmd_backtest(args, settings)
     except ConfigError as exc:

@@ -259,9 +259,10 @@ def _validate(settings: Settings) -> None:
 
 def required_secrets(settings: Settings) -> tuple[str, ...]:
     """The environment variables the chosen broker needs."""
-    if settings.broker == "alpaca":
-        return ("ALPACA_API_KEY", "ALPACA_SECRET_KEY")
-    return ()
+    from steadyhand.brokers import BROKERS  # the registry (cheap: its factories import lazily)
+
+    entry = BROKERS.get(settings.broker)
+    return entry.secrets if entry is not None else ()
 
 
 def check_secrets(settings: Settings, environ: typing.Mapping[str, str] | None = None) -> None:
@@ -272,8 +273,11 @@ def check_secrets(settings: Settings, environ: typing.Mapping[str, str] | None =
             f"broker: {settings.broker!r} needs the environment variable(s) "
             f"{', '.join(missing)} (secrets are read from the environment only)"
         )
-    if settings.broker == "alpaca" and not settings.alpaca.paper and not settings.alpaca.allow_live:
-        raise ConfigError("alpaca.paper: live trading refused; set alpaca.allow_live = true to allow it")
+    from steadyhand.brokers import BROKERS
+
+    entry = BROKERS.get(settings.broker)
+    if entry is not None and entry.check_settings is not None:
+        entry.check_settings(getattr(settings, entry.section))
 
 
 def parse_settings(data: dict[str, Any]) -> Settings:

@@ -15,6 +15,7 @@ from typing import Any
 
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import Bars, HistoryReply, HistoryRequest
+from steadyhand.brokers import broker_entry
 from steadyhand.data.bar_checks import BarValidator
 from steadyhand.domain import Bar, market_hours
 from steadyhand.sim.market import MarketModel, load_market
@@ -39,10 +40,9 @@ class FeedActor(SteadyActor):
         self.market: MarketModel = load_market(settings.sim, settings.symbols)
         self.symbols = tuple(settings.symbols)
         self.live_source: Any = None  # a broker's bar stream (Alpaca); None: the simulated market
-        if settings.broker == "alpaca":
-            from steadyhand.brokers.alpaca.feed import AlpacaBarSource
-
-            self.live_source = AlpacaBarSource.from_settings(settings)
+        feed_source = broker_entry(settings.broker).feed_source
+        if feed_source is not None:
+            self.live_source = feed_source(settings)
             self.live_source.start()
         self.validator = BarValidator(self.symbols)
         self.db = store.connect(self.run.db_path, synchronous="NORMAL")

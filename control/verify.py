@@ -135,25 +135,16 @@ class _BrokerView:
 
 
 def _open_broker(data_dir: Path, settings: Settings) -> Any:
-    if settings.broker == "sim":
-        from steadyhand.sim.clock import stored_clock
-        from steadyhand.sim.exchange import open_sim_exchange
+    """The broker's reader for verify (see the module doc); a broker without one: its OMS broker on
+    the wall clock."""
+    from steadyhand.brokers import broker_entry
 
-        clock = stored_clock(data_dir / "exchange.db")
-        if clock is None:
-            raise FileNotFoundError(f"no simulated exchange in {data_dir} (exchange.db)")
-        return open_sim_exchange(settings, data_dir, clock, faults=False)
-    if settings.broker == "alpaca":
-        from steadyhand.brokers.alpaca.broker import AlpacaBroker
-
-        # A REST client only (no trade-updates stream), keys from ALPACA_API_KEY / ALPACA_SECRET_KEY,
-        # URLs from [alpaca]; patient with 429s, since the account's 200 requests a minute are shared
-        # with the bot (a bot that just restarted spends a good part of them): ~30 s of retries.
-        return AlpacaBroker.from_settings(settings, stream=False, retry_attempts=12, retry_wait_s=1.0)
-    from steadyhand.brokers import make_broker
+    entry = broker_entry(settings.broker)
+    if entry.verify_reader is not None:
+        return entry.verify_reader(data_dir, settings)
     from steadyhand.sim.clock import SimClock
 
-    return make_broker(RunSettings(settings=settings, data_dir=str(data_dir), clock=SimClock.real()))
+    return entry.broker(RunSettings(settings=settings, data_dir=str(data_dir), clock=SimClock.real()))
 
 
 def _broker_now(broker: Any) -> datetime:

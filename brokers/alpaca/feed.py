@@ -12,7 +12,7 @@ The interface the feed actor uses (all synchronous, safe to call from the actor)
     source.connected                                   # True while the stream is subscribed
     source.close()                                     # stops the thread; idempotent
 
-Bars are steadyhand :class:`~steadyhand.actors.messages.Bar` values (``ts`` = bar start, UTC), passed
+Bars are steadyhand :class:`~steadyhand.domain.Bar` values (``ts`` = bar start, UTC), passed
 on as received: validation (NaN, out of order, duplicates) stays the feed's job. The stream
 reconnects by itself (alpaca-py, with backoff); bars that closed while it was away are not replayed
 by Alpaca, so after a reconnect the feed should ask ``history`` for the gap. Symbols are
