@@ -193,12 +193,12 @@ def _status_line(status: dict[str, Any], data_dir: Path, clock: Any) -> str:
 
 
 def _shutdown(system: Any, data_dir: Path, port: int) -> None:
-    from steadyhand.actors.messages import ShutdownRequest
+    from steadyhand.actors.messages import RequestShutdown
     from steadyhand.supervisor import SUPERVISOR_NAME, Supervisor
 
     try:
         supervisor = system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-        system.ask(supervisor, ShutdownRequest("operator"), 20.0)
+        system.ask(supervisor, RequestShutdown("operator"), 20.0)
     except Exception as exc:  # keep going: the processes must go whatever happened
         print(f"steadyhand: graceful stop failed: {exc!r}", file=sys.stderr)
     system.shutdown()

@@ -36,15 +36,15 @@ from steadyhand.actors.heartbeat import HeartbeatActor
 from steadyhand.actors.messages import (
     ActorUnresponsive,
     CancelAll,
-    CancelAllDone,
+    CancelAllCompleted,
     ChildReady,
     Configure,
     DebugToActor,
-    FlattenDone,
+    FlattenCompleted,
     OperatorCommand,
     RequestHalt,
-    ShutdownComplete,
-    ShutdownRequest,
+    RequestShutdown,
+    ShutdownCompleted,
     TradingStateChanged,
     Wiring,
 )
@@ -135,10 +135,10 @@ class Supervisor(OperatorControl, SteadyActor):
             ChildReady: self.on_child_ready,
             ActorUnresponsive: self.on_unresponsive,
             RequestHalt: self.on_request_halt,
-            ShutdownRequest: self.on_shutdown,
+            RequestShutdown: self.on_shutdown,
             DebugToActor: self.on_debug,
-            CancelAllDone: self.on_cancel_all_done,
-            FlattenDone: self.on_flatten_done,
+            CancelAllCompleted: self.on_cancel_all_completed,
+            FlattenCompleted: self.on_flatten_completed,
             OperatorCommand: self.on_command,
         }
         self.timers = {"stop_deadline": self._stop_next_forced, "command_deadline": self._command_deadline,
@@ -318,7 +318,7 @@ class Supervisor(OperatorControl, SteadyActor):
 
     # --- stop -------------------------------------------------------------------------------
 
-    def on_shutdown(self, message: ShutdownRequest, sender: ActorAddress | None) -> None:
+    def on_shutdown(self, message: RequestShutdown, sender: ActorAddress | None) -> None:
         if sender is not None:
             self.stop_requester = sender
         if self.shutting_down:  # already under way: just answer when it is done
@@ -334,7 +334,7 @@ class Supervisor(OperatorControl, SteadyActor):
             self.stopping.pop(0)
         if not self.stopping:
             if self.stop_requester is not None:
-                self.send(self.stop_requester, ShutdownComplete())
+                self.send(self.stop_requester, ShutdownCompleted())
                 self.stop_requester = None
             return
         self.send(self.children[self.stopping[0]].address, ActorExitRequest())

@@ -15,7 +15,7 @@ Who sends what (-> receiver):
     Feed        Bars -> strategy, risk, portfolio; HistoryReply -> strategy
     Strategy    Signals -> risk; HistoryRequest -> feed
     Risk        OrderRequests -> oms; RequestHalt -> supervisor
-    OMS         Fills -> portfolio, risk; OpenOrders -> risk; ReconcileStarted/Finished -> risk;
+    OMS         Fills -> portfolio, risk; OpenOrders -> risk; ReconcileStarted/Completed -> risk;
                 BrokerSnapshot -> portfolio
     Portfolio   PositionsSnapshot -> strategy, risk; PnlUpdate -> risk
     Heartbeat   Ping -> every actor; ActorUnresponsive -> supervisor; FeedStale/FeedFresh -> risk
@@ -105,7 +105,7 @@ class ReconcileStarted:
 
 
 @dataclass(frozen=True, slots=True)
-class ReconcileFinished:
+class ReconcileCompleted:
     report: dict[str, Any]
 
 
@@ -222,12 +222,12 @@ class ActorUnresponsive:
 
 
 @dataclass(frozen=True, slots=True)
-class ShutdownRequest:
+class RequestShutdown:
     reason: str = "operator"
 
 
 @dataclass(frozen=True, slots=True)
-class ShutdownComplete:
+class ShutdownCompleted:
     pass
 
 
@@ -276,7 +276,7 @@ class CancelAll:
 
 
 @dataclass(frozen=True, slots=True)
-class CancelAllDone:
+class CancelAllCompleted:
     command_id: str
     cancel_requests: int  # cancels sent to the broker
     sent_at: float = field(default_factory=time.time)
@@ -290,7 +290,7 @@ class Flatten:
 
 
 @dataclass(frozen=True, slots=True)
-class FlattenDone:
+class FlattenCompleted:
     command_id: str
     cancel_requests: int
     closing_orders: tuple[str, ...]  # client order ids of the closing orders

@@ -42,13 +42,13 @@ from steadyhand.actors.messages import (
     BrokerHealth,
     BrokerSnapshot,
     CancelAll,
-    CancelAllDone,
+    CancelAllCompleted,
     Fills,
     Flatten,
-    FlattenDone,
+    FlattenCompleted,
     OpenOrders,
     OrderRequests,
-    ReconcileFinished,
+    ReconcileCompleted,
     ReconcileStarted,
     RequestHalt,
     SubmitBacklog,
@@ -123,7 +123,7 @@ class OmsActor(SteadyActor):
         # A restarted peer starts knowing nothing: tell it what it needs from us.
         if "risk" in names:
             if self.reconciled and self.last_report is not None:
-                self.tell_peer("risk", ReconcileFinished(self.last_report))
+                self.tell_peer("risk", ReconcileCompleted(self.last_report))
                 self.tell_peer("risk", self._open_orders())
             if self.circuit.open:
                 self.tell_peer("risk", BrokerHealth(ok=False, reason=self.circuit.reason))
@@ -447,14 +447,14 @@ class OmsActor(SteadyActor):
         self.tell_peer("risk", self._open_orders())
         if not self.circuit.open:
             self.tell_peer("risk", BrokerHealth(ok=True))
-        self.tell_peer("risk", ReconcileFinished(report))
+        self.tell_peer("risk", ReconcileCompleted(report))
         return report
 
     # --- cancels ----------------------------------------------------------------------------
 
     def on_cancel_all(self, message: CancelAll, sender: ActorAddress) -> None:
         count = self.cancel_everything(reason=message.reason)
-        self.send(sender, CancelAllDone(message.command_id, count))
+        self.send(sender, CancelAllCompleted(message.command_id, count))
 
     def on_flatten(self, message: Flatten, sender: ActorAddress) -> None:
         """Operator's flatten: cancel everything, then close each broker position at market.
@@ -477,7 +477,7 @@ class OmsActor(SteadyActor):
         fresh = self._journal_pending(tuple(requests))
         self._apply_orders([o for o in map(self._submit, fresh) if o is not None])
         self.tell_peer("risk", self._open_orders())
-        self.send(sender, FlattenDone(message.command_id, count, tuple(r.client_order_id for r in requests)))
+        self.send(sender, FlattenCompleted(message.command_id, count, tuple(r.client_order_id for r in requests)))
 
     def cancel_everything(self, reason: str) -> int:
         """The kill switch: one request cancels every open order at the broker (ours and any it has

@@ -24,7 +24,7 @@ from steadyhand.actors.messages import (
     OrderRequests,
     PnlUpdate,
     PositionsSnapshot,
-    ReconcileFinished,
+    ReconcileCompleted,
     ReconcileStarted,
     Reconfigure,
     RequestHalt,
@@ -54,7 +54,7 @@ class RiskActor(SteadyActor):
             OpenOrders: self.on_open_orders,
             Fills: self.on_fills,
             ReconcileStarted: self.on_reconcile_started,
-            ReconcileFinished: self.on_reconcile_finished,
+            ReconcileCompleted: self.on_reconcile_completed,
             TradingStateChanged: self.on_trading_state,
             FeedStale: self.on_feed_stale,
             FeedFresh: self.on_feed_fresh,
@@ -171,7 +171,7 @@ class RiskActor(SteadyActor):
         self.book.reconciling = True
         self.event("reconciling", reason=message.reason)
 
-    def on_reconcile_finished(self, message: ReconcileFinished, sender: ActorAddress) -> None:
+    def on_reconcile_completed(self, message: ReconcileCompleted, sender: ActorAddress) -> None:
         self.book.reconciling = False
         self.event("reconciled")
 

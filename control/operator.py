@@ -24,15 +24,15 @@ from typing import Any
 from steadyhand.actors.messages import (
     AckAlert,
     CancelAll,
-    CancelAllDone,
+    CancelAllCompleted,
     CommandResult,
     DebugToActor,
     Flatten,
-    FlattenDone,
+    FlattenCompleted,
     OperatorCommand,
     Reconfigure,
     RequestHalt,
-    ShutdownRequest,
+    RequestShutdown,
     TradingStateChanged,
 )
 from steadyhand.config import ConfigError, load_settings, with_overrides
@@ -70,11 +70,11 @@ class OperatorControl:
 
     # --- replies the OMS owes -------------------------------------------------------------
 
-    def on_cancel_all_done(self, message: CancelAllDone, sender: ActorAddress) -> None:
+    def on_cancel_all_completed(self, message: CancelAllCompleted, sender: ActorAddress) -> None:
         self.event("cancel_all_done", command_id=message.command_id, cancel_requests=message.cancel_requests)
         self._finish_waiting(message.command_id, {"cancel_requests": message.cancel_requests})
 
-    def on_flatten_done(self, message: FlattenDone, sender: ActorAddress) -> None:
+    def on_flatten_completed(self, message: FlattenCompleted, sender: ActorAddress) -> None:
         self._finish_waiting(message.command_id, {"cancel_requests": message.cancel_requests,
                                                   "closing_orders": list(message.closing_orders)})
 
@@ -220,7 +220,7 @@ class OperatorControl:
     def _cmd_shutdown(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
         result = CommandResult(command.command_id, True, {"stopping": True})
         self._reply(command, sender, result)
-        self.on_shutdown(ShutdownRequest(f"operator ({command.operator})"), None)
+        self.on_shutdown(RequestShutdown(f"operator ({command.operator})"), None)
         return None  # type: ignore[return-value]  # already replied: the reply must precede the stop
 
     def _cmd_ack(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:

@@ -19,7 +19,7 @@ import pytest
 from actorkit import Probe
 from crashkit import Prep, broker_order, last_session, log_events, query, reports
 from steadyhand.actors import oms as oms_module
-from steadyhand.actors.messages import Configure, OrderRequests, ReconcileFinished, RequestHalt, Wiring
+from steadyhand.actors.messages import Configure, OrderRequests, ReconcileCompleted, RequestHalt, Wiring
 from steadyhand.config import RunSettings, Settings
 from steadyhand.control.verify import verify
 from steadyhand.domain import Alert, OrderSpec, Severity, Side
@@ -43,7 +43,7 @@ def _start_oms(system: ActorSystem, data_dir: Path) -> tuple[Any, Any]:
     system.ask(oms, Configure(name="oms", settings=run), 5)
     probe = system.createActor(Probe)
     system.tell(oms, Wiring({"risk": probe, "portfolio": probe, "alerter": probe, "supervisor": probe}))
-    _wait(system, probe, lambda seen: any(isinstance(m, ReconcileFinished) for m in seen))
+    _wait(system, probe, lambda seen: any(isinstance(m, ReconcileCompleted) for m in seen))
     return oms, probe
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from actorkit import Probe
 from steadyhand.actors import oms as oms_module
-from steadyhand.actors.messages import Configure, OrderRequests, ReconcileFinished, Wiring
+from steadyhand.actors.messages import Configure, OrderRequests, ReconcileCompleted, Wiring
 from steadyhand.brokers import make_broker
 from steadyhand.config import RunSettings, Settings
 from steadyhand.domain import BrokerOrder, OrderSpec, Side
@@ -65,7 +65,7 @@ def test_journal_row_is_durable_before_the_broker_sees_the_order(
     system.ask(oms, Configure(name="oms", settings=run), 5)
     probe = system.createActor(Probe)
     system.tell(oms, Wiring({"risk": probe, "portfolio": probe, "alerter": probe}))
-    assert _wait(system, probe, lambda seen: any(isinstance(m, ReconcileFinished) for m in seen))
+    assert _wait(system, probe, lambda seen: any(isinstance(m, ReconcileCompleted) for m in seen))
 
     requests = tuple(OrderSpec(client_order_id=f"t-{sym}-B0", symbol=sym, side=Side.BUY, qty=5)
                      for sym in ("AAPL", "MSFT"))

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from actorkit import Probe
-from steadyhand.actors.messages import Bars, Configure, OrderRequests, ReconcileFinished, RequestHalt, Signals, Wiring
+from steadyhand.actors.messages import Bars, Configure, OrderRequests, ReconcileCompleted, RequestHalt, Signals, Wiring
 from steadyhand.actors.risk import RiskActor
 from steadyhand.config import RiskSettings, RunSettings, Settings
 from steadyhand.domain import Alert, Bar, OrderSpec, OrderType, Severity, Side, Signal, TradingState
@@ -361,7 +361,7 @@ def _start_risk(system: ActorSystem, data_dir: Path) -> tuple[Any, Any]:
     system.ask(risk, Configure(name="risk", settings=run), 5)
     probe = system.createActor(JournalProbe)
     system.tell(risk, Wiring({"oms": probe, "supervisor": probe, "alerter": probe}))
-    system.tell(risk, ReconcileFinished({}))
+    system.tell(risk, ReconcileCompleted({}))
     bar_ts = NOW_SIM - timedelta(minutes=1)
     system.tell(risk, Bars(bar_ts, tuple(Bar(s, bar_ts, 50.0, 50.0, 50.0, 50.0, 100) for s in ("AAPL", "MSFT"))))
     return risk, probe
