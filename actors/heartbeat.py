@@ -32,6 +32,7 @@ class HeartbeatActor(SteadyActor):
         settings = self.run.settings.heartbeat
         self.ledger = PingLedger(settings.deadline_s, settings.startup_deadline_s)  # monotonic times
         self.pids: dict[str, int] = {}
+        self.last_beat: float | None = None  # monotonic time of the previous beat
         self.feed_last_bar: datetime | None = None
         self.feed_stale = False
         self.replay_done = False
@@ -92,7 +93,9 @@ class HeartbeatActor(SteadyActor):
         for name in self._watched():
             if self.tell_peer(name, Ping(self.seq)):
                 self.ledger.sent(name, self.seq, now)
-        self._check_feed()
+        gap = now - self.last_beat if self.last_beat is not None else 0.0
+        self.last_beat = now
+        self._check_feed(gap)
 
     def on_pong(self, message: Pong, sender: ActorAddress) -> None:
         if self.peers.get(message.name) != sender:
@@ -104,20 +107,20 @@ class HeartbeatActor(SteadyActor):
             self.feed_last_bar = message.info.get("last_bar_at") or self.feed_last_bar
             self.replay_done = bool(message.info.get("replay_done"))
 
-    def _check_feed(self) -> None:
+    def _check_feed(self, gap_s: float) -> None:
         now = self.clock.now()
-        # The monitor sees the feed's last bar only as of the previous pong, one beat ago; on an
-        # accelerated clock a beat is many simulated seconds, so allow for it.
+        # The monitor sees the feed's last bar only as of the previous pong, one beat ago (``gap_s``
+        # real seconds: five normal beats while the market was closed, more if the monitor itself
+        # was late); on an accelerated clock a beat is many simulated seconds, so allow for it.
         settings = self.run.settings
-        limit = settings.risk.stale_after_s + 2 * settings.heartbeat.interval_s * self.clock.speed
-        if not market_hours.is_open(now) or self.replay_done:
+        beat_s = max(settings.heartbeat.interval_s, gap_s)
+        limit = settings.risk.stale_after_s + 2 * beat_s * self.clock.speed
+        session = market_hours.session_at(now)
+        if session is None or self.replay_done:
             stale, since = False, 0.0
-        elif self.feed_last_bar is None:
-            session = market_hours.session_at(now)
-            since = (now - session[0]).total_seconds() if session else 0.0
-            stale = since > limit
-        else:
-            since = (now - self.feed_last_bar).total_seconds()
+        else:  # only this session's silence counts: the last bar before the open is hours old
+            seen = session[0] if self.feed_last_bar is None else max(self.feed_last_bar, session[0])
+            since = (now - seen).total_seconds()
             stale = since > limit
         if stale and not self.feed_stale:
             self.feed_stale = True
