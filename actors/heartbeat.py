@@ -34,6 +34,7 @@ class HeartbeatActor(SteadyActor):
         self.pids: dict[str, int] = {}
         self.last_beat: float | None = None  # monotonic time of the previous beat
         self.feed_last_bar: datetime | None = None
+        self.watching_since = self.clock.now()  # silence before the monitor started is not judged
         self.feed_stale = False
         self.replay_done = False
         self.handlers = {Pong: self.on_pong}
@@ -118,8 +119,9 @@ class HeartbeatActor(SteadyActor):
         session = market_hours.session_at(now)
         if session is None or self.replay_done:
             stale, since = False, 0.0
-        else:  # only this session's silence counts: the last bar before the open is hours old
-            seen = session[0] if self.feed_last_bar is None else max(self.feed_last_bar, session[0])
+        else:  # only silence in this session (the last bar before the open is hours old) and seen
+            # by this monitor counts (a bot started mid-session has no bar until its feed catches up)
+            seen = max(self.feed_last_bar or session[0], session[0], self.watching_since)
             since = (now - seen).total_seconds()
             stale = since > limit
         if stale and not self.feed_stale:
