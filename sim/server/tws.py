@@ -79,6 +79,7 @@ class _Session:
     version: int
     client_id: int = -1
     ready: bool = False
+    refused: bool = False  # answered with an error that ends the connection
     positions: bool = False
     account_updates: bool = False
     subs: dict[int, _Sub] = field(default_factory=dict)
@@ -214,7 +215,8 @@ class TwsServer:
                     out = await self._call(self._handle, session, fields)
                     if out:
                         writer.write(b"".join(out))
-                    if writer.is_closing():
+                    if session.refused:
+                        await writer.drain()
                         return
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
@@ -267,7 +269,7 @@ class TwsServer:
     def _start_api(self, s: _Session, f: list[str]) -> Frames:
         client_id = int(f[2])
         if any(other.client_id == client_id for other in self._sessions):
-            s.writer.close()  # as TWS: the error, then the socket is closed
+            s.refused = True  # as TWS: the error, then the socket is closed
             return [w.error(-1, 326, "Unable to connect as the client id is already in use. "
                             "Retry with a unique client id.", s.version)]
         s.client_id, s.ready = client_id, True
@@ -663,6 +665,10 @@ class TwsServer:
         """Drop everyone and forget order ids: ``nextValidId`` starts over at 1 (permIds go on)."""
         await self.drop_connections()
         await self._call(self.ids.restart)
+
+    async def subscriptions(self) -> int:
+        """How many bar subscriptions are live (tests wait on it)."""
+        return await self._call(lambda: sum(len(s.subs) for s in self._sessions))
 
     async def arm(self, **changes: Any) -> None:
         """Set fault fields (``reject``, ``reject_reason``, ``commission_first``, ``exec_delay_s``)."""
