@@ -31,4 +31,8 @@ def make_broker(run: RunSettings) -> Broker:
         from steadyhand.brokers.alpaca import AlpacaBroker
 
         return AlpacaBroker.from_settings(settings)  # keys from ALPACA_API_KEY / ALPACA_SECRET_KEY
+    if settings.broker == "ibkr":  # issue 12
+        from steadyhand.brokers.ibkr.broker import IbkrBroker
+
+        return IbkrBroker(settings.ibkr, data_dir=run.data_dir, clock=run.clock)
     raise NotImplementedError(f"broker {settings.broker!r} is not available in this version")

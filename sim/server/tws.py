@@ -223,12 +223,12 @@ class TwsServer:
             pass
         finally:
             if session is not None:
-                await self._call(self._forget, session)
+                self._forget(session)
             writer.close()
 
     def _forget(self, session: _Session) -> None:
-        if session in self._sessions:
-            self._sessions.remove(session)
+        # A new list, not an in-place change: the book thread iterates over the old one meanwhile.
+        self._sessions = [s for s in self._sessions if s is not session]
 
     def _handle(self, s: _Session, f: list[str]) -> Frames:
         """One client message (on the book thread): the frames that answer it."""
@@ -273,7 +273,7 @@ class TwsServer:
             return [w.error(-1, 326, "Unable to connect as the client id is already in use. "
                             "Retry with a unique client id.", s.version)]
         s.client_id, s.ready = client_id, True
-        self._sessions.append(s)
+        self._sessions = [*self._sessions, s]
         self.connections += 1
         out = [self._managed(s), w.frame([9, 1, self.ids.next_valid_id(client_id)])]
         return out + [w.error(-1, code, text, s.version) for code, text in _FARMS]
