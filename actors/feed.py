@@ -37,11 +37,16 @@ class FeedActor(SteadyActor):
         self.clock = self.run.clock
         self.market: MarketModel = load_market(settings.sim, settings.symbols)
         self.symbols = tuple(settings.symbols)
-        self.live_source: Any = None  # a broker's bar stream (Alpaca); None: the simulated market
+        self.live_source: Any = None  # a broker's bar stream (Alpaca, IBKR); None: the simulated market
         if settings.broker == "alpaca":
             from steadyhand.feeds_alpaca import AlpacaBarSource
 
             self.live_source = AlpacaBarSource.from_settings(settings)
+            self.live_source.start()
+        elif settings.broker == "ibkr":  # issue 12
+            from steadyhand.brokers.ibkr.feed import IbkrBarSource
+
+            self.live_source = IbkrBarSource.from_settings(settings)
             self.live_source.start()
         self.validator = BarValidator(self.symbols)
         self.db = store.connect(self.run.db_path, synchronous="NORMAL")

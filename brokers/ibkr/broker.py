@@ -98,13 +98,14 @@ class IbkrBroker:
 
     def __init__(self, settings: IbkrSettings, *, data_dir: str | Path | None = None, clock: Any = None,
                  client_id: int | None = None, connect_wait_s: float | None = None,
-                 reconnect_min_s: float = RECONNECT_MIN_S) -> None:
+                 reconnect_min_s: float = RECONNECT_MIN_S, in_use_retry_s: float = IN_USE_RETRY_S) -> None:
         self.settings = settings
         self.client_id = settings.client_id if client_id is None else client_id
         self.timeout_s = settings.timeout_s
         self._now = clock  # the run's clock: submitted_at in simulated time
         self.account_id = settings.account
         self.reconnect_min_s = reconnect_min_s
+        self.in_use_retry_s = in_use_retry_s
         self.ids = IbkrIds(data_dir)
         self.loop = IbLoop("ibkr-broker")
         self._up = threading.Event()
@@ -178,7 +179,7 @@ class IbkrBroker:
             except Exception as exc:  # noqa: BLE001 - any failure to connect: try again later
                 self._last_error = self._last_error if "326" in self._last_error else f"connect failed: {exc!r}"
                 self.ib.disconnect()
-            wait = IN_USE_RETRY_S if "326" in self._last_error else delay
+            wait = self.in_use_retry_s if "326" in self._last_error else delay
             log.warning("ibkr: not connected (%s); next attempt in %.1f s", self._last_error, wait)
             await asyncio.sleep(wait * random.uniform(0.8, 1.2))
             delay = min(delay * 2, RECONNECT_MAX_S)
@@ -210,7 +211,7 @@ class IbkrBroker:
         elif code == 326:
             self._last_error = f"326 client id {self.client_id} is already in use"
             log.critical("ibkr: client id %s is in use by another API connection: stop the other client or "
-                         "set another [ibkr] client_id (retrying every %.0f s)", self.client_id, IN_USE_RETRY_S)
+                         "set another [ibkr] client_id (retrying every %.0f s)", self.client_id, self.in_use_retry_s)
         elif code == 1100:
             self._up.clear()
             self._last_error = "1100 connectivity between IB and the Gateway lost"

@@ -93,6 +93,7 @@ class Faults:
     reject_reason: str = "Simulated rejection"
     commission_first: bool = False  # commission report before its execution
     exec_delay_s: float = 0.0  # executions (and their reports) held back this long (wall seconds)
+    silent_place: int = 0  # the next N orders reach the book but get no acknowledgement (a lost reply)
 
 
 class TwsServer:
@@ -350,6 +351,9 @@ class TwsServer:
         row = self.ids.add(order.broker_order_id, perm, order_id, s.client_id, ref)
         view = self._view(order, row)
         self._sent[order.broker_order_id] = (view.status, view.filled)
+        if self.faults.silent_place > 0:
+            self.faults.silent_place -= 1
+            return []
         return [w.open_order(view, s.version), w.order_status(view)]
 
     def _order_error(self, s: _Session, order_id: int, symbol: str, sec_type: str, currency: str, action: str,
