@@ -524,8 +524,6 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
             if args.command == "run":
                 settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay)
-                if settings.broker == "ibkr":
-                    raise ConfigError("broker: 'ibkr' is not available in this version yet ('sim' or 'alpaca')")
                 return cmd_run(args, settings)
             return cmd_backtest(args, settings)
     except ConfigError as exc:

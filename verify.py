@@ -154,6 +154,12 @@ def _open_broker(data_dir: Path, settings: Settings) -> Any:
         # URLs from [alpaca]; patient with 429s, since the account's 200 requests a minute are shared
         # with the bot (a bot that just restarted spends a good part of them): ~30 s of retries.
         return AlpacaBroker.from_settings(settings, stream=False, retry_attempts=12, retry_wait_s=1.0)
+    if settings.broker == "ibkr":  # issue 12
+        from steadyhand.brokers.ibkr.broker import IbkrBroker
+
+        # Its own client id (the running bot's OMS and feed hold client_id and client_id + 1);
+        # the data dir's ibkr.db maps orders back to the order ids the journal has.
+        return IbkrBroker(settings.ibkr, data_dir=data_dir, client_id=settings.ibkr.client_id + 2)
     from steadyhand.brokers import make_broker
     from steadyhand.clock import SimClock
 

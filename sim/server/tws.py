@@ -53,6 +53,7 @@ log = logging.getLogger("steadyhand.exchange.tws")
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_ACCOUNT = "DU1234567"
+INFO_FILE = "tws.json"  # port and pid of a running TWS face, in the data dir
 MINUTE = timedelta(minutes=1)
 _IB_STATUS = {OrderStatus.SUBMITTED: "Submitted", OrderStatus.PARTIALLY_FILLED: "Submitted",
               OrderStatus.FILLED: "Filled", OrderStatus.CANCELED: "Cancelled", OrderStatus.EXPIRED: "Cancelled",
@@ -787,28 +788,43 @@ class TwsServerThread:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m steadyhand.sim.server.tws --port P --data-dir D [--config F]`` until Ctrl-C."""
+    """``python -m steadyhand.sim.server.tws --port P --data-dir D [--config F]`` until SIGTERM / Ctrl-C.
+
+    Writes ``<data dir>/tws.json`` (port, pid) while it serves, as ``exchange serve`` writes
+    ``exchange.json``. Until ``exchange serve --tws-port`` is wired, this runs the TWS face as its
+    own process; on the same data dir it shares the book and the clock with the Alpaca face.
+    """
+    import json
+    import os
+    import signal
+
     from steadyhand.config import load_settings
 
-    parser = argparse.ArgumentParser(prog="steadyhand.sim.server.tws", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="steadyhand.sim.server.tws", description="the TWS face of the local exchange")
     parser.add_argument("--port", type=int, default=7497)
     parser.add_argument("--data-dir", default="./var")
     parser.add_argument("--config", default=None)
     parser.add_argument("--server-version", type=int, default=w.MAX_VERSION)
+    parser.add_argument("--account", default=DEFAULT_ACCOUNT)
     args = parser.parse_args(argv)
     data_dir = Path(args.data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings(args.config) if args.config else Settings()
-    thread = TwsServerThread(TwsServer(data_dir, settings, port=args.port, server_version=args.server_version))
+    thread = TwsServerThread(TwsServer(data_dir, settings, port=args.port, server_version=args.server_version,
+                                       accounts=(args.account,)))
     thread.start()
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    info = data_dir / INFO_FILE
+    info.write_text(json.dumps({"port": thread.server.port, "pid": os.getpid()}) + "\n")
     print(f"steadyhand exchange (TWS face): serving on {LOOPBACK}:{thread.server.port}, server version "
           f"{args.server_version}, account {thread.server.account}, data dir {data_dir}", flush=True)
     try:
-        threading.Event().wait()
-    except KeyboardInterrupt:
-        pass
+        stop.wait()
     finally:
+        info.unlink(missing_ok=True)
         thread.stop()
     return 0
 
