@@ -209,6 +209,8 @@ def test_system_messages_1100_and_1102(face: TwsServerThread, tmp_path: Path, cl
         poll(lambda: not broker.connected, 10, what="1100 marks the broker down")
         with pytest.raises(TransientBrokerError, match="1100"):
             broker.positions()
+        with pytest.raises(TransientBrokerError, match="1100"):
+            broker.poll(None)  # the OMS's poll fails too: its circuit opens
         face.run_coroutine(lambda: face.server.send_system(1102))
         poll(lambda: broker.connected, 10, what="1102 restores it")
         assert broker.positions() == []
@@ -226,6 +228,8 @@ def test_client_id_in_use_waits_without_crashing(face: TwsServerThread, tmp_path
             assert not broker.connected
             with pytest.raises(TransientBrokerError, match="326"):
                 broker.positions()
+            with pytest.raises(TransientBrokerError, match="326"):
+                broker.poll(None)
             other.disconnect()
             poll(lambda: broker.connected, 15, what="connected once the id is free")
         finally:
@@ -247,10 +251,12 @@ def test_feed_bars_and_backfill_after_reconnect(face: TwsServerThread, clock: Ma
         poll(lambda: got.extend(source.drain()) or len(got) >= 4, 10, what="two bars each")
         assert sorted((b.symbol, b.ts) for b in got) == sorted(
             (s, end + timedelta(minutes=i)) for s in ("AAPL", "MSFT") for i in range(2))
+        face.run_coroutine(lambda: face.server.arm(refuse_connections=True))  # the Gateway is away ...
         face.run_coroutine(face.server.drop_connections)
         poll(lambda: not source.connected, 10, what="feed down")
-        clock.t += timedelta(minutes=3)
+        clock.t += timedelta(minutes=3)  # ... while three bars finish
         got.clear()
+        face.run_coroutine(lambda: face.server.arm(refuse_connections=False))
         poll(lambda: got.extend(source.drain()) or len(got) >= 6, 15, what="backfilled bars")
         assert sorted(b.ts for b in got if b.symbol == "AAPL") == [end + timedelta(minutes=i) for i in (2, 3, 4)]
     finally:

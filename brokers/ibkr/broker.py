@@ -255,6 +255,14 @@ class IbkrBroker:
         self._events.append((self._seq, item))
 
     def poll(self, cursor: str | None) -> BrokerUpdates:
+        """What changed since ``cursor``. While the connection is down this raises
+        TransientBrokerError (what is queued stays queued), so the OMS's circuit opens: risk denies,
+        a CRITICAL alert names the cause (e.g. 326), and the first poll after the reconnect closes
+        it and triggers a reconciliation."""
+        if self._fatal is not None:
+            raise AccountRefused(self._fatal)
+        if not self._up.is_set():
+            raise TransientBrokerError(f"ibkr: not connected ({self._last_error})")
         with self._lock:
             if cursor is None:
                 return BrokerUpdates((), (), f"{self._instance}:{self._seq}")

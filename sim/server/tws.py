@@ -95,6 +95,7 @@ class Faults:
     commission_first: bool = False  # commission report before its execution
     exec_delay_s: float = 0.0  # executions (and their reports) held back this long (wall seconds)
     silent_place: int = 0  # the next N orders reach the book but get no acknowledgement (a lost reply)
+    refuse_connections: bool = False  # new connections are closed at once (a Gateway that is down)
 
 
 class TwsServer:
@@ -200,7 +201,7 @@ class TwsServer:
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session: _Session | None = None
         try:
-            if await reader.readexactly(4) != b"API\0":
+            if self.faults.refuse_connections or await reader.readexactly(4) != b"API\0":
                 return
             size = struct.unpack(">I", await reader.readexactly(4))[0]
             low, high = w.parse_version_range((await reader.readexactly(size)).decode().strip("\0"))
