@@ -411,11 +411,19 @@ class IbkrBroker:
 
     def fills_for(self, broker_order_id: str) -> list[BrokerFill]:
         async def go() -> list[BrokerFill]:
-            fills = await self.ib.reqExecutionsAsync()
             trade = self._find(broker_order_id)
             ref = trade.order.orderRef if trade is not None else None
-            return [wire.fill_from_ib(f, broker_order_id) for f in fills
-                    if (ref and f.execution.orderRef == ref) or str(f.execution.orderId) == broker_order_id]
+
+            def mine(fills: list[Any]) -> list[BrokerFill]:
+                return [wire.fill_from_ib(f, broker_order_id) for f in fills
+                        if (ref and f.execution.orderRef == ref) or str(f.execution.orderId) == broker_order_id]
+
+            # ib_async's fills are complete since the connect (which loads every execution) plus
+            # the live ones; only when they fall short of what the order says it filled, ask again.
+            known = mine(self.ib.fills())
+            if trade is not None and sum(f.qty for f in known) >= wire.filled_qty(trade):
+                return known
+            return mine(await self.ib.reqExecutionsAsync())
         return self._run(go)
 
     def open_orders(self) -> list[BrokerOrder]:
