@@ -66,7 +66,7 @@ from steadyhand.logs import module_logger
 
 log = module_logger("steadyhand.brokers.ibkr")
 T = TypeVar("T")
-RECONNECT_MIN_S, RECONNECT_MAX_S, IN_USE_RETRY_S = 1.0, 30.0, 60.0
+RECONNECT_MIN_S, RECONNECT_MAX_S, IN_USE_RETRY_S = 1.0, 30.0, 60.0  # 326: 1, 2, 4 ... 60 s
 
 
 class AccountRefused(BrokerError):
@@ -179,10 +179,12 @@ class IbkrBroker:
             except Exception as exc:  # noqa: BLE001 - any failure to connect: try again later
                 self._last_error = self._last_error if "326" in self._last_error else f"connect failed: {exc!r}"
                 self.ib.disconnect()
-            wait = self.in_use_retry_s if "326" in self._last_error else delay
+            # 326: the Gateway may not have noticed yet that our previous connection died; after
+            # that, someone else really holds the id: slow down to in_use_retry_s.
+            wait = min(delay, self.in_use_retry_s) if "326" in self._last_error else delay
             log.warning("ibkr: not connected (%s); next attempt in %.1f s", self._last_error, wait)
             await asyncio.sleep(wait * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, RECONNECT_MAX_S)
+            delay = min(delay * 2, IN_USE_RETRY_S if "326" in self._last_error else RECONNECT_MAX_S)
 
     async def _connect(self) -> None:
         s = self.settings
