@@ -20,6 +20,9 @@ loop only moves bytes. Faults for tests (methods, used through :class:`TwsServer
 every socket, send 1100 / 1101 / 1102, a Gateway restart (drop + ``nextValidId`` starts over),
 reject the next orders with 201, commission reports before their executions, executions delayed.
 
+Commission reports follow IBKR Pro fixed pricing (USD 0.005 a share, 1.00 minimum, 1 % maximum);
+they are information only: the book's cash does not deduct them.
+
 Not implemented: order modification (placeOrder with a live order's id answers 103), market data
 ticks (reqMktData), options, combos, algos, conditions; historical bar sizes other than 1 minute.
 """
