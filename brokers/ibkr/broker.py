@@ -365,11 +365,18 @@ class IbkrBroker:
         self.ids.reserve(cid, order_id, self.account_id, now)  # write-ahead: never used twice
         trade = self.ib.placeOrder(wire.contract(spec.symbol), wire.ib_order(spec, order_id, self.account_id))
         self._index[cid] = trade
-        while trade.orderStatus.status == "PendingSubmit" or (trade.orderStatus.status == "ValidationError"
-                                                              and not trade.orderStatus.permId):
-            if trade.orderStatus.status == "ValidationError" or trade.isDone():
-                break
-            await asyncio.sleep(0.005)
+        changed = asyncio.Event()
+
+        def wake(_trade: Trade) -> None:
+            changed.set()
+
+        trade.statusEvent += wake  # openOrder / orderStatus / an error for this order
+        try:
+            while trade.orderStatus.status == "PendingSubmit" and not trade.isDone():
+                await changed.wait()
+                changed.clear()
+        finally:
+            trade.statusEvent -= wake
         reason = wire.rejection(trade)
         if reason or trade.orderStatus.status == "ValidationError":
             raise OrderRejected(reason or trade.log[-1].message)
