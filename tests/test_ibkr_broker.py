@@ -259,5 +259,14 @@ def test_feed_bars_and_backfill_after_reconnect(face: TwsServerThread, clock: Ma
         face.run_coroutine(lambda: face.server.arm(refuse_connections=False))
         poll(lambda: got.extend(source.drain()) or len(got) >= 6, 15, what="backfilled bars")
         assert sorted(b.ts for b in got if b.symbol == "AAPL") == [end + timedelta(minutes=i) for i in (2, 3, 4)]
+        subscribed, requests = face.run_coroutine(face.server.subscriptions), face.server.bar_requests
+        face.run_coroutine(lambda: face.server.send_system(1101))  # data lost: subscribe again
+        poll(lambda: face.server.bar_requests == requests + 2, 10, what="re-subscribed")
+        poll(lambda: face.run_coroutine(face.server.subscriptions) == subscribed, 10, what="old ones cancelled")
+        clock.t += timedelta(minutes=1)
+        got.clear()
+        poll(lambda: got.extend(source.drain()) or len(got) >= 2, 10, what="the next bar")
+        assert sorted((b.symbol, b.ts) for b in got) == [("AAPL", end + timedelta(minutes=5)),
+                                                        ("MSFT", end + timedelta(minutes=5))]
     finally:
         source.close()

@@ -61,6 +61,7 @@ class IbkrBarSource:
         self._resubscribe = False
         self.loop: IbLoop | None = None
         self.ib: IB | None = None
+        self._subs: list[Any] = []  # this connection's bar subscriptions (cancelled before new ones)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> IbkrBarSource:
@@ -96,6 +97,7 @@ class IbkrBarSource:
                 continue
             try:
                 if not self.ib.isConnected():
+                    self._subs.clear()  # gone with the connection
                     self.ib.wrapper.reset()
                     s = self.settings
                     await self.ib.connectAsync(s.host, s.port, clientId=self.client_id, timeout=s.timeout_s,
@@ -113,15 +115,23 @@ class IbkrBarSource:
 
     async def _subscribe(self) -> None:
         assert self.ib is not None
+        for old in self._subs:  # 1101: the Gateway dropped them; say so before asking again
+            if hasattr(old, "barSize"):
+                self.ib.cancelRealTimeBars(old)
+            else:
+                self.ib.cancelHistoricalData(old)
+        self._subs.clear()
         for symbol in self.symbols:
             contract = wire.contract(symbol)
             if self.settings.bar_size == "5 secs":
                 rt = self.ib.reqRealTimeBars(contract, 5, "TRADES", True)
+                self._subs.append(rt)
                 rt.updateEvent += lambda bars, new, s=symbol: self._take(s, [bars[-1]]) if new else None
                 continue
             bars = await self.ib.reqHistoricalDataAsync(contract, "", WARM_DURATION, "1 min", "TRADES", True,
                                                         formatDate=2, keepUpToDate=True,
                                                         timeout=self.settings.timeout_s * 4)
+            self._subs.append(bars)
             finished = list(bars)[:-1]  # the last one is still forming
             if symbol in self._last:  # a reconnect: the gap is backfilled
                 self._take(symbol, finished)

@@ -20,6 +20,12 @@ loop only moves bytes. Faults for tests (methods, used through :class:`TwsServer
 every socket, send 1100 / 1101 / 1102, a Gateway restart (drop + ``nextValidId`` starts over),
 reject the next orders with 201, commission reports before their executions, executions delayed.
 
+Wiring into ``steadyhand exchange serve --tws-port P`` (one process, both faces): construct
+``TwsServer(data_dir, settings, port=P, clock=<the Alpaca face's clock>)`` and ``await start()`` /
+``await close()`` it next to the Alpaca face on the same event loop; each face opens its own
+SimExchange connection on ``exchange.db`` (the book is multi-process safe), so nothing else is shared.
+Until then ``python -m steadyhand.sim.server.tws`` runs it as a process of its own.
+
 Commission reports follow IBKR Pro fixed pricing (USD 0.005 a share, 1.00 minimum, 1 % maximum);
 they are information only: the book's cash does not deduct them.
 

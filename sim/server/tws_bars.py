@@ -38,6 +38,7 @@ class BarsMixin:
     market: MarketModel
     clock: Any
     _sessions: list[Any]
+    bar_requests: int = 0  # historical + real-time bar requests served (tests wait on it)
 
     def _symbol_of(self, f: list[str], at: int) -> str | None:  # provided by the server
         raise NotImplementedError
@@ -61,6 +62,7 @@ class BarsMixin:
 
     def _historical(self, s: Any, f: list[str]) -> Frames:
         req_id = int(f[1])
+        self.bar_requests += 1
         symbol = self._symbol_of(f, 2)
         end_text, bar_size, duration, format_date, keep = f[15], f[16], f[17], int(f[20] or 1), f[21] == "1"
         if symbol is None:
@@ -85,6 +87,7 @@ class BarsMixin:
 
     def _real_time_bars(self, s: Any, f: list[str]) -> Frames:
         req_id = int(f[2])
+        self.bar_requests += 1
         symbol = self._symbol_of(f, 3)
         if symbol is None:
             return [w.error(req_id, 200, "No security definition has been found for the request", s.version)]
