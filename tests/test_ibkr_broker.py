@@ -5,6 +5,7 @@ moves it. Waits are deadline polls, never sleeps."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from datetime import timedelta
 from decimal import Decimal
@@ -214,6 +215,21 @@ def test_system_messages_1100_and_1102(face: TwsServerThread, tmp_path: Path, cl
         face.run_coroutine(lambda: face.server.send_system(1102))
         poll(lambda: broker.connected, 10, what="1102 restores it")
         assert broker.positions() == []
+    finally:
+        broker.close()
+
+
+def test_pacing_violation_backs_off_on_the_loop(face: TwsServerThread, tmp_path: Path,
+                                                 clock: ManualClock) -> None:
+    broker = adapter(face, tmp_path, clock)
+    try:
+        face.run_coroutine(lambda: face.server.arm(pacing=1))
+        broker.submit(limit("bot-paced"))  # answered, with error 100 alongside
+        poll(lambda: broker._pace_until > 0, 10, what="back-off armed")
+        started = time.monotonic()
+        assert broker.positions() == []  # waits out the back-off (asyncio.sleep on the loop) first
+        assert time.monotonic() - started >= 0.5  # a lower bound: holds on any machine
+        assert broker.get_by_client_id("bot-paced") is not None
     finally:
         broker.close()
 

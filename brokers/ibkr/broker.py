@@ -223,6 +223,8 @@ class IbkrBroker:
             if self.ib.isConnected():
                 asyncio.ensure_future(self._after_restore())
         elif code in wire.PACING_CODES:
+            if time.monotonic() > self._pace_until + 60:
+                self._pace_s = 1.0  # a minute without violations: start the back-off over
             self._pace_until = time.monotonic() + self._pace_s
             log.warning("ibkr: pacing violation %s (%s): backing off %.1f s", code, message, self._pace_s)
             self._pace_s = min(self._pace_s * 2, 30.0)
@@ -343,8 +345,11 @@ class IbkrBroker:
                 await asyncio.sleep(wait)  # pacing back-off, on the loop: never time.sleep there
             return await make()
 
+        # The back-off is waited out before anything is sent, so it does not count against the
+        # timeout (a submit that timed out while still waiting would wrongly be an unknown outcome).
+        backoff = max(0.0, self._pace_until - time.monotonic())
         try:
-            return self.loop.run(paced, timeout_s or self.timeout_s)
+            return self.loop.run(paced, (timeout_s or self.timeout_s) + backoff)
         except concurrent.futures.TimeoutError:
             if submit:
                 raise UnknownOutcome(f"ibkr: no acknowledgement within {self.timeout_s:.1f} s") from None

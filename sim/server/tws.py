@@ -17,7 +17,7 @@ reqRealTimeBars (5-second bars). A second connection with a client id in use get
 
 All book work runs on one worker thread (SQLite connections belong to their thread); the event
 loop only moves bytes. Faults for tests (methods, used through :class:`TwsServerThread`): drop
-every socket, send 1100 / 1101 / 1102, a Gateway restart (drop + ``nextValidId`` starts over),
+every socket, send 1100 / 1101 / 1102, pacing (error 100), a Gateway restart (drop + ``nextValidId`` starts over),
 reject the next orders with 201, commission reports before their executions, executions delayed.
 
 Wiring into ``steadyhand exchange serve --tws-port P`` (one process, both faces): construct
@@ -94,6 +94,7 @@ class Faults:
     exec_delay_s: float = 0.0  # executions (and their reports) held back this long (wall seconds)
     silent_place: int = 0  # the next N orders reach the book but get no acknowledgement (a lost reply)
     refuse_connections: bool = False  # new connections are closed at once (a Gateway that is down)
+    pacing: int = 0  # the next N requests also get error 100 (message rate exceeded); still answered
 
 
 class TwsServer(BarsMixin):
@@ -239,15 +240,20 @@ class TwsServer(BarsMixin):
             return []
         if not s.ready:
             return self._start_api(s, f) if msg_id == w.START_API else []
+        warn: Frames = []
+        if self.faults.pacing > 0:
+            self.faults.pacing -= 1
+            warn = [w.error(-1, 100, "Max rate of messages per second has been exceeded:max=50 rec=51 (1)",
+                            s.version)]
         handler = self._handlers().get(msg_id)
         if handler is None:
             log.info("tws face: message %s not implemented, ignored", msg_id)
             return []
         try:
-            return handler(s, f)
+            return warn + handler(s, f)
         except (IndexError, ValueError) as exc:
             req_id = int(f[2]) if len(f) > 2 and f[2].lstrip("-").isdigit() else -1
-            return [w.error(req_id, 321, f"Error validating request: {exc}", s.version)]
+            return [*warn, w.error(req_id, 321, f"Error validating request: {exc}", s.version)]
 
     def _handlers(self) -> dict[int, Callable[[_Session, list[str]], Frames]]:
         return {w.PLACE_ORDER: self._place, w.CANCEL_ORDER: self._cancel, w.REQ_OPEN_ORDERS: self._open_orders,
