@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -11,6 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from crashkit import ManualClock, last_session
+from harness import REPO, poll
 from steadyhand import procs
 from steadyhand.config import Settings, SimSettings
 from steadyhand.sim.server.tws import TwsServer, TwsServerThread
@@ -53,3 +58,30 @@ async def until(predicate: Callable[[], T], timeout_s: float = 10.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+@contextmanager
+def tws_process(data_dir: Path, speed: str) -> Iterator[dict[str, Any]]:
+    """The TWS face as its own process on ``data_dir`` (the "Gateway" that outlives the bot), at the
+    bot's ``speed`` (one clock anchored in exchange.db); stopped and proven gone."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    config = data_dir.parent / "face.toml"
+    config.write_text(f"[sim]\nspeed = {speed}\n")
+    proc = subprocess.Popen([sys.executable, "-m", "steadyhand.sim.server.tws", "--port", "0",
+                             "--data-dir", str(data_dir), "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                            start_new_session=True)
+    info_file = data_dir / "tws.json"
+    try:
+        poll(lambda: info_file.exists() or proc.poll() is not None, timeout=30, what="the TWS face to serve")
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        yield json.loads(info_file.read_text())
+    finally:
+        port = json.loads(info_file.read_text())["port"] if info_file.exists() else None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+        assert port is None or not procs.port_listening(port)
+
+
+def ibkr_config(port: int, client_id: int = 21, extra: str = "") -> str:
+    return f'broker = "ibkr"\n{extra}\n[ibkr]\nport = {port}\nclient_id = {client_id}\ntimeout_s = 4.0\n'
