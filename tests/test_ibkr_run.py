@@ -51,3 +51,26 @@ def test_bot_trades_through_tws_protocol_survives_a_kill_and_verifies(make_bot: 
     # Read through reqExecutions; the bot may have traded on between the listing above and its stop.
     assert counts["broker_fills"] == counts["journal_fills"] >= len(fills) > 0
     assert counts["journal_orders"] >= len(orders)
+
+
+def test_face_admin_knobs_over_loopback(data_dir: Path) -> None:
+    """The face as a process: its admin port arms faults and drops sockets (for drills)."""
+    import requests
+    from ib_async import IB
+
+    with tws_process(data_dir, SPEED) as info:
+        base = f"http://127.0.0.1:{info['admin_port']}/_admin"
+        assert requests.get(f"{base}/status", timeout=5).json()["sessions"] == 0
+        ib = IB()
+        ib.connect("127.0.0.1", info["port"], clientId=5, timeout=10)
+        try:
+            assert requests.get(f"{base}/status", timeout=5).json()["sessions"] == 1
+            armed = requests.post(f"{base}/faults", json={"reject": 2}, timeout=5).json()
+            assert armed["faults"]["reject"] == 2
+            assert requests.post(f"{base}/faults", json={"nope": 1}, timeout=5).status_code == 400
+            assert requests.post(f"{base}/system", json={"code": 7}, timeout=5).status_code == 400
+            assert requests.post(f"{base}/drop", timeout=5).json() == {"dropped": 1}
+            poll(lambda: requests.get(f"{base}/status", timeout=5).json()["sessions"] == 0, timeout=10,
+                 what="the session gone at the face")
+        finally:
+            ib.disconnect()

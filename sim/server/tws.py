@@ -576,6 +576,9 @@ class TwsServer(BarsMixin):
         await self.drop_connections()
         await self._call(self.ids.restart)
 
+    async def session_count(self) -> int:
+        return await self._call(lambda: len(self._sessions))
+
     async def subscriptions(self) -> int:
         """How many bar subscriptions are live (tests wait on it)."""
         return await self._call(lambda: sum(len(s.subs) for s in self._sessions))
@@ -673,9 +676,10 @@ class TwsServerThread:
 def main(argv: list[str] | None = None) -> int:
     """``python -m steadyhand.sim.server.tws --port P --data-dir D [--config F]`` until SIGTERM / Ctrl-C.
 
-    Writes ``<data dir>/tws.json`` (port, pid) while it serves, as ``exchange serve`` writes
-    ``exchange.json``. Until ``exchange serve --tws-port`` is wired, this runs the TWS face as its
-    own process; on the same data dir it shares the book and the clock with the Alpaca face.
+    Writes ``<data dir>/tws.json`` (port, pid, admin_port: see :mod:`tws_admin`) while it serves,
+    as ``exchange serve`` writes ``exchange.json``. Until ``exchange serve --tws-port`` is wired,
+    this runs the TWS face as its own process; on the same data dir it shares the book and the
+    clock with the Alpaca face.
     """
     import json
     import os
@@ -689,6 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None)
     parser.add_argument("--server-version", type=int, default=w.MAX_VERSION)
     parser.add_argument("--account", default=DEFAULT_ACCOUNT)
+    parser.add_argument("--admin-port", type=int, default=0, help="loopback admin (fault knobs); 0: any free port")
     args = parser.parse_args(argv)
     data_dir = Path(args.data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -697,17 +702,22 @@ def main(argv: list[str] | None = None) -> int:
     thread = TwsServerThread(TwsServer(data_dir, settings, port=args.port, server_version=args.server_version,
                                        accounts=(args.account,)))
     thread.start()
+    from steadyhand.sim.server.tws_admin import TwsAdmin
+
+    admin = TwsAdmin(thread.server, args.admin_port)
+    thread.run_coroutine(admin.start)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     info = data_dir / INFO_FILE
-    info.write_text(json.dumps({"port": thread.server.port, "pid": os.getpid()}) + "\n")
+    info.write_text(json.dumps({"port": thread.server.port, "pid": os.getpid(), "admin_port": admin.port}) + "\n")
     print(f"steadyhand exchange (TWS face): serving on {LOOPBACK}:{thread.server.port}, server version "
           f"{args.server_version}, account {thread.server.account}, data dir {data_dir}", flush=True)
     try:
         stop.wait()
     finally:
         info.unlink(missing_ok=True)
+        thread.run_coroutine(admin.close)
         thread.stop()
     return 0
 
