@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from harness import poll, steadyhand
 from steadyhand import procs
-from twskit import tws_process
+from twskit import ibkr_config, tws_process
 
 SPEED = "600"
 
@@ -74,3 +74,34 @@ def test_face_admin_knobs_over_loopback(data_dir: Path) -> None:
                  what="the session gone at the face")
         finally:
             ib.disconnect()
+
+
+def test_gateway_restart_while_trading_circuit_reconcile_and_no_id_reused(make_bot: Any, data_dir: Path) -> None:
+    """The nightly restart, mid-session: the Gateway goes away (connections refused for a while),
+    comes back with ``nextValidId`` starting over. The bot opens its circuit (CRITICAL alert), reconnects,
+    reconciles (``broker recovered``) and trades on with order ids above every one it used before."""
+    import requests
+    from crashkit import alerts, query, reports
+
+    with tws_process(data_dir, SPEED) as info:
+        base = f"http://127.0.0.1:{info['admin_port']}/_admin"
+        bot = make_bot(config=ibkr_config(info["port"])).start()
+        first = poll(lambda: (s := bot.status())["fills"] > 0 and s, timeout=90, what="a fill")
+        requests.post(f"{base}/faults", json={"refuse_connections": True}, timeout=5).raise_for_status()
+        requests.post(f"{base}/restart", timeout=5).raise_for_status()
+        poll(lambda: "broker:circuit" in {a["key"] for a in alerts(data_dir)}, timeout=30, what="circuit alert")
+        ids_before = {int(r["broker_order_id"]) for r in query(
+            data_dir, "SELECT broker_order_id FROM orders WHERE broker_order_id IS NOT NULL")}
+        requests.post(f"{base}/faults", json={"refuse_connections": False}, timeout=5).raise_for_status()
+        poll(lambda: any(r["reason"] == "broker recovered" for r in reports(data_dir)), timeout=60,
+             what="reconciled after the restart")
+        poll(lambda: bot.status()["fills"] > first["fills"], timeout=90, what="trading again")
+        assert [a for a in alerts(data_dir) if a["key"] == "broker:circuit"][0]["severity"] == "critical"
+        rows = query(data_dir, "SELECT broker_order_id FROM orders WHERE broker_order_id IS NOT NULL")
+        ids = [int(r["broker_order_id"]) for r in rows]
+        assert len(ids) == len(set(ids))  # no IB order id used twice, although nextValidId went back to 1
+        assert min(set(ids) - ids_before) > max(ids_before)
+        bot.stop()
+        result = steadyhand("verify", "--json", "--config", str(data_dir.parent / "steadyhand.toml"),
+                            data_dir=data_dir, timeout=120)
+        assert json.loads(result.stdout)["ok"] is True, result.stdout
