@@ -18,6 +18,7 @@ from harness import poll
 from ib_async import IB
 from steadyhand.actors.messages import OrderStatus, OrderType, Side
 from steadyhand.brokers.base import (
+    BrokerError,
     BrokerFill,
     DuplicateClientOrderId,
     NotCancelable,
@@ -286,3 +287,26 @@ def test_feed_bars_and_backfill_after_reconnect(face: TwsServerThread, clock: Ma
                                                         ("MSFT", end + timedelta(minutes=5))]
     finally:
         source.close()
+
+
+def test_an_order_of_another_client_is_seen_but_not_cancelled_one_by_one(face: TwsServerThread, tmp_path: Path,
+                                                                       clock: ManualClock) -> None:
+    from steadyhand.brokers.sim import SimExchange
+    from steadyhand.market import load_market
+    from twskit import face_settings
+
+    other = SimExchange(tmp_path / "exchange" / "exchange.db", load_market(face_settings().sim, ("SPY",)), clock,
+                        faults=False)  # placed on the same book through another face (TWS shows order id 0)
+    other.submit(OrderSpec("ext-1", "SPY", Side.BUY, 2, type=OrderType.LIMIT, limit_price=FAR))
+    other.close()
+    broker = adapter(face, tmp_path, clock)
+    try:
+        [ext] = broker.open_orders()
+        assert ext.client_order_id == "ext-1" and ext.broker_order_id.startswith("perm:")
+        with pytest.raises(BrokerError, match="another client") as caught:
+            broker.cancel(ext.broker_order_id)
+        assert not isinstance(caught.value, NotCancelable)  # it is live: not to be taken as terminal
+        assert broker.cancel_all() == 1  # the kill switch reaches it (reqGlobalCancel)
+        poll(lambda: broker.open_orders() == [], 10, what="cancelled by the global cancel")
+    finally:
+        broker.close()

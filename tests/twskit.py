@@ -85,3 +85,51 @@ def tws_process(data_dir: Path, speed: str) -> Iterator[dict[str, Any]]:
 
 def ibkr_config(port: int, client_id: int = 21, extra: str = "") -> str:
     return f'broker = "ibkr"\n{extra}\n[ibkr]\nport = {port}\nclient_id = {client_id}\ntimeout_s = 4.0\n'
+
+
+class IbkrPrep:
+    """What a bot trading through IBKR and killed mid-flight leaves behind, made through the TWS face
+    (in this process, on a manual clock) with the bot's own client id and data dir (its ``ibkr.db``),
+    plus the journal rows: :class:`crashkit.Prep` for ``broker = "ibkr"``."""
+
+    def __init__(self, data_dir: Path, at: Any, client_id: int = 21) -> None:
+        from crashkit import Prep
+        from steadyhand.brokers.ibkr.broker import IbkrBroker
+        from steadyhand.config import IbkrSettings
+
+        self.book = Prep(data_dir, at)  # journal helpers, and the book for orders "of another client"
+        self.clock = self.book.clock
+        self._face = tws_face(data_dir, self.clock)
+        thread = self._face.__enter__()
+        self.broker = IbkrBroker(IbkrSettings(port=thread.server.port, client_id=client_id, timeout_s=5.0),
+                                 data_dir=data_dir, clock=self.clock)
+
+    def at(self, t: Any) -> IbkrPrep:
+        self.book.at(t)
+        return self
+
+    def order(self, cid: str, symbol: str, *, journal: str = "acked", **kw: Any) -> Any:
+        """As :meth:`crashkit.Prep.order`; "none" places it as another client would (order id 0)."""
+        from crashkit import FAR
+        from steadyhand.actors.messages import OrderType, Side, TimeInForce
+        from steadyhand.brokers.base import OrderSpec
+
+        limit = kw.get("limit", FAR)
+        spec = OrderSpec(cid, symbol, kw.get("side", Side.BUY), kw.get("qty", 1),
+                         type=OrderType.MARKET if limit is None else OrderType.LIMIT,
+                         time_in_force=kw.get("tif", TimeInForce.GTC), limit_price=limit)
+        if journal == "none":
+            return self.book.ex.submit(spec)
+        self.book.journal(spec)
+        if journal == "only":
+            return None
+        order = self.broker.submit(spec)
+        if journal == "acked":
+            self.book.ack(order)
+        return order
+
+    def close(self, anchor_at: Any, speed: float) -> None:
+        self.broker.close()
+        self._face.__exit__(None, None, None)
+        self.book.anchor(anchor_at, speed)
+        self.book.close()

@@ -403,6 +403,13 @@ class IbkrBroker:
                 raise OrderNotFound(f"ibkr: no order {broker_order_id}")
             if trade.isDone():
                 raise NotCancelable(f"ibkr: order {broker_order_id} is {trade.orderStatus.status}")
+            if trade.order.orderId <= 0 or trade.order.clientId != self.client_id:
+                # IB lets an API client cancel only its own orders (a master client id aside):
+                # one placed in TWS or by another client is cancelled there, or by the kill switch.
+                # Not NotCancelable: the order is live, and the OMS must not take it as terminal.
+                raise BrokerError(f"ibkr: order {broker_order_id} ({trade.order.orderRef or 'no orderRef'}) "
+                                    f"was placed by another client (id {trade.order.clientId}); cancel it there "
+                                    "or use the kill switch (reqGlobalCancel)")
             self.ib.cancelOrder(trade.order)
         self._run(go)
 
