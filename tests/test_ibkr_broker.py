@@ -310,3 +310,58 @@ def test_an_order_of_another_client_is_seen_but_not_cancelled_one_by_one(face: T
         poll(lambda: broker.open_orders() == [], 10, what="cancelled by the global cancel")
     finally:
         broker.close()
+
+
+def test_replace_amends_in_place_keeping_ids_then_fills_on_the_new_terms(face: TwsServerThread, tmp_path: Path,
+                                                                          clock: ManualClock) -> None:
+    broker = adapter(face, tmp_path, clock)
+    try:
+        cursor = broker.poll(None).cursor
+        working = broker.submit(limit("bot-amend"))
+        amended = broker.replace(working.broker_order_id, qty=7, limit_price=Decimal("2.00"))
+        assert (amended.broker_order_id, amended.client_order_id) == (working.broker_order_id, "bot-amend")
+        assert (amended.qty, amended.limit_price, amended.status) == (7, Decimal("2.0"), OrderStatus.SUBMITTED)
+        [still] = broker.open_orders()
+        assert (still.qty, still.limit_price) == (7, Decimal("2.0"))
+        with pytest.raises(OrderRejected, match="modification refused"):
+            broker.replace(working.broker_order_id, limit_price=Decimal("2.005"))  # sub-penny: refused ...
+        assert broker.open_orders()[0].limit_price == Decimal("2.0")  # ... and the order goes on unchanged
+        broker.replace(working.broker_order_id, limit_price=Decimal("10000.00"))  # marketable now
+        clock.t += timedelta(seconds=2)
+        fills, cursor = fills_until(broker, cursor, 1)
+        assert sum(f.qty for f in fills) == 7 and fills[0].client_order_id == "bot-amend"
+        poll(lambda: broker.get_by_client_id("bot-amend").status is OrderStatus.FILLED, 10, what="filled")
+        with pytest.raises(NotCancelable):
+            broker.replace(working.broker_order_id, qty=8)
+        with pytest.raises(OrderNotFound):
+            broker.replace("424242", qty=1)
+    finally:
+        broker.close()
+
+
+def test_sim_modify_keeps_what_filled_under_the_old_terms(tmp_path: Path, clock: ManualClock) -> None:
+    from steadyhand.brokers.sim import SimExchange
+    from steadyhand.market import load_market
+    from twskit import face_settings
+
+    book = SimExchange(tmp_path / "exchange.db", load_market(face_settings().sim, ("AAPL",)), clock,
+                       partial_fill_probability=1.0, faults=False)
+    try:
+        order = book.submit(OrderSpec("p-1", "AAPL", Side.SELL, 1_000_000, type=OrderType.LIMIT,
+                                      limit_price=FAR))  # sells at the bid, a part each second
+        clock.t += timedelta(seconds=3)
+        filled = book.get_order(order.broker_order_id).filled_qty
+        assert 0 < filled < 1_000_000
+        with pytest.raises(OrderRejected, match="already filled"):
+            book.modify(order.broker_order_id, qty=filled)
+        high = Decimal("10000.00")  # no bid reaches it: nothing more fills from now on
+        amended = book.modify(order.broker_order_id, qty=filled + 1, limit_price=high)
+        assert (amended.qty, amended.filled_qty, amended.limit_price) == (filled + 1, filled, high)
+        clock.t += timedelta(seconds=3)
+        assert book.get_order(order.broker_order_id).filled_qty == filled
+        assert amended.broker_order_id == order.broker_order_id
+        book.cancel(order.broker_order_id)
+        with pytest.raises(NotCancelable):
+            book.modify(order.broker_order_id, qty=filled + 2)
+    finally:
+        book.close()

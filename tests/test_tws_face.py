@@ -273,3 +273,31 @@ def test_history_keep_up_to_date_and_real_time_bars(tmp_path: Path, version: int
             finally:
                 ib.disconnect()
         run(body)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_modification_is_place_order_with_the_same_id(tmp_path: Path, version: int) -> None:
+    clock = session_clock()
+    with tws_face(tmp_path, clock, version=version) as thread:
+        async def body() -> None:
+            errors: list[tuple[Any, ...]] = []
+            ib = await connect(thread, errors=errors)
+            try:
+                trade = ib.placeOrder(AAPL, LimitOrder("BUY", 5, 1.00, orderRef="cid-mod"))
+                await until(lambda: trade.orderStatus.status == "Submitted", what="Submitted")
+                perm = trade.orderStatus.permId
+                trade.order.lmtPrice = 1.50
+                ib.placeOrder(AAPL, trade.order)  # same orderId: a modification
+                await until(lambda: trade.log[-1].message == "Modified", what="Modified")
+                [open_now] = await ib.reqAllOpenOrdersAsync()
+                assert (open_now.order.lmtPrice, open_now.order.permId, open_now.order.orderRef) == (1.5, perm,
+                                                                                                    "cid-mod")
+                trade.order.totalQuantity = 8
+                ib.placeOrder(AAPL, trade.order)
+                await until(lambda: trade.orderStatus.remaining == 8, what="the new quantity")
+                wrong = LimitOrder("SELL", 8, 1.50, orderId=trade.order.orderId, orderRef="cid-mod")
+                ib.client.placeOrder(trade.order.orderId, AAPL, wrong)
+                await until(lambda: any(e[:2] == (trade.order.orderId, 105) for e in errors), what="105")
+            finally:
+                ib.disconnect()
+        run(body)

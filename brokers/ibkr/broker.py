@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import random
 import threading
 import time
@@ -412,6 +413,51 @@ class IbkrBroker:
                                     "or use the kill switch (reqGlobalCancel)")
             self.ib.cancelOrder(trade.order)
         self._run(go)
+
+    def replace(self, broker_order_id: str, *, qty: int | None = None, limit_price: Decimal | None = None,
+                stop_price: Decimal | None = None) -> BrokerOrder:
+        """Modify a working order: IB takes ``placeOrder`` again with the same order id (and keeps
+        the id, the permId and the orderRef). Not in the Broker protocol yet (issue 12: the OMS's
+        write-ahead replace comes with it). Raises OrderNotFound, NotCancelable (finished),
+        OrderRejected (the Gateway refused the change: the order goes on unchanged),
+        TransientBrokerError, UnknownOutcome (no answer in time: look the order up)."""
+        async def go() -> BrokerOrder:
+            trade = self._find(broker_order_id)
+            if trade is None:
+                await self._refresh()
+                trade = self._find(broker_order_id)
+            if trade is None:
+                raise OrderNotFound(f"ibkr: no order {broker_order_id}")
+            if trade.isDone():
+                raise NotCancelable(f"ibkr: order {broker_order_id} is {trade.orderStatus.status}: not modifiable")
+            if trade.order.orderId <= 0 or trade.order.clientId != self.client_id:
+                raise BrokerError(f"ibkr: order {broker_order_id} was placed by another client: not modifiable here")
+            changed = dataclasses.replace(trade.order)  # a copy: the trade keeps what IB confirms
+            if qty is not None:
+                changed.totalQuantity = qty
+            if limit_price is not None:
+                changed.lmtPrice = float(limit_price)
+            if stop_price is not None:
+                changed.auxPrice = float(stop_price)
+            seen = len(trade.log)
+            answered = asyncio.Event()
+
+            def wake(_trade: Trade) -> None:
+                answered.set()
+
+            trade.statusEvent += wake
+            try:
+                self.ib.placeOrder(trade.contract, changed)  # the same orderId: a modification
+                while len(trade.log) <= seen + 1 and not trade.isDone():  # "Modify", then the answer
+                    await answered.wait()
+                    answered.clear()
+            finally:
+                trade.statusEvent -= wake
+            refused = [e for e in trade.log[seen:] if e.errorCode]
+            if refused:
+                raise OrderRejected(f"ibkr: modification refused: {refused[-1].message}")
+            return self._order(trade)
+        return self._run(go, submit=True)
 
     def cancel_all(self) -> int:
         """The kill switch: ``reqGlobalCancel`` cancels every open order of the account at once."""

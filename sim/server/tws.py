@@ -29,7 +29,10 @@ Until then ``python -m steadyhand.sim.server.tws`` runs it as a process of its o
 Commission reports follow IBKR Pro fixed pricing (USD 0.005 a share, 1.00 minimum, 1 % maximum);
 they are information only: the book's cash does not deduct them.
 
-Not implemented: order modification (placeOrder with a live order's id answers 103), market data
+placeOrder with the id of a live order of the same client modifies it in place (quantity, limit,
+stop; 104 for a finished order, 105 when symbol, side or type differ).
+
+Not implemented: market data
 ticks (reqMktData), options, combos, algos, conditions; historical bar sizes other than 1 minute.
 """
 
@@ -336,6 +339,9 @@ class TwsServer(BarsMixin):
         order_id, symbol, sec_type, currency = int(f[1]), f[3], f[4], f[11]
         action, qty_text, otype, lmt, aux, tif, account, order_ref = (f[16], f[17], f[18], f[19], f[20],
                                                                       f[21].upper() or "DAY", f[23], f[26])
+        existing = self.ids.by_order_id(s.client_id, order_id) if order_id > 0 else None
+        if existing is not None:
+            return self._modify(s, existing, symbol, action, qty_text, otype, lmt, aux)
         err = self._order_error(s, order_id, symbol, sec_type, currency, action, qty_text, otype, tif, account)
         if err:
             return [w.error(order_id, err[0], err[1], s.version)]
@@ -360,6 +366,30 @@ class TwsServer(BarsMixin):
         if self.faults.silent_place > 0:
             self.faults.silent_place -= 1
             return []
+        return [w.open_order(view, s.version), w.order_status(view)]
+
+    def _modify(self, s: _Session, row: IdRow, symbol: str, action: str, qty_text: str, otype: str, lmt: str,
+                aux: str) -> Frames:
+        """placeOrder with a live order's id: a modification (quantity, limit, stop) in place."""
+        current = self.sim.get_order(row.broker_order_id)
+        if current.status.is_terminal:
+            return [w.error(row.order_id, 104, f"Can't modify a {_IB_STATUS[current.status].lower()} order",
+                            s.version)]
+        same = (symbol == current.symbol and action == ("BUY" if current.side is Side.BUY else "SELL")
+                and otype == w.ORDER_TYPES[current.type.value])
+        if not same:
+            return [w.error(row.order_id, 105, "Order being modified does not match original order", s.version)]
+        try:
+            qty = float(qty_text)
+            order = self.sim.modify(row.broker_order_id, qty=int(qty) if qty == int(qty) else -1,
+                                    limit_price=_price(lmt) if otype in ("LMT", "STP LMT") else None,
+                                    stop_price=_price(aux) if otype in ("STP", "STP LMT") else None)
+        except (OrderRejected, ValueError, ArithmeticError) as exc:
+            return [w.error(row.order_id, 105, f"Order modification rejected: {exc}", s.version)]
+        except NotCancelable as exc:
+            return [w.error(row.order_id, 104, f"Can't modify the order: {exc}", s.version)]
+        view = self._view(order, row)
+        self._sent[order.broker_order_id] = (view.status, view.filled)
         return [w.open_order(view, s.version), w.order_status(view)]
 
     def _order_error(self, s: _Session, order_id: int, symbol: str, sec_type: str, currency: str, action: str,
