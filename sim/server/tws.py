@@ -38,13 +38,11 @@ ticks (reqMktData), options, combos, algos, conditions; historical bar sizes oth
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import struct
-import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -65,7 +63,6 @@ log = logging.getLogger("steadyhand.exchange.tws")
 
 LOOPBACK = "127.0.0.1"
 DEFAULT_ACCOUNT = "DU1234567"
-INFO_FILE = "tws.json"  # port and pid of a running TWS face, in the data dir
 MINUTE = timedelta(minutes=1)
 _IB_STATUS = {OrderStatus.SUBMITTED: "Submitted", OrderStatus.PARTIALLY_FILLED: "Submitted",
               OrderStatus.FILLED: "Filled", OrderStatus.CANCELED: "Cancelled", OrderStatus.EXPIRED: "Cancelled",
@@ -652,105 +649,9 @@ def _anchor(db_path: Path, settings: Settings) -> NowSource:
     return anchor_clock(db_path, speed=settings.sim.speed, mode=settings.sim.clock, start=start)
 
 
-class TwsServerThread:
-    """Run a :class:`TwsServer` on its own event loop thread; ``start()`` returns once bound."""
+from steadyhand.sim.server.tws_run import TwsServerThread, main  # noqa: E402 - re-exported; no cycle
 
-    def __init__(self, server: TwsServer) -> None:
-        self.server = server
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="tws-face", daemon=True)
-
-    def start(self, timeout_s: float = 30.0) -> TwsServerThread:
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise TimeoutError("tws face did not start")
-        if self._error is not None:
-            raise RuntimeError("tws face failed to start") from self._error
-        return self
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        try:
-            await self.server.start()
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await self.server.close()
-
-    def run_coroutine(self, make: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(timeout_s)  # type: ignore[arg-type]
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            raise TimeoutError("tws face thread did not stop")
-
-    def __enter__(self) -> TwsServerThread:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m steadyhand.sim.server.tws --port P --data-dir D [--config F]`` until SIGTERM / Ctrl-C.
-
-    Writes ``<data dir>/tws.json`` (port, pid, admin_port: see :mod:`tws_admin`) while it serves,
-    as ``exchange serve`` writes ``exchange.json``. Until ``exchange serve --tws-port`` is wired,
-    this runs the TWS face as its own process; on the same data dir it shares the book and the
-    clock with the Alpaca face.
-    """
-    import json
-    import os
-    import signal
-
-    from steadyhand.config import load_settings
-
-    parser = argparse.ArgumentParser(prog="steadyhand.sim.server.tws", description="the TWS face of the local exchange")
-    parser.add_argument("--port", type=int, default=7497)
-    parser.add_argument("--data-dir", default="./var")
-    parser.add_argument("--config", default=None)
-    parser.add_argument("--server-version", type=int, default=w.MAX_VERSION)
-    parser.add_argument("--account", default=DEFAULT_ACCOUNT)
-    parser.add_argument("--admin-port", type=int, default=0, help="loopback admin (fault knobs); 0: any free port")
-    args = parser.parse_args(argv)
-    data_dir = Path(args.data_dir).expanduser().resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    settings = load_settings(args.config) if args.config else Settings()
-    thread = TwsServerThread(TwsServer(data_dir, settings, port=args.port, server_version=args.server_version,
-                                       accounts=(args.account,)))
-    thread.start()
-    from steadyhand.sim.server.tws_admin import TwsAdmin
-
-    admin = TwsAdmin(thread.server, args.admin_port)
-    thread.run_coroutine(admin.start)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
-    info = data_dir / INFO_FILE
-    info.write_text(json.dumps({"port": thread.server.port, "pid": os.getpid(), "admin_port": admin.port}) + "\n")
-    print(f"steadyhand exchange (TWS face): serving on {LOOPBACK}:{thread.server.port}, server version "
-          f"{args.server_version}, account {thread.server.account}, data dir {data_dir}", flush=True)
-    try:
-        stop.wait()
-    finally:
-        info.unlink(missing_ok=True)
-        thread.run_coroutine(admin.close)
-        thread.stop()
-    return 0
-
+__all__ = ["TwsServer", "TwsServerThread", "main"]
 
 if __name__ == "__main__":
     raise SystemExit(main())
