@@ -52,9 +52,9 @@ def settings_for(thread: TwsServerThread, **kw: Any) -> IbkrSettings:
     return dataclasses.replace(IbkrSettings(port=thread.server.port, client_id=11, timeout_s=2.0), **kw)
 
 
-def adapter(thread: TwsServerThread, tmp_path: Path, clock: ManualClock, **kw: Any) -> IbkrBroker:
-    (tmp_path / "bot").mkdir(exist_ok=True)
-    return IbkrBroker(settings_for(thread, **kw), data_dir=tmp_path / "bot", clock=clock, reconnect_min_s=0.1,
+def adapter(thread: TwsServerThread, tmp_path: Path, clock: ManualClock, sub: str = "bot", **kw: Any) -> IbkrBroker:
+    (tmp_path / sub).mkdir(exist_ok=True)
+    return IbkrBroker(settings_for(thread, **kw), data_dir=tmp_path / sub, clock=clock, reconnect_min_s=0.1,
                       in_use_retry_s=0.3)
 
 
@@ -170,16 +170,19 @@ def test_a_lost_acknowledgement_is_unknown_outcome_then_found(face: TwsServerThr
 def test_paper_only_and_account_choice(tmp_path: Path, clock: ManualClock) -> None:
     with tws_face(tmp_path / "live", clock, accounts=("U7654321",)) as thread:
         with pytest.raises(AccountRefused, match="U7654321 is not an IB paper account"):
-            adapter(thread, tmp_path, clock)
-        allowed = adapter(thread, tmp_path, clock, allow_live=True)
+            adapter(thread, tmp_path, clock, sub="a")
+        allowed = adapter(thread, tmp_path, clock, sub="a", allow_live=True)
         assert allowed.connected and allowed.account_id == "U7654321"
         allowed.close()
     with tws_face(tmp_path / "multi", clock, accounts=("DU111", "DU222")) as thread:
         with pytest.raises(AccountRefused, match="several accounts"):
-            adapter(thread, tmp_path, clock)
-        chosen = adapter(thread, tmp_path, clock, account="DU222")
+            adapter(thread, tmp_path, clock, sub="b")
+        chosen = adapter(thread, tmp_path, clock, sub="b", account="DU222")
         assert chosen.account_id == "DU222"
         chosen.close()
+        # The data dir remembers the account it traded: another one is refused, naming both.
+        with pytest.raises(AccountRefused, match="traded account DU222, but the Gateway trades DU111"):
+            adapter(thread, tmp_path, clock, sub="b", account="DU111")
 
 
 def test_dropped_socket_reconnects_and_no_fill_is_lost_or_doubled(face: TwsServerThread, tmp_path: Path,

@@ -192,6 +192,11 @@ class IbkrBroker:
         await self.ib.connectAsync(s.host, s.port, clientId=self.client_id, timeout=self.timeout_s,
                                    account=s.account)
         self.account_id = choose_account(self.ib.managedAccounts(), s)
+        traded = self.ids.account()
+        if traded and traded != self.account_id:
+            raise AccountRefused(f"this data dir traded account {traded}, but the Gateway trades {self.account_id}: "
+                                 "use another --data-dir for another account (or set [ibkr] account)")
+        self.ids.set_account(self.account_id)
         self.ib.client.updateReqId(self.ids.max_order_id() + 1)
         self._reindex(list(self.ib.trades()))
         self._sweep()

@@ -79,6 +79,16 @@ class IbkrIds:
                                      (order_id,)).fetchone()
         return _placed(row)
 
+    def account(self) -> str:
+        """The account this data dir traded with ("" before the first connection)."""
+        with self._lock:
+            row = self._conn.execute("SELECT value FROM meta WHERE key = 'account'").fetchone()
+            return str(row[0]) if row else ""
+
+    def set_account(self, account: str) -> None:
+        with self._lock, self._conn:
+            self._conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('account', ?)", (account,))
+
     def close(self) -> None:
         self._conn.close()
 
