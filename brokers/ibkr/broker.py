@@ -113,6 +113,7 @@ class IbkrBroker:
         self._fatal: str | None = None
         self._last_error = "not connected yet"
         self._closing = False
+        self._in_use = False  # the last connection attempt was answered with 326
         self._generation = 0  # connections made so far
         self._pace_until = 0.0
         self._pace_s = 1.0
@@ -164,6 +165,7 @@ class IbkrBroker:
             if self.ib.isConnected():
                 await asyncio.sleep(0.1)
                 continue
+            self._in_use = False
             try:
                 # ib_async keeps a dropped connection's orders and fills: start from what the
                 # Gateway says now (the connect itself reloads open and completed orders, executions).
@@ -178,14 +180,15 @@ class IbkrBroker:
                 self.ib.disconnect()
                 return
             except Exception as exc:  # noqa: BLE001 - any failure to connect: try again later
-                self._last_error = self._last_error if "326" in self._last_error else f"connect failed: {exc!r}"
+                if not self._in_use:
+                    self._last_error = f"connect failed: {exc!r}"
                 self.ib.disconnect()
             # 326: the Gateway may not have noticed yet that our previous connection died; after
             # that, someone else really holds the id: slow down to in_use_retry_s.
-            wait = min(delay, self.in_use_retry_s) if "326" in self._last_error else delay
+            wait = min(delay, self.in_use_retry_s) if self._in_use else delay
             log.warning("ibkr: not connected (%s); next attempt in %.1f s", self._last_error, wait)
             await asyncio.sleep(wait * random.uniform(0.8, 1.2))
-            delay = min(delay * 2, IN_USE_RETRY_S if "326" in self._last_error else RECONNECT_MAX_S)
+            delay = min(delay * 2, IN_USE_RETRY_S if self._in_use else RECONNECT_MAX_S)
 
     async def _connect(self) -> None:
         s = self.settings
@@ -217,6 +220,7 @@ class IbkrBroker:
         if code in wire.INFO_CODES:
             log.info("ibkr: %s %s", code, message)
         elif code == 326:
+            self._in_use = True
             self._last_error = f"326 client id {self.client_id} is already in use"
             log.critical("ibkr: client id %s is in use by another API connection: stop the other client or "
                          "set another [ibkr] client_id (retrying every %.0f s)", self.client_id, self.in_use_retry_s)
