@@ -368,3 +368,16 @@ def test_sim_modify_keeps_what_filled_under_the_old_terms(tmp_path: Path, clock:
             book.modify(order.broker_order_id, qty=filled + 2)
     finally:
         book.close()
+
+
+def test_an_order_the_gateway_refuses_is_rejected_not_cancelled(face: TwsServerThread, tmp_path: Path,
+                                                                          clock: ManualClock) -> None:
+    broker = adapter(face, tmp_path, clock)
+    try:
+        with pytest.raises(OrderRejected, match="No security definition"):
+            broker.submit(OrderSpec("bot-bad", "NOPE", Side.BUY, 1))  # error 200 from the Gateway
+        with pytest.raises(OrderRejected, match="sub-penny|Error validating|321"):
+            broker.submit(limit("bot-subpenny", Decimal("1.005")))
+        assert broker.open_orders() == []
+    finally:
+        broker.close()

@@ -393,8 +393,14 @@ class IbkrBroker:
         finally:
             trade.statusEvent -= wake
         reason = wire.rejection(trade)
-        if reason or trade.orderStatus.status == "ValidationError":
-            raise OrderRejected(reason or trade.log[-1].message)
+        if reason:
+            raise OrderRejected(reason)
+        if trade.orderStatus.status == "ValidationError":
+            # A warning (321, 399 ...): the order may be live anyway (ib_async marks both the same).
+            # Ask the Gateway: open -> accepted; not there -> it was refused.
+            await self._refresh()
+            if trade.orderStatus.status in ("ValidationError", "PendingSubmit") or trade.isDone():
+                raise OrderRejected(wire.rejection(trade) or trade.log[-1].message)
         return self._order(trade)
 
     def _find(self, broker_order_id: str) -> Trade | None:

@@ -65,6 +65,13 @@ def rejection(trade: Trade, completed_status: str = "") -> str | None:
             return entry.message
     if completed_status.startswith("Rejected"):
         return completed_status
+    # Any other error on an order the Gateway never acknowledged (no permId, never Submitted):
+    # e.g. 200 "no security definition" - ib_async marks it Cancelled, but it never lived.
+    acknowledged = trade.order.permId or trade.orderStatus.permId or any(
+        e.status in ("PreSubmitted", "Submitted", "Filled") for e in trade.log)
+    errors = [e for e in trade.log if e.errorCode and e.errorCode != 202]
+    if errors and not acknowledged:
+        return errors[-1].message
     return None
 
 
