@@ -381,3 +381,19 @@ def test_an_order_the_gateway_refuses_is_rejected_not_cancelled(face: TwsServerT
         assert broker.open_orders() == []
     finally:
         broker.close()
+
+
+def test_feed_five_second_bars(face: TwsServerThread, clock: ManualClock) -> None:
+    source = IbkrBarSource(settings_for(face, bar_size="5 secs"), ["AAPL"], client_id=13, reconnect_min_s=0.1)
+    source.start()
+    try:
+        poll(lambda: source.connected and face.run_coroutine(face.server.subscriptions) == 1, 10,
+             what="subscribed to real-time bars")
+        start = clock.t
+        clock.t += timedelta(seconds=16)
+        got: list[Any] = []
+        poll(lambda: got.extend(source.drain()) or len(got) >= 3, 10, what="three 5-second bars")
+        assert [b.ts for b in got[:3]] == [start + timedelta(seconds=5 * i) for i in range(3)]
+        assert all(b.symbol == "AAPL" and b.low <= b.close <= b.high for b in got)
+    finally:
+        source.close()

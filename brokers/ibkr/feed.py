@@ -38,9 +38,10 @@ WARM_DURATION = "7200 S"  # history brought by each subscription (covers a recon
 
 
 def _bar(symbol: str, b: Any) -> Bar:
-    ts = b.date if isinstance(b.date, datetime) else datetime.fromtimestamp(int(b.time.timestamp()), UTC)
+    ts = getattr(b, "date", None) or b.time  # BarData has a date; a RealTimeBar its time
     ts = ts if ts.tzinfo else ts.replace(tzinfo=UTC)
-    return Bar(symbol, ts.astimezone(UTC), float(b.open), float(b.high), float(b.low), float(b.close),
+    first = b.open_ if hasattr(b, "open_") else b.open  # RealTimeBar spells it open_
+    return Bar(symbol, ts.astimezone(UTC), float(first), float(b.high), float(b.low), float(b.close),
                int(b.volume))
 
 
