@@ -61,6 +61,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"steadyhand is already running on {data_dir} (pid {live['pid']})", file=sys.stderr)
         return EXIT_FAIL
     _clean_leftovers(data_dir)
+    from steadyhand.brokers import datadir  # issue 12: the data dir remembers its broker
+
+    datadir.check(data_dir, settings)
+    datadir.remember(data_dir, settings)
 
     db = store.open_store(data_dir)  # migrations run here, once, before any actor starts
     db.close()

@@ -124,6 +124,11 @@ class IbkrSettings:
     port: int = 7497  # TWS paper
     client_id: int = 1
     allow_live: bool = False
+    # --- issue 12 (brokers/ibkr) ---
+    account: str = ""  # required when the login manages several accounts
+    timeout_s: float = 4.0  # per API request; a timed-out placeOrder is an unknown outcome
+    market_data_type: Literal[1, 2, 3, 4] = 1  # 1 live, 3 delayed (an account without a data subscription)
+    bar_size: Literal["1 min", "5 secs"] = "1 min"  # "5 secs": real-time bars (intraday, fast tests)
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ class FeedActor(SteadyActor):
         self.clock = self.run.clock
         self.market: MarketModel = load_market(settings.sim, settings.symbols)
         self.symbols = tuple(settings.symbols)
-        self.live_source: Any = None  # a broker's bar stream (Alpaca); None: the simulated market
+        self.live_source: Any = None  # a broker's bar stream (Alpaca, IBKR); None: the simulated market
         feed_source = broker_entry(settings.broker).feed_source
         if feed_source is not None:
             self.live_source = feed_source(settings)

@@ -3,8 +3,8 @@
 The registry maps a ``broker = "..."`` name to its package's factory functions: the OMS's broker,
 the feed's live bar source (None: the simulated market), the reader ``steadyhand verify`` inspects
 the book with, the environment variables it needs, and the check of its own ``[section]`` of the
-configuration. Nothing else in steadyhand asks which broker it is: a new broker (``ibkr``) is its
-package ``brokers/ibkr/`` and one line in :data:`BROKERS`. The factories import their broker's
+configuration. Nothing else in steadyhand asks which broker it is: a broker (``ibkr``, issue 12) is
+its package ``brokers/ibkr/`` and one line in :data:`BROKERS`. The factories import their broker's
 libraries only when called, so loading the registry is cheap.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from steadyhand import sim
-from steadyhand.brokers import alpaca
+from steadyhand.brokers import alpaca, ibkr
 
 if TYPE_CHECKING:
     from steadyhand.brokers.base import Broker
@@ -40,6 +40,7 @@ BROKERS: dict[str, BrokerEntry] = {
     "sim":    BrokerEntry(sim.make_broker,    sim.make_verify_reader,    section="sim"),
     "alpaca": BrokerEntry(alpaca.make_broker, alpaca.make_verify_reader, alpaca.make_feed_source, section="alpaca",
                           check_settings=alpaca.check_settings, secrets=alpaca.SECRETS),
+    "ibkr":   BrokerEntry(ibkr.make_broker,   ibkr.make_verify_reader,   ibkr.make_feed_source,   section="ibkr"),
 }  # fmt: skip
 
 

@@ -224,6 +224,9 @@ def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     from steadyhand.control.client import data_dir_of
 
     data_dir = data_dir_of(args)
+    from steadyhand.brokers import datadir  # issue 12: verify with the broker the dir traded with
+
+    datadir.check(data_dir, settings)
     try:
         result = verify(data_dir, settings)
     except (FileNotFoundError, BrokerError) as exc:

@@ -459,6 +459,35 @@ class SimExchange:
         if lose_reply:
             raise UnknownOutcome(f"timed out (simulated fault) canceling {broker_order_id}")
 
+    def modify(self, broker_order_id: str, *, qty: int | None = None, limit_price: Decimal | None = None,
+               stop_price: Decimal | None = None) -> BrokerOrder:
+        """Amend a working order in place, keeping its ids (IB's placeOrder with the same order id;
+        issue 12). What happened up to now happened under the old terms; the new ones apply from
+        now. ``qty`` may not go below what has filled. Raises OrderNotFound, NotCancelable (the
+        order is terminal), OrderRejected (the new terms are invalid)."""
+        with self._write() as conn:
+            now = self._now()
+            self._catch_up(now)
+            rows = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))
+            if not rows:
+                raise OrderNotFound(broker_order_id)
+            old = _row_to_order(rows[0])
+            if old.status.is_terminal:
+                raise NotCancelable(f"{broker_order_id} is {old.status.value}: it cannot be modified")
+            spec = OrderSpec(old.client_order_id, old.symbol, old.side, old.qty if qty is None else qty,
+                             old.type, old.time_in_force, old.limit_price if limit_price is None else limit_price,
+                             old.stop_price if stop_price is None else stop_price)
+            self._validate(spec)
+            if spec.qty <= old.filled_qty:
+                raise OrderRejected(f"qty {spec.qty} is not above the {old.filled_qty} already filled")
+            conn.execute(
+                "UPDATE orders SET qty = ?, limit_price = ?, stop_price = ?, updated_at = ? WHERE broker_order_id = ?",
+                (spec.qty, None if spec.limit_price is None else str(spec.limit_price),
+                 None if spec.stop_price is None else str(spec.stop_price), iso(now), broker_order_id))
+            self._changed("order", broker_order_id, iso(now))
+            row = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))[0]
+        return _row_to_order(row)
+
     def cancel_all(self) -> int:
         """Cancel every open order in one transaction (the kill switch); how many were open."""
         lose_reply = self._injected("cancel")
