@@ -16,102 +16,30 @@ import os
 import signal
 import sys
 import threading
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from steadyhand import procs
-from steadyhand.actors.messages import CommandResult
+from steadyhand.brokers import BROKERS
 from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides
+from steadyhand.control.client import (
+    ASK_TIMEOUT_S,
+    RUN_FILE,
+    Connection,
+    NotRunning,
+    connect,
+    data_dir_of,
+    quiet_logging,
+    read_run_file,
+    running_info,
+    write_run_file,
+)
+from steadyhand.runtime import procs
 from steadyhand.state import store
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
-RUN_FILE = "run.json"
 START_TIMEOUT_S = 60.0
-ASK_TIMEOUT_S = 5.0
 LIVE_VIEW_PERIOD_S = 3.0
-
-
-class NotRunning(RuntimeError):
-    pass
-
-
-# --- data dir and run file ---------------------------------------------------------------------
-
-
-def data_dir_of(args: argparse.Namespace) -> Path:
-    given = getattr(args, "data_dir", None) or os.environ.get("STEADYHAND_DATA_DIR") or "./var"
-    return Path(given).expanduser().resolve()
-
-
-def read_run_file(data_dir: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((data_dir / RUN_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def write_run_file(data_dir: Path, info: dict[str, Any]) -> None:
-    tmp = data_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, data_dir / RUN_FILE)
-
-
-def running_info(data_dir: Path) -> dict[str, Any] | None:
-    """run.json of a live run (its process alive and its admin port listening), else None."""
-    info = read_run_file(data_dir)
-    if not info or not procs.pid_alive(int(info.get("pid", 0))):
-        return None
-    if not procs.port_listening(int(info["admin_port"])):
-        return None
-    return info
-
-
-# --- talking to the running system --------------------------------------------------------------
-
-
-@dataclass
-class Connection:
-    system: Any
-    supervisor: Any
-    data_dir: Path
-
-    def ask(self, message: Any, timeout: float = ASK_TIMEOUT_S) -> Any:
-        with self.system.private() as ctx:
-            return ctx.ask(self.supervisor, message, timeout)
-
-    def command(self, name: str, args: dict[str, Any] | None = None, command_id: str | None = None,
-                timeout: float = 30.0) -> CommandResult:
-        """Send a signed operator command and wait for its result."""
-        from steadyhand.commands import load_secret, new_command
-
-        command = new_command(name, load_secret(self.data_dir), args, command_id)
-        reply = self.ask(command, timeout)
-        if not isinstance(reply, CommandResult):
-            return CommandResult(command.command_id, False, error=f"no answer from the supervisor in {timeout:g}s")
-        return reply
-
-
-def connect(data_dir: Path) -> Connection:
-    """Join the running actor system as an external client (never start one by accident)."""
-    info = running_info(data_dir)
-    if info is None:
-        raise NotRunning(f"steadyhand is not running (data dir {data_dir})")
-    procs.bind_thespian_to_loopback()
-    from steadyhand.supervisor import SUPERVISOR_NAME, Supervisor
-    from thespian.actors import ActorSystem
-
-    system = ActorSystem("multiprocTCPBase", {"Admin Port": int(info["admin_port"])},
-                         logDefs=_quiet_logging(), transientUnique=True)
-    supervisor = system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-    return Connection(system, supervisor, data_dir)
-
-
-def _quiet_logging() -> dict[str, Any]:
-    return {"version": 1, "disable_existing_loggers": False,
-            "handlers": {"null": {"class": "logging.NullHandler"}},
-            "root": {"level": "WARNING", "handlers": ["null"]}}
 
 
 # --- run ------------------------------------------------------------------------------------------
@@ -122,7 +50,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     marker = procs.run_marker(data_dir)
     if os.environ.get(procs.RUN_MARKER) != marker:
         # Re-execute with the run marker in the environment, so every process of this run (even
-        # an orphan of a killed admin) can be found by data dir later (see procs.py).
+        # an orphan of a killed admin) can be found by data dir later (see runtime/procs.py).
         env = {**os.environ, procs.RUN_MARKER: marker}
         os.execve(sys.executable, [sys.executable, "-m", "steadyhand.cli", *sys.argv[1:]], env)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -133,10 +61,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"steadyhand is already running on {data_dir} (pid {live['pid']})", file=sys.stderr)
         return EXIT_FAIL
     _clean_leftovers(data_dir)
+    from steadyhand.brokers import datadir  # issue 12: the data dir remembers its broker
+
+    datadir.check(data_dir, settings)
+    datadir.remember(data_dir, settings)
 
     db = store.open_store(data_dir)  # migrations run here, once, before any actor starts
     db.close()
-    from steadyhand.commands import SecretError, load_secret
+    from steadyhand.control.commands import SecretError, load_secret
 
     try:
         load_secret(data_dir, create=True)  # so operator commands work from the first run
@@ -159,7 +91,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from steadyhand.supervisor import SUPERVISOR_NAME, Start, Started, Supervisor
     from thespian.actors import ActorSystem
 
-    system = ActorSystem("multiprocTCPBase", {"Admin Port": port}, logDefs=_quiet_logging())
+    system = ActorSystem("multiprocTCPBase", {"Admin Port": port}, logDefs=quiet_logging())
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     write_run_file(data_dir, {"pid": os.getpid(), "pgid": os.getpgrp(), "admin_port": port,
@@ -182,11 +114,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
-    from steadyhand.brokers.sim import anchor_clock
+    from steadyhand.sim.clock import anchor_clock
 
     start = None
     if settings.sim.replay:
-        from steadyhand.market import ReplayMarket
+        from steadyhand.sim.replay import ReplayMarket
 
         start = ReplayMarket(settings.sim.replay).first_ts
     return anchor_clock(str(data_dir / "exchange.db"), speed=settings.sim.speed, mode=settings.sim.clock,
@@ -196,7 +128,7 @@ def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
 def _preload(clock: Any) -> None:
     """Load what every actor needs (the exchange calendar: ~0.5 s) once, here: the actor processes
     are forked from this one and inherit it, so neither a start nor a restart waits for it."""
-    from steadyhand import market_hours
+    from steadyhand.domain import market_hours
 
     now = clock.now()
     market_hours.is_open(now)
@@ -244,7 +176,7 @@ def _live_view(connection: Connection, data_dir: Path, stop: threading.Event, cl
 
 def _market_text(clock: Any) -> str:
     """The simulated market's state, so a quiet bot explains itself ("closed, opens in 14 min")."""
-    from steadyhand import market_hours
+    from steadyhand.domain import market_hours
 
     now = clock.now()
     if market_hours.is_open(now):
@@ -265,12 +197,12 @@ def _status_line(status: dict[str, Any], data_dir: Path, clock: Any) -> str:
 
 
 def _shutdown(system: Any, data_dir: Path, port: int) -> None:
-    from steadyhand.actors.messages import ShutdownRequest
+    from steadyhand.actors.messages import RequestShutdown
     from steadyhand.supervisor import SUPERVISOR_NAME, Supervisor
 
     try:
         supervisor = system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-        system.ask(supervisor, ShutdownRequest("operator"), 20.0)
+        system.ask(supervisor, RequestShutdown("operator"), 20.0)
     except Exception as exc:  # keep going: the processes must go whatever happened
         print(f"steadyhand: graceful stop failed: {exc!r}", file=sys.stderr)
     system.shutdown()
@@ -419,7 +351,7 @@ def cmd_fills(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from steadyhand.logs import read_events, readable
+    from steadyhand.runtime.logs import read_events, readable
 
     events = read_events(data_dir_of(args) / "logs")[-args.lines:]
     for event in events:
@@ -429,9 +361,9 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
 def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
     import pandas as pd
-    from steadyhand.bar_checks import BarValidator
-    from steadyhand.market import ReplayMarket
-    from steadyhand.strategies.sma import backtest
+    from steadyhand.backtest.engine import backtest
+    from steadyhand.data.bar_checks import BarValidator
+    from steadyhand.sim.replay import ReplayMarket
 
     replay = ReplayMarket(args.replay)
     good, rejected = BarValidator().validate(replay.rows())
@@ -513,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "verify":
-            from steadyhand.verify import cmd_verify
+            from steadyhand.control.verify import cmd_verify
 
             return cmd_verify(args, load_settings(args.config or os.environ.get("STEADYHAND_CONFIG")))
         if args.command == "exchange":
@@ -524,8 +456,9 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
             if args.command == "run":
                 settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay)
-                if settings.broker == "ibkr":
-                    raise ConfigError("broker: 'ibkr' is not available in this version yet ('sim' or 'alpaca')")
+                if settings.broker not in BROKERS:
+                    known = " or ".join(repr(name) for name in BROKERS)
+                    raise ConfigError(f"broker: {settings.broker!r} is not available in this version yet ({known})")
                 return cmd_run(args, settings)
             return cmd_backtest(args, settings)
     except ConfigError as exc:

@@ -124,6 +124,11 @@ class IbkrSettings:
     port: int = 7497  # TWS paper
     client_id: int = 1
     allow_live: bool = False
+    # --- issue 12 (brokers/ibkr) ---
+    account: str = ""  # required when the login manages several accounts
+    timeout_s: float = 4.0  # per API request; a timed-out placeOrder is an unknown outcome
+    market_data_type: Literal[1, 2, 3, 4] = 1  # 1 live, 3 delayed (an account without a data subscription)
+    bar_size: Literal["1 min", "5 secs"] = "1 min"  # "5 secs": real-time bars (intraday, fast tests)
 
 
 @dataclass(frozen=True)
@@ -155,7 +160,7 @@ class RunSettings:
 
     settings: Settings
     data_dir: str
-    clock: Any  # steadyhand.clock.SimClock
+    clock: Any  # steadyhand.sim.clock.SimClock
     test_hooks: bool = False
     config_path: str = ""  # the file the settings came from ("" = defaults), for `reload`
     cli_overrides: dict[str, Any] = field(default_factory=dict)  # --speed/--seed/--replay, for `reload`
@@ -259,9 +264,10 @@ def _validate(settings: Settings) -> None:
 
 def required_secrets(settings: Settings) -> tuple[str, ...]:
     """The environment variables the chosen broker needs."""
-    if settings.broker == "alpaca":
-        return ("ALPACA_API_KEY", "ALPACA_SECRET_KEY")
-    return ()
+    from steadyhand.brokers import BROKERS  # the registry (cheap: its factories import lazily)
+
+    entry = BROKERS.get(settings.broker)
+    return entry.secrets if entry is not None else ()
 
 
 def check_secrets(settings: Settings, environ: typing.Mapping[str, str] | None = None) -> None:
@@ -272,8 +278,11 @@ def check_secrets(settings: Settings, environ: typing.Mapping[str, str] | None =
             f"broker: {settings.broker!r} needs the environment variable(s) "
             f"{', '.join(missing)} (secrets are read from the environment only)"
         )
-    if settings.broker == "alpaca" and not settings.alpaca.paper and not settings.alpaca.allow_live:
-        raise ConfigError("alpaca.paper: live trading refused; set alpaca.allow_live = true to allow it")
+    from steadyhand.brokers import BROKERS
+
+    entry = BROKERS.get(settings.broker)
+    if entry is not None and entry.check_settings is not None:
+        entry.check_settings(getattr(settings, entry.section))
 
 
 def parse_settings(data: dict[str, Any]) -> Settings:

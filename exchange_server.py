@@ -11,7 +11,7 @@ trade updates        ``ws://127.0.0.1:PORT/stream``     JSON in binary frames, a
 market data stream   ``ws://127.0.0.1:PORT/v2/iex``     msgpack; also ``/v2/sip``, ``/v2/test``
 ===================  =================================  =========================================
 
-The book is the :class:`~steadyhand.brokers.sim.SimExchange` in ``<data dir>/exchange.db`` with the
+The book is the :class:`~steadyhand.sim.exchange.SimExchange` in ``<data dir>/exchange.db`` with the
 clock anchored there, so the exchange outlives the bot like a real broker, and a bot run with the
 same data directory shares its simulated clock. All SimExchange work happens on one worker thread
 (SQLite connections belong to their thread); the event loop only moves bytes. A poller on that
@@ -66,21 +66,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import msgpack
-from steadyhand import alpaca_wire as wire
-from steadyhand import market_hours
-from steadyhand.actors.messages import Bar, OrderStatus, OrderType, Side, TimeInForce
-from steadyhand.brokers.base import (
-    BrokerFill,
-    BrokerOrder,
-    DuplicateClientOrderId,
-    NotCancelable,
-    OrderNotFound,
-    OrderRejected,
-    OrderSpec,
-)
-from steadyhand.brokers.sim import NowSource, SimExchange, anchor_clock
+from steadyhand.brokers.alpaca import wire
+from steadyhand.brokers.base import DuplicateClientOrderId, NotCancelable, OrderNotFound, OrderRejected
 from steadyhand.config import Settings
-from steadyhand.market import MarketModel, load_market
+from steadyhand.domain import Bar, BrokerOrder, OrderSpec, OrderStatus, OrderType, Side, TimeInForce, market_hours
+from steadyhand.domain import Fill as BrokerFill
+from steadyhand.sim.clock import NowSource, anchor_clock
+from steadyhand.sim.exchange import SimExchange
+from steadyhand.sim.market import MarketModel, load_market
 from websockets.frames import Opcode
 from websockets.http11 import Request as WsRequest
 from websockets.server import ServerProtocol
@@ -987,7 +980,7 @@ def vars_of(rule: FaultRule) -> dict[str, Any]:
 def _anchor(db_path: Path, settings: Settings) -> NowSource:
     start = None
     if settings.sim.replay:
-        from steadyhand.market import ReplayMarket
+        from steadyhand.sim.replay import ReplayMarket
 
         start = ReplayMarket(settings.sim.replay).first_ts
     return anchor_clock(db_path, speed=settings.sim.speed, mode=settings.sim.clock, start=start)

@@ -13,13 +13,13 @@ Read ``CHILD_SPECS`` as the table it is: who runs, in which order, and how often
   process by pid and the crash path above restarts it.
 - Stop: children are stopped one by one in reverse start order.
 
-The supervisor is the only receiver of operator requests and the only writer of ``control``.
+The supervisor is the only receiver of operator requests and the only writer of ``control``: that
+half of it, the trading state and the operator's commands, is ``control/operator.py`` (mixed in).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import sqlite3
@@ -29,29 +29,22 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from steadyhand import commands
 from steadyhand.actors.alerter import AlerterActor
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.feed import FeedActor
 from steadyhand.actors.heartbeat import HeartbeatActor
 from steadyhand.actors.messages import (
-    AckAlert,
     ActorUnresponsive,
     CancelAll,
-    CancelAllDone,
+    CancelAllCompleted,
     ChildReady,
-    CommandResult,
     Configure,
     DebugToActor,
-    Flatten,
-    FlattenDone,
+    FlattenCompleted,
     OperatorCommand,
-    Reconfigure,
     RequestHalt,
-    Severity,
-    ShutdownComplete,
-    ShutdownRequest,
-    TradingState,
+    RequestShutdown,
+    ShutdownCompleted,
     TradingStateChanged,
     Wiring,
 )
@@ -59,7 +52,10 @@ from steadyhand.actors.oms import OmsActor
 from steadyhand.actors.portfolio import PortfolioActor
 from steadyhand.actors.risk import RiskActor
 from steadyhand.actors.strategy import StrategyActor
-from steadyhand.config import ConfigError, RunSettings, load_settings, with_overrides
+from steadyhand.config import RunSettings
+from steadyhand.control import commands
+from steadyhand.control.operator import OperatorControl
+from steadyhand.domain import Severity, TradingState
 from steadyhand.state import store
 from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
 
@@ -119,7 +115,7 @@ class Child:
         return self.address is not None
 
 
-class Supervisor(SteadyActor):
+class Supervisor(OperatorControl, SteadyActor):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.name = "supervisor"
@@ -139,10 +135,10 @@ class Supervisor(SteadyActor):
             ChildReady: self.on_child_ready,
             ActorUnresponsive: self.on_unresponsive,
             RequestHalt: self.on_request_halt,
-            ShutdownRequest: self.on_shutdown,
+            RequestShutdown: self.on_shutdown,
             DebugToActor: self.on_debug,
-            CancelAllDone: self.on_cancel_all_done,
-            FlattenDone: self.on_flatten_done,
+            CancelAllCompleted: self.on_cancel_all_completed,
+            FlattenCompleted: self.on_flatten_completed,
             OperatorCommand: self.on_command,
         }
         self.timers = {"stop_deadline": self._stop_next_forced, "command_deadline": self._command_deadline,
@@ -289,14 +285,7 @@ class Supervisor(SteadyActor):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
-    # --- trading state ----------------------------------------------------------------------
-
-    def on_request_halt(self, message: RequestHalt, sender: ActorAddress) -> None:
-        if self.trading_state is TradingState.HALTED:
-            return
-        self._set_trading_state(TradingState.HALTED, f"{message.source}: {message.reason}")
-        self.alert(f"halt:{message.source}", Severity.CRITICAL, "steadyhand HALTED",
-                   f"{message.source}: {message.reason}")
+    # --- journal writes that survive a store fault ------------------------------------------
 
     def _durably(self, what: str, write: Any) -> bool:
         """Run a journal write; a locked or full database must not take the supervisor down (it is
@@ -317,18 +306,6 @@ class Supervisor(SteadyActor):
         for what, write in list(self.unsaved.items()):
             self._durably(what, write)
 
-    def _set_trading_state(self, state: TradingState, reason: str, cancel: bool = True) -> None:
-        self.trading_state, self.halt_reason = state, reason
-        self._durably("trading_state", lambda: store.set_control(self.db, trading_state=state.value,
-                                                                  halt_reason=reason))
-        self.event("trading_state", state=state.value, reason=reason)
-        change = TradingStateChanged(state, reason)
-        for child in self.children.values():
-            if child.address is not None:
-                self.send(child.address, change)
-        if state is TradingState.HALTED and cancel:  # the kill switch: nothing stays working at the broker
-            self.tell_peer("oms", CancelAll(command_id=f"halt-{time.time():.6f}", reason=reason))
-
     # --- status -----------------------------------------------------------------------------
 
     def _actor_table(self) -> dict[str, dict[str, Any]]:
@@ -339,201 +316,9 @@ class Supervisor(SteadyActor):
     def _pids(self) -> dict[str, int]:
         return {name: c.pid for name, c in self.children.items()}
 
-    def on_cancel_all_done(self, message: CancelAllDone, sender: ActorAddress) -> None:
-        self.event("cancel_all_done", command_id=message.command_id, cancel_requests=message.cancel_requests)
-        self._finish_waiting(message.command_id, {"cancel_requests": message.cancel_requests})
-
-    def on_flatten_done(self, message: FlattenDone, sender: ActorAddress) -> None:
-        self._finish_waiting(message.command_id, {"cancel_requests": message.cancel_requests,
-                                                  "closing_orders": list(message.closing_orders)})
-
-    # --- operator commands ------------------------------------------------------------------
-
-    def on_command(self, command: OperatorCommand, sender: ActorAddress) -> None:
-        received = time.time()
-        problem = commands.refusal(command, self.secret, received)
-        if problem is None and command.name == "status":
-            # A read with no effect: answered, not journaled (the live view asks every 2 s).
-            self.send(sender, self._cmd_status(command, sender, received))
-            return
-        if problem is None:
-            first = self._journaled_result(command)
-            if isinstance(first, CommandResult):  # a repeat: the first result, nothing done again
-                self.send(sender, CommandResult(first.command_id, first.ok, {**first.result, "repeated": True},
-                                                first.error))
-                return
-            problem = first  # None, or "command id reused"
-        if problem is not None:
-            result = CommandResult(getattr(command, "command_id", ""), False, error=f"refused: {problem}")
-            self._journal_command(command, "refused", result)
-            self.alert("operator:refused", Severity.HIGH, "operator command refused",
-                       f"{getattr(command, 'name', '?')} from {getattr(command, 'operator', '?')}: {problem}")
-            self.send(sender, result)
-            return
-        self.event("operator_command", command_id=command.command_id, command=command.name,
-                   args=command.args, operator=command.operator)
-        handler = getattr(self, "_cmd_" + command.name.replace("-", "_"))
-        immediate = handler(command, sender, received)
-        if immediate is not None:
-            self._reply(command, sender, immediate)
-
-    def _reply(self, command: OperatorCommand, sender: ActorAddress, result: CommandResult) -> None:
-        self._journal_command(command, "ok" if result.ok else "error", result)
-        self.send(sender, result)
-
-    def _wait_for(self, command: OperatorCommand, sender: ActorAddress, received: float) -> None:
-        self.waiting[command.command_id] = (sender, command, received)
-        self.after(10.0, "command_deadline")
-
-    def _finish_waiting(self, command_id: str, result: dict[str, Any]) -> None:
-        entry = self.waiting.pop(command_id, None)
-        if entry is None:
-            return
-        sender, command, received = entry
-        result = {**result, "trading_state": self.trading_state.value,
-                  "elapsed_ms": round((time.time() - received) * 1000, 3)}
-        self._reply(command, sender, CommandResult(command_id, True, result))
-
-    def _command_deadline(self) -> None:
-        now = time.time()
-        for command_id, (sender, command, received) in list(self.waiting.items()):
-            if now - received >= 10.0:
-                del self.waiting[command_id]
-                self._reply(command, sender, CommandResult(command_id, False, error="the OMS did not answer in 10s"))
-
-    def _cmd_status(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
-        return CommandResult(command.command_id, True, {
-            "trading_state": self.trading_state.value, "halt_reason": self.halt_reason,
-            "actors": self._actor_table(), "started_at": self.started_at.isoformat(),
-            "stopping": self.shutting_down})
-
-    def _cmd_pause(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
-        self._set_trading_state(TradingState.REDUCING, f"operator pause ({command.operator})")
-        self.alert(f"operator:{command.command_id}", Severity.HIGH, "steadyhand paused", f"by {command.operator}")
-        return CommandResult(command.command_id, True, {"trading_state": self.trading_state.value})
-
-    def _cmd_resume(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
-        self._set_trading_state(TradingState.ACTIVE, f"operator resume ({command.operator})")
-        self.alert(f"operator:{command.command_id}", Severity.HIGH, "steadyhand resumed", f"by {command.operator}")
-        down = [n for n, c in self.children.items() if not c.alive]
-        return CommandResult(command.command_id, True, {"trading_state": self.trading_state.value,
-                                                        "actors_down": down})
-
-    def _cmd_halt(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult | None:
-        if not self.children["oms"].alive:
-            self._set_trading_state(TradingState.HALTED, f"operator halt ({command.operator})")
-            return CommandResult(command.command_id, False, {"trading_state": "halted"},
-                                 error="halted, but the OMS is down: open orders were not cancelled")
-        self._wait_for(command, sender, received)
-        self.trading_state, self.halt_reason = TradingState.HALTED, f"operator halt ({command.operator})"
-        # Cancels first (they are what protects money), then the durable state write and broadcast.
-        self.tell_peer("oms", CancelAll(command_id=command.command_id, reason="operator halt"))
-        self._set_trading_state(TradingState.HALTED, self.halt_reason, cancel=False)
-        self.alert(f"operator:{command.command_id}", Severity.CRITICAL, "steadyhand HALTED by the operator",
-                   f"by {command.operator}")
-        return None
-
-    def _cmd_cancel_all(self, command: OperatorCommand, sender: ActorAddress,
-                        received: float) -> CommandResult | None:
-        if not self.tell_peer("oms", CancelAll(command_id=command.command_id, reason="operator cancel-all")):
-            return CommandResult(command.command_id, False, error="the OMS is down")
-        self._wait_for(command, sender, received)
-        return None
-
-    def _cmd_flatten(self, command: OperatorCommand, sender: ActorAddress,
-                     received: float) -> CommandResult | None:
-        # HALTED first (without cancelling: the OMS does that itself): risk denies everything and the
-        # OMS drops any request still in flight, so only the closing orders reach the broker.
-        self._set_trading_state(TradingState.HALTED, f"operator flatten ({command.operator})", cancel=False)
-        if not self.tell_peer("oms", Flatten(command_id=command.command_id)):
-            return CommandResult(command.command_id, False, error="the OMS is down")
-        self._wait_for(command, sender, received)
-        self.alert(f"operator:{command.command_id}", Severity.CRITICAL, "steadyhand flattening",
-                   f"by {command.operator}")
-        return None
-
-    def _cmd_restart(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
-        name = str(command.args.get("actor", ""))
-        child = self.children.get(name)
-        if child is None:
-            return CommandResult(command.command_id, False,
-                                 error=f"no actor {name!r} (one of {', '.join(self.children)})")
-        if child.alive and child.pid and child.pid != os.getpid():
-            child.operator_restart = True
-            os.kill(child.pid, signal.SIGKILL)  # the exit path restarts it at once
-        elif not child.alive:
-            child.down_reason = ""
-            assert child.recent is not None
-            child.recent.clear()
-            self._restart(name)
-        return CommandResult(command.command_id, True, {"actor": name, "restarting": True})
-
-    def _cmd_reload(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
-        path = self.run.config_path or None
-        try:
-            new = with_overrides(load_settings(path), **self.run.cli_overrides)
-        except ConfigError as exc:
-            return CommandResult(command.command_id, False, error=f"configuration error: {exc}")
-        old = self.run.settings
-        applied = [section for section in ("risk", "alerts") if getattr(new, section) != getattr(old, section)]
-        needs_restart = [k for k in ("broker", "symbols", "sim", "strategy", "oms", "heartbeat", "supervisor",
-                                     "admin_port", "alpaca", "ibkr") if getattr(new, k) != getattr(old, k)]
-        merged = type(old)(**{**{f: getattr(old, f) for f in old.__dataclass_fields__},
-                              "risk": new.risk, "alerts": new.alerts})
-        self.run = type(self.run)(**{**{f: getattr(self.run, f) for f in self.run.__dataclass_fields__},
-                                     "settings": merged})
-        for name in ("risk", "alerter"):
-            self.tell_peer(name, Reconfigure(merged))
-        return CommandResult(command.command_id, True, {"applied": applied, "needs_restart": needs_restart})
-
-    def _cmd_shutdown(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
-        result = CommandResult(command.command_id, True, {"stopping": True})
-        self._reply(command, sender, result)
-        self.on_shutdown(ShutdownRequest(f"operator ({command.operator})"), None)
-        return None  # type: ignore[return-value]  # already replied: the reply must precede the stop
-
-    def _cmd_ack(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
-        alert_id = command.args.get("alert_id")
-        if not self.tell_peer("alerter", AckAlert(int(alert_id or 0), command.operator)):
-            return CommandResult(command.command_id, False, error="the alerter is down")
-        return CommandResult(command.command_id, True, {"acknowledged": alert_id})
-
-    def _journaled_result(self, command: OperatorCommand) -> CommandResult | str | None:
-        """The first result of an already-executed id; "command id reused" if it was another command."""
-        row = self.db.execute(
-            "SELECT name, args, signature, result FROM operator_commands"
-            " WHERE command_id = ? AND status != 'refused' ORDER BY id LIMIT 1", [command.command_id]).fetchone()
-        if row is None:
-            return None
-        if row[0] != command.name or json.loads(row[1]) != json.loads(store.to_json(command.args)):
-            return "command id reused for a different command"
-        data = json.loads(row[3])
-        return CommandResult(data["command_id"], data["ok"], data["result"], data["error"])
-
-    def _journal_command(self, command: Any, status: str, result: CommandResult) -> None:
-        self._durably(f"command:{getattr(command, 'command_id', '')}:{status}",
-                      lambda: self._insert_command(command, status, result))
-
-    def _insert_command(self, command: Any, status: str, result: CommandResult) -> None:
-        with store.transaction(self.db):
-            self.db["operator_commands"].insert({
-                "command_id": getattr(command, "command_id", ""), "name": getattr(command, "name", ""),
-                "args": store.to_json(getattr(command, "args", {})),
-                "operator": getattr(command, "operator", ""), "issued_at": getattr(command, "issued_at", 0.0),
-                "received_at": store.now_iso(), "signature": getattr(command, "signature", ""),
-                "status": status,
-                "result": store.to_json({"command_id": result.command_id, "ok": result.ok, "result": result.result,
-                                         "error": result.error}),
-            })
-
-    def on_debug(self, message: DebugToActor, sender: ActorAddress) -> None:
-        if self.run is not None and self.run.test_hooks:
-            self.tell_peer(message.actor, message.message)
-            self.send(sender, True)
-
     # --- stop -------------------------------------------------------------------------------
 
-    def on_shutdown(self, message: ShutdownRequest, sender: ActorAddress | None) -> None:
+    def on_shutdown(self, message: RequestShutdown, sender: ActorAddress | None) -> None:
         if sender is not None:
             self.stop_requester = sender
         if self.shutting_down:  # already under way: just answer when it is done
@@ -549,7 +334,7 @@ class Supervisor(SteadyActor):
             self.stopping.pop(0)
         if not self.stopping:
             if self.stop_requester is not None:
-                self.send(self.stop_requester, ShutdownComplete())
+                self.send(self.stop_requester, ShutdownCompleted())
                 self.stop_requester = None
             return
         self.send(self.children[self.stopping[0]].address, ActorExitRequest())
@@ -599,7 +384,7 @@ class Supervisor(SteadyActor):
 
 
 def _setup_log(run: RunSettings) -> Any:
-    from steadyhand.logs import setup_actor_logging
+    from steadyhand.runtime.logs import setup_actor_logging
 
     return setup_actor_logging("supervisor", run.log_dir, run.settings.logging.max_bytes,
                                run.settings.logging.backups)

@@ -12,8 +12,11 @@ import threading
 from datetime import UTC, datetime
 
 from steadyhand.actors.base import SteadyActor
-from steadyhand.actors.messages import AckAlert, Alert, Reconfigure
-from steadyhand.alerting import AlertOutbox, Notifier, alert_urls, deliver_pending
+from steadyhand.actors.messages import AckAlert, Reconfigure
+from steadyhand.alerts.delivery import Notifier, deliver_pending
+from steadyhand.alerts.outbox import AlertOutbox
+from steadyhand.alerts.routes import alert_urls
+from steadyhand.domain import Alert
 from steadyhand.state import store
 from thespian.actors import ActorAddress
 

@@ -17,19 +17,18 @@ from datetime import timedelta
 from typing import Any
 
 from steadyhand.actors.messages import (
-    Alert,
     ChildReady,
     Configure,
     DebugCrash,
     DebugHang,
     Ping,
     Pong,
-    Severity,
     TradingStateChanged,
     Wiring,
 )
 from steadyhand.config import RunSettings
-from steadyhand.logs import EventLog, setup_actor_logging
+from steadyhand.domain import Alert, Severity
+from steadyhand.runtime.logs import EventLog, setup_actor_logging
 from thespian.actors import (
     Actor,
     ActorAddress,

@@ -13,11 +13,13 @@ import time
 from datetime import datetime, timedelta
 from typing import Any
 
-from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
-from steadyhand.actors.messages import Bar, Bars, HistoryReply, HistoryRequest
-from steadyhand.bar_checks import BarValidator
-from steadyhand.market import MarketModel, ReplayMarket, load_market
+from steadyhand.actors.messages import Bars, HistoryReply, HistoryRequest
+from steadyhand.brokers import broker_entry
+from steadyhand.data.bar_checks import BarValidator
+from steadyhand.domain import Bar, market_hours
+from steadyhand.sim.market import MarketModel, load_market
+from steadyhand.sim.replay import ReplayMarket
 from steadyhand.state import store
 from thespian.actors import ActorAddress
 
@@ -37,11 +39,10 @@ class FeedActor(SteadyActor):
         self.clock = self.run.clock
         self.market: MarketModel = load_market(settings.sim, settings.symbols)
         self.symbols = tuple(settings.symbols)
-        self.live_source: Any = None  # a broker's bar stream (Alpaca); None: the simulated market
-        if settings.broker == "alpaca":
-            from steadyhand.feeds_alpaca import AlpacaBarSource
-
-            self.live_source = AlpacaBarSource.from_settings(settings)
+        self.live_source: Any = None  # a broker's bar stream (Alpaca, IBKR); None: the simulated market
+        feed_source = broker_entry(settings.broker).feed_source
+        if feed_source is not None:
+            self.live_source = feed_source(settings)
             self.live_source.start()
         self.validator = BarValidator(self.symbols)
         self.db = store.connect(self.run.db_path, synchronous="NORMAL")

@@ -1,7 +1,7 @@
 """Heartbeat monitor: pings every actor on an absolute schedule and watches the feed's freshness.
 
 An actor that has left a ping unanswered for longer than the deadline is reported to the
-supervisor, which kills its process by pid and restarts it (the rule, and why: liveness.py).
+supervisor, which kills its process by pid and restarts it (the rule, and why: runtime/liveness.py).
 During an open session (XNYS, on the simulated clock) a feed whose last bar is older than
 ``risk.stale_after_s`` makes risk deny new entries and raises an alert; both clear when bars flow
 again.
@@ -15,10 +15,10 @@ import urllib.request
 from datetime import datetime
 from typing import Any
 
-from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
-from steadyhand.actors.messages import ActorUnresponsive, FeedFresh, FeedStale, Ping, Pong, Severity
-from steadyhand.liveness import PingLedger
+from steadyhand.actors.messages import ActorUnresponsive, FeedFresh, FeedStale, Ping, Pong
+from steadyhand.domain import Severity, market_hours
+from steadyhand.runtime.liveness import PingLedger
 from thespian.actors import ActorAddress
 
 NOT_PINGED = ("heartbeat", "supervisor")

@@ -2,7 +2,10 @@
 
 Every message is a small frozen dataclass, picklable (Thespian sends them over TCP between
 processes). Times are timezone-aware UTC ``datetime``s; money that is summed is ``Decimal``.
-Market data (``Bar``) carries floats, because it is fed straight into pandas.
+The things messages carry (``Bar``, ``Signal``, ``OrderSpec``, ``Fill``, ``Alert``, the enums) are
+the domain's types, defined in ``steadyhand.domain``: a message that carries one is the domain
+type itself (``Alert``, ``Signal``) or a batch of them (``Bars``, ``Signals``, ``OrderRequests``,
+``Fills``).
 
 Hot-path messages are batches (``Bars``, ``Signals``, ``OrderRequests``, ``Fills``): Thespian's TCP
 transport acknowledges every message, so one message per tick, never one per symbol.
@@ -12,7 +15,7 @@ Who sends what (-> receiver):
     Feed        Bars -> strategy, risk, portfolio; HistoryReply -> strategy
     Strategy    Signals -> risk; HistoryRequest -> feed
     Risk        OrderRequests -> oms; RequestHalt -> supervisor
-    OMS         Fills -> portfolio, risk; OpenOrders -> risk; ReconcileStarted/Finished -> risk;
+    OMS         Fills -> portfolio, risk; OpenOrders -> risk; ReconcileStarted/Completed -> risk;
                 BrokerSnapshot -> portfolio
     Portfolio   PositionsSnapshot -> strategy, risk; PnlUpdate -> risk
     Heartbeat   Ping -> every actor; ActorUnresponsive -> supervisor; FeedStale/FeedFresh -> risk
@@ -22,109 +25,17 @@ Who sends what (-> receiver):
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-# ---------------------------------------------------------------------------------------------
-# Vocabulary
-# ---------------------------------------------------------------------------------------------
-
-
-class Side(enum.StrEnum):
-    BUY = "buy"
-    SELL = "sell"
-
-    @property
-    def sign(self) -> int:
-        return 1 if self is Side.BUY else -1
-
-
-class OrderType(enum.StrEnum):
-    MARKET = "market"
-    LIMIT = "limit"
-    STOP = "stop"
-    STOP_LIMIT = "stop_limit"
-
-
-class TimeInForce(enum.StrEnum):
-    DAY = "day"
-    GTC = "gtc"
-
-
-class OrderStatus(enum.StrEnum):
-    """The journal's order state machine (DESIGN §5).
-
-    PENDING_SUBMIT is written before the broker sees the order; NEVER_SUBMITTED is what
-    reconciliation concludes when a pending order is unknown to the broker.
-    """
-
-    PENDING_SUBMIT = "pending_submit"
-    SUBMITTED = "submitted"
-    PARTIALLY_FILLED = "partially_filled"
-    FILLED = "filled"
-    CANCELED = "canceled"
-    EXPIRED = "expired"
-    REJECTED = "rejected"
-    NEVER_SUBMITTED = "never_submitted"
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in TERMINAL_STATUSES
-
-    @property
-    def is_open(self) -> bool:
-        return not self.is_terminal
-
-
-TERMINAL_STATUSES = frozenset(
-    {
-        OrderStatus.FILLED,
-        OrderStatus.CANCELED,
-        OrderStatus.EXPIRED,
-        OrderStatus.REJECTED,
-        OrderStatus.NEVER_SUBMITTED,
-    }
-)
-
-
-class TradingState(enum.StrEnum):
-    ACTIVE = "active"  # everything risk allows
-    REDUCING = "reducing"  # only orders that shrink a position
-    HALTED = "halted"  # nothing
-
-
-class Severity(enum.IntEnum):
-    INFO = 10
-    WARNING = 20
-    HIGH = 30
-    CRITICAL = 40
-
+from steadyhand.domain import Bar, Fill, OrderSpec, Signal, TradingState, utcnow
 
 # ---------------------------------------------------------------------------------------------
 # Market data
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Bar:
-    """One closed bar; ``ts`` is the bar's start (UTC)."""
-
-    symbol: str
-    ts: datetime
-    open: float
-    high: float
-    low: float
-    close: float
-    volume: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,20 +65,6 @@ class HistoryReply:
 
 
 @dataclass(frozen=True, slots=True)
-class Signal:
-    """A strategy's intent. ``intent_id`` becomes the client order id (DESIGN §5 step 1)."""
-
-    intent_id: str
-    strategy: str
-    symbol: str
-    side: Side
-    qty: int
-    bar_ts: datetime
-    ref_price: float
-    reason: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class Signals:
     signals: tuple[Signal, ...]
     bar_ts: datetime
@@ -175,24 +72,8 @@ class Signals:
 
 
 @dataclass(frozen=True, slots=True)
-class OrderRequest:
-    """An order risk approved; the OMS journals it before the broker sees it."""
-
-    client_order_id: str
-    symbol: str
-    side: Side
-    qty: int
-    type: OrderType = OrderType.MARKET
-    time_in_force: TimeInForce = TimeInForce.DAY
-    limit_price: Decimal | None = None
-    stop_price: Decimal | None = None
-    ref_price: float = 0.0
-    bar_ts: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class OrderRequests:
-    requests: tuple[OrderRequest, ...]
+    requests: tuple[OrderSpec, ...]
     bar_sent_at: float = 0.0
 
 
@@ -201,22 +82,8 @@ class SubmitBacklog:
     """OMS -> itself: journaled requests still to submit (a burst is submitted in chunks so the OMS
     keeps answering its heartbeat in between)."""
 
-    requests: tuple[OrderRequest, ...]
+    requests: tuple[OrderSpec, ...]
     bar_sent_at: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class Fill:
-    """One execution, recorded once (unique ``fill_id``)."""
-
-    fill_id: str
-    client_order_id: str
-    broker_order_id: str
-    symbol: str
-    side: Side
-    qty: int
-    price: Decimal
-    ts: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +105,7 @@ class ReconcileStarted:
 
 
 @dataclass(frozen=True, slots=True)
-class ReconcileFinished:
+class ReconcileCompleted:
     report: dict[str, Any]
 
 
@@ -350,34 +217,17 @@ class ActorUnresponsive:
 
 
 # ---------------------------------------------------------------------------------------------
-# Alerts
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Alert:
-    """``key`` identifies the condition, for cooldown/dedup (e.g. "restart:feed")."""
-
-    key: str
-    severity: Severity
-    title: str
-    body: str = ""
-    source: str = ""
-    ts: datetime = field(default_factory=utcnow)
-
-
-# ---------------------------------------------------------------------------------------------
 # Operator requests (CLI -> supervisor) and replies
 # ---------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
-class ShutdownRequest:
+class RequestShutdown:
     reason: str = "operator"
 
 
 @dataclass(frozen=True, slots=True)
-class ShutdownComplete:
+class ShutdownCompleted:
     pass
 
 
@@ -426,7 +276,7 @@ class CancelAll:
 
 
 @dataclass(frozen=True, slots=True)
-class CancelAllDone:
+class CancelAllCompleted:
     command_id: str
     cancel_requests: int  # cancels sent to the broker
     sent_at: float = field(default_factory=time.time)
@@ -440,7 +290,7 @@ class Flatten:
 
 
 @dataclass(frozen=True, slots=True)
-class FlattenDone:
+class FlattenCompleted:
     command_id: str
     cancel_requests: int
     closing_orders: tuple[str, ...]  # client order ids of the closing orders

@@ -13,17 +13,9 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
-from steadyhand.actors.messages import (
-    Bars,
-    BrokerSnapshot,
-    Fills,
-    PnlUpdate,
-    PositionsSnapshot,
-    Severity,
-    Side,
-)
+from steadyhand.actors.messages import Bars, BrokerSnapshot, Fills, PnlUpdate, PositionsSnapshot
+from steadyhand.domain import Severity, Side, market_hours
 from steadyhand.state import store
 from thespian.actors import ActorAddress
 

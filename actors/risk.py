@@ -1,6 +1,6 @@
 """Risk: every order request passes here; every decision is journaled with its reason.
 
-The checks themselves are pure functions in ``steadyhand.risk_checks``; this actor keeps the
+The checks themselves are pure functions in ``steadyhand.risk.checks``; this actor keeps the
 ``RiskBook`` up to date from what the others tell it (bars, positions, P&L, open orders, trading
 state, reconciliation, feed staleness), turns signals into order requests, and trips the daily-loss
 / drawdown breaker (HALTED through the supervisor, CRITICAL alert). It denies everything until the
@@ -13,7 +13,6 @@ import sqlite3
 import time
 from datetime import datetime
 
-from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import (
     Bars,
@@ -22,20 +21,19 @@ from steadyhand.actors.messages import (
     FeedStale,
     Fills,
     OpenOrders,
-    OrderRequest,
     OrderRequests,
     PnlUpdate,
     PositionsSnapshot,
-    ReconcileFinished,
+    ReconcileCompleted,
     ReconcileStarted,
     Reconfigure,
     RequestHalt,
-    Severity,
     Signals,
     TradingStateChanged,
 )
 from steadyhand.actors.oms import is_store_fault
-from steadyhand.risk_checks import Decision, RiskBook, breaker_check
+from steadyhand.domain import OrderSpec, Severity, market_hours
+from steadyhand.risk.checks import Decision, RiskBook, breaker_check
 from steadyhand.state import store
 from thespian.actors import ActorAddress
 
@@ -56,7 +54,7 @@ class RiskActor(SteadyActor):
             OpenOrders: self.on_open_orders,
             Fills: self.on_fills,
             ReconcileStarted: self.on_reconcile_started,
-            ReconcileFinished: self.on_reconcile_finished,
+            ReconcileCompleted: self.on_reconcile_completed,
             TradingStateChanged: self.on_trading_state,
             FeedStale: self.on_feed_stale,
             FeedFresh: self.on_feed_fresh,
@@ -86,12 +84,12 @@ class RiskActor(SteadyActor):
         self.book.market_open = market_hours.is_open(now_sim)
         now_wall = time.time()
         decided_at = store.now_iso()  # one timestamp per batch: its decisions are made together
-        approved: list[OrderRequest] = []
+        approved: list[OrderSpec] = []
         rows: list[DecisionRow] = []
         for signal in message.signals:
-            request = OrderRequest(client_order_id=signal.intent_id, symbol=signal.symbol,
-                                   side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
-                                   bar_ts=signal.bar_ts)
+            request = OrderSpec(client_order_id=signal.intent_id, symbol=signal.symbol,
+                                side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
+                                bar_ts=signal.bar_ts)
             decision = self.book.decide(request, now_wall, now_sim)
             if decision.approved and (self.broker_down or self.store_fault):
                 decision = Decision.deny("broker" if self.broker_down else "store",
@@ -173,7 +171,7 @@ class RiskActor(SteadyActor):
         self.book.reconciling = True
         self.event("reconciling", reason=message.reason)
 
-    def on_reconcile_finished(self, message: ReconcileFinished, sender: ActorAddress) -> None:
+    def on_reconcile_completed(self, message: ReconcileCompleted, sender: ActorAddress) -> None:
         self.book.reconciling = False
         self.event("reconciled")
 
@@ -196,6 +194,6 @@ INSERT_DECISION = ("INSERT INTO risk_decisions (ts, client_order_id, symbol, sid
                    " VALUES (?, ?, ?, ?, ?, ?, ?)")
 
 
-def _decision_row(ts: str, request: OrderRequest, decision: Decision) -> DecisionRow:
+def _decision_row(ts: str, request: OrderSpec, decision: Decision) -> DecisionRow:
     return (ts, request.client_order_id, request.symbol, request.side.value, request.qty, int(decision.approved),
             decision.reason if not decision.approved else "ok")

@@ -8,13 +8,7 @@ bar processed twice yields the same client order id and the OMS drops the duplic
 from __future__ import annotations
 
 from steadyhand.actors.base import SteadyActor
-from steadyhand.actors.messages import (
-    Bars,
-    HistoryReply,
-    HistoryRequest,
-    PositionsSnapshot,
-    Signals,
-)
+from steadyhand.actors.messages import Bars, HistoryReply, HistoryRequest, PositionsSnapshot, Signals
 from steadyhand.strategies.sma import SmaCrossover
 from thespian.actors import ActorAddress
 

@@ -20,7 +20,7 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from steadyhand.brokers.sim import anchor_clock  # noqa: E402
+from steadyhand.sim.clock import anchor_clock  # noqa: E402
 
 from bench import common  # noqa: E402
 

@@ -26,8 +26,9 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from steadyhand.actors.messages import Bar, Bars  # noqa: E402
-from steadyhand.brokers.sim import stored_clock  # noqa: E402
+from steadyhand.actors.messages import Bars
+from steadyhand.domain import Bar
+from steadyhand.sim.clock import stored_clock  # noqa: E402
 from thespian.actors import Actor, ActorSystem  # noqa: E402
 
 from bench import common  # noqa: E402
@@ -115,7 +116,7 @@ def tick_of_bars(symbols: int) -> Bars:
 def thespian_floor(messages: int, first_hop_payload: Any = None) -> dict[str, float]:
     """One-way latency through 3 hops of do-nothing actors (multiprocTCPBase, loopback); with
     ``first_hop_payload``, the first hop carries it (as feed -> strategy carries a tick of bars)."""
-    from steadyhand import procs
+    from steadyhand.runtime import procs
 
     procs.bind_thespian_to_loopback()
     system = ActorSystem("multiprocTCPBase", {"Admin Port": procs.free_port()}, transientUnique=True)

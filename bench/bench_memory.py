@@ -22,7 +22,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
-from steadyhand.brokers.sim import stored_clock  # noqa: E402
+from steadyhand.sim.clock import stored_clock  # noqa: E402
 
 from bench import common  # noqa: E402
 

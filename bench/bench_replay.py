@@ -34,8 +34,11 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
-from steadyhand import market_hours  # noqa: E402
-from steadyhand.actors.messages import Bar, Bars  # noqa: E402
+from steadyhand.actors.messages import Bars
+from steadyhand.domain import (
+    Bar,
+    market_hours,  # noqa: E402
+)
 
 from bench import common  # noqa: E402
 
@@ -168,8 +171,8 @@ def _busy_risk() -> Any:
 
 def run_steadyhand_backtest(names: list[str], minutes: list[datetime], closes: np.ndarray) -> dict[str, Any]:
     import pandas as pd
+    from steadyhand.backtest.engine import backtest
     from steadyhand.config import StrategySettings
-    from steadyhand.strategies.sma import backtest
 
     opens, highs, lows = ohlc(closes)
     frame = pd.DataFrame({

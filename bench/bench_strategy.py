@@ -11,8 +11,8 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-from steadyhand.actors.messages import Bar
 from steadyhand.config import StrategySettings
+from steadyhand.domain import Bar
 from steadyhand.strategies.sma import SmaCrossover
 
 

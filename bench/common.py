@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from steadyhand import procs
+from steadyhand.runtime import procs
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -432,11 +432,10 @@ def seed_open_orders(data_dir: Path, n: int, names: Sequence[str], speed: float 
     exchange's acknowledgement). Returns their client order ids."""
     from decimal import Decimal
 
-    from steadyhand.actors.messages import OrderType, Side, TimeInForce
     from steadyhand.brokers import make_broker
-    from steadyhand.brokers.base import OrderSpec
-    from steadyhand.brokers.sim import anchor_clock
     from steadyhand.config import RunSettings, Settings
+    from steadyhand.domain import OrderSpec, OrderType, Side, TimeInForce
+    from steadyhand.sim.clock import anchor_clock
     from steadyhand.state import store
 
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,10 @@ from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from steadyhand.actors.messages import Configure, Wiring  # noqa: E402
+from steadyhand.actors.messages import Configure, Wiring
 from steadyhand.actors.oms import OmsActor  # noqa: E402
-from steadyhand.brokers.sim import stored_clock  # noqa: E402
 from steadyhand.config import RunSettings, Settings  # noqa: E402
+from steadyhand.sim.clock import stored_clock  # noqa: E402
 from thespian.actors import Actor, ActorSystem  # noqa: E402
 
 from bench import common  # noqa: E402

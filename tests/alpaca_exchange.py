@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 
 import requests
 from harness import poll
-from steadyhand import procs
-from steadyhand.brokers.sim import anchor_clock
 from steadyhand.config import AlpacaSettings, Settings, SimSettings
 from steadyhand.exchange_server import ExchangeServer, ServerThread
+from steadyhand.runtime import procs
+from steadyhand.sim.clock import anchor_clock
 
 KEY, SECRET = "test-key-id", "test-secret-value-4f1c"
 T = TypeVar("T")

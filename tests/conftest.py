@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 from harness import Bot
-from steadyhand import procs
+from steadyhand.runtime import procs
 from thespian.actors import ActorSystem
 
 

@@ -16,12 +16,11 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from steadyhand import market_hours
-from steadyhand.actors.messages import OrderStatus, OrderType, Side, TimeInForce
-from steadyhand.brokers.base import BrokerOrder, OrderSpec
-from steadyhand.brokers.sim import SimExchange, anchor_clock
 from steadyhand.config import Settings
-from steadyhand.market import load_market
+from steadyhand.domain import BrokerOrder, OrderSpec, OrderStatus, OrderType, Side, TimeInForce, market_hours
+from steadyhand.sim.clock import anchor_clock
+from steadyhand.sim.exchange import SimExchange
+from steadyhand.sim.market import load_market
 from steadyhand.state import store
 
 FAR = Decimal("1.00")  # a buy limit this far below the market never fills
@@ -132,7 +131,7 @@ def alerts(data_dir: Path) -> list[dict[str, Any]]:
 
 def exchange(data_dir: Path, settings: Settings | None = None) -> SimExchange:
     """The broker as another process sees it, on the run's own clock."""
-    from steadyhand.brokers.sim import stored_clock
+    from steadyhand.sim.clock import stored_clock
 
     settings = settings or Settings()
     clock = stored_clock(data_dir / "exchange.db")

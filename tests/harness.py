@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from steadyhand import procs
+from steadyhand.runtime import procs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -90,7 +90,7 @@ class Bot:
     def kill_group(self) -> None:
         """A power cut for the bot: SIGKILL the run's process group and every process of the run
         (Thespian puts its admin and actors in a process group of their own)."""
-        from steadyhand.crashpoints import kill_run
+        from steadyhand.runtime.crashpoints import kill_run
 
         assert self.proc is not None
         try:

@@ -72,7 +72,7 @@ def test_a_one_shot_run_of_a_periodic_timer_does_not_start_a_second_chain() -> N
 
 
 def test_a_periodic_timer_knows_how_late_it_fired_after_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
-    # The heartbeat judges no one for its own lateness (liveness.py): it needs each run's lateness
+    # The heartbeat judges no one for its own lateness (runtime/liveness.py): it needs each run's lateness
     # against that run's slot, at the normal and at the slow period alike.
     wall = [1000.0]
     monkeypatch.setattr(base.time, "time", lambda: wall[0])

@@ -23,19 +23,11 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
-from steadyhand.actors.messages import Alert, Severity
-from steadyhand.alerting import (
-    ALERT_URLS_ENV,
-    AlertOutbox,
-    Notifier,
-    Route,
-    alert_urls,
-    deliver_pending,
-    mask_url,
-    retry_delay_s,
-    split_urls,
-)
+from steadyhand.alerts.delivery import Notifier, deliver_pending
+from steadyhand.alerts.outbox import AlertOutbox, retry_delay_s
+from steadyhand.alerts.routes import ALERT_URLS_ENV, Route, alert_urls, mask_url, split_urls
 from steadyhand.config import AlertSettings
+from steadyhand.domain import Alert, Severity
 from steadyhand.state.store import open_store
 
 # Plain SMTP with AUTH on localhost is deliberate here.

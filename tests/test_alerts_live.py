@@ -168,8 +168,8 @@ def test_unacknowledged_critical_alerts_are_resent_until_acked(make_bot: Any, re
 def test_stale_feed_alert_then_resolved(make_bot: Any, receiver: Receiver, tmp_path: Any) -> None:
     from datetime import UTC, datetime, timedelta
 
-    from steadyhand import market_hours
-    from steadyhand.market import SyntheticMarket
+    from steadyhand.domain import market_hours
+    from steadyhand.sim.market import SyntheticMarket
 
     # Replay bars with a 12-minute hole in an open session: stale during the hole, fresh after it.
     market = SyntheticMarket(seed=3, symbols=("AAPL",))

@@ -20,27 +20,26 @@ from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import GetOrdersRequest
 from alpaca_exchange import KEY, SECRET, admin, alpaca_settings, inject, module_exchange, start_exchange, wait_for
-from steadyhand import procs
-from steadyhand.actors.messages import OrderStatus, OrderType, Side
 from steadyhand.brokers import make_broker
-from steadyhand.brokers.alpaca import AlpacaBroker, RateLimiter
+from steadyhand.brokers.alpaca.broker import AlpacaBroker, RateLimiter
+from steadyhand.brokers.alpaca.feed import AlpacaBarSource
 from steadyhand.brokers.base import (
     Broker,
     BrokerError,
-    BrokerFill,
     DuplicateClientOrderId,
     NotCancelable,
     OrderNotFound,
     OrderRejected,
-    OrderSpec,
     TransientBrokerError,
     UnknownOutcome,
 )
-from steadyhand.brokers.sim import SimExchange, stored_clock
 from steadyhand.config import RunSettings, Settings
+from steadyhand.domain import Fill, OrderSpec, OrderStatus, OrderType, Side
 from steadyhand.exchange_server import ServerThread
-from steadyhand.feeds_alpaca import AlpacaBarSource
-from steadyhand.market import load_market
+from steadyhand.runtime import procs
+from steadyhand.sim.clock import stored_clock
+from steadyhand.sim.exchange import SimExchange
+from steadyhand.sim.market import load_market
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +78,7 @@ class _Consumer:
         self.broker = broker
         self.cursor = broker.poll(None).cursor
         self.orders: dict[str, Any] = {}
-        self.fills: list[BrokerFill] = []
+        self.fills: list[Fill] = []
 
     def poll(self) -> _Consumer:
         updates = self.broker.poll(self.cursor)

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from harness import REPO, poll
-from steadyhand import procs
+from steadyhand.runtime import procs
 
 SPEED = "600"
 

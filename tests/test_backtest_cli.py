@@ -8,8 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from harness import steadyhand
-from steadyhand import market_hours
-from steadyhand.market import SyntheticMarket
+from steadyhand.domain import market_hours
+from steadyhand.sim.market import SyntheticMarket
 
 
 def write_replay(path: Path, symbols: tuple[str, ...], minutes: int) -> int:

@@ -6,8 +6,8 @@ import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from steadyhand.actors.messages import Bar
-from steadyhand.bar_checks import BarValidator, check_bar
+from steadyhand.data.bar_checks import BarValidator, check_bar
+from steadyhand.domain import Bar
 
 T0 = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)
 

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from steadyhand import procs
+from steadyhand.runtime import procs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -41,3 +41,9 @@ def test_recovery_bench_measures_a_real_crash_and_leaves_nothing(tmp_path: Path)
     leftovers = [p for p in procs.psutil.process_iter(["cmdline"]) if p.pid not in before
                  and "steadyhand-bench-recovery" in " ".join(p.info["cmdline"] or [])]
     assert not leftovers
+
+
+def test_ibkr_bench_produces_ack_and_reconnect_figures(tmp_path: Path) -> None:
+    values = _values(_bench("ibkr", tmp_path))
+    assert values["submit_to_ack_p50_ms"] and values["submit_to_ack_p99_ms"]
+    assert values["reconnect_20_open_s"]

@@ -18,11 +18,11 @@ from typing import Any
 import pytest
 from crashkit import Prep, alerts, broker_order, last_session, log_events, order_row, query, reports
 from harness import poll
-from steadyhand.actors.messages import Side
-from steadyhand.brokers.base import OrderRejected, OrderSpec, TransientBrokerError, UnknownOutcome
-from steadyhand.brokers.sim import clear_fault, set_fault
+from steadyhand.brokers.base import OrderRejected, TransientBrokerError, UnknownOutcome
 from steadyhand.config import parse_settings
-from steadyhand.verify import verify
+from steadyhand.control.verify import verify
+from steadyhand.domain import OrderSpec, Side
+from steadyhand.sim.faults import clear_fault, set_fault
 
 # --- the switch ----------------------------------------------------------------------------------
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from crashkit import exchange, query, reports
 from harness import poll
-from steadyhand.brokers.sim import clear_fault, set_fault
 from steadyhand.config import Settings
+from steadyhand.control.verify import verify
+from steadyhand.sim.faults import clear_fault, set_fault
 from steadyhand.state import store
-from steadyhand.verify import verify
 
 
 def test_restarted_oms_reconciles_before_any_new_order(make_bot: Any, data_dir: Path) -> None:

@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from crashkit import Prep, broker_order, last_session, order_row, query, reports
 from harness import poll
-from steadyhand import crashpoints, procs
 from steadyhand.config import Settings
-from steadyhand.verify import verify
+from steadyhand.control.verify import verify
+from steadyhand.runtime import crashpoints, procs
 
 FAST = ("--speed", "600")  # ten simulated minutes a second: orders and fills come at once
 

@@ -19,20 +19,11 @@ import pytest
 from actorkit import Probe
 from crashkit import Prep, broker_order, last_session, log_events, query, reports
 from steadyhand.actors import oms as oms_module
-from steadyhand.actors.messages import (
-    Alert,
-    Configure,
-    OrderRequest,
-    OrderRequests,
-    ReconcileFinished,
-    RequestHalt,
-    Severity,
-    Side,
-    Wiring,
-)
-from steadyhand.brokers.sim import stored_clock
+from steadyhand.actors.messages import Configure, OrderRequests, ReconcileCompleted, RequestHalt, Wiring
 from steadyhand.config import RunSettings, Settings
-from steadyhand.verify import verify
+from steadyhand.control.verify import verify
+from steadyhand.domain import Alert, OrderSpec, Severity, Side
+from steadyhand.sim.clock import stored_clock
 from thespian.actors import ActorExitRequest, ActorSystem
 
 
@@ -52,7 +43,7 @@ def _start_oms(system: ActorSystem, data_dir: Path) -> tuple[Any, Any]:
     system.ask(oms, Configure(name="oms", settings=run), 5)
     probe = system.createActor(Probe)
     system.tell(oms, Wiring({"risk": probe, "portfolio": probe, "alerter": probe, "supervisor": probe}))
-    _wait(system, probe, lambda seen: any(isinstance(m, ReconcileFinished) for m in seen))
+    _wait(system, probe, lambda seen: any(isinstance(m, ReconcileCompleted) for m in seen))
     return oms, probe
 
 
@@ -66,7 +57,7 @@ def test_journal_locked_halts_trading_and_the_next_start_is_clean(system: ActorS
     blocker = sqlite3.connect(data_dir / "steadyhand.db", isolation_level=None)
     blocker.execute("BEGIN IMMEDIATE")  # another process holds the write lock past the busy timeout
     try:
-        request = OrderRequest(client_order_id="sf-AAPL-B0", symbol="AAPL", side=Side.BUY, qty=5)
+        request = OrderSpec(client_order_id="sf-AAPL-B0", symbol="AAPL", side=Side.BUY, qty=5)
         system.tell(oms, OrderRequests((request,)))
         seen = _wait(system, probe, lambda s: any(isinstance(m, RequestHalt) for m in s), timeout=20)
     finally:
@@ -80,8 +71,8 @@ def test_journal_locked_halts_trading_and_the_next_start_is_clean(system: ActorS
     assert not query(data_dir, "SELECT 1 FROM orders")  # and nothing half-written
 
     # The lock is gone, but this OMS stays stopped (the supervisor halts; a restart starts clean).
-    system.tell(oms, OrderRequests((OrderRequest(client_order_id="sf-AAPL-B1", symbol="AAPL",
-                                                 side=Side.BUY, qty=5),)))
+    system.tell(oms, OrderRequests((OrderSpec(client_order_id="sf-AAPL-B1", symbol="AAPL",
+                                              side=Side.BUY, qty=5),)))
     _wait(system, probe, lambda _: any(e["reason"] == "store fault"
                                        for e in log_events(data_dir, "oms", "requests_dropped")))
     assert broker_order(data_dir, "sf-AAPL-B1") is None

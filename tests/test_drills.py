@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import REPO
-from steadyhand import procs
+from steadyhand.runtime import procs
 
 DRILLS = REPO / "ops" / "drills"
 

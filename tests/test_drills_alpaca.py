@@ -16,7 +16,7 @@ import pytest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
 from harness import REPO, poll
-from steadyhand import procs
+from steadyhand.runtime import procs
 
 sys.path.insert(0, str(REPO / "ops" / "drills"))
 from drill import Exchange  # noqa: E402 - the drills' own exchange process, as the drill starts it

@@ -30,8 +30,9 @@ from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import GetCalendarRequest, GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 from alpaca.trading.stream import TradingStream
 from alpaca_exchange import KEY, SECRET, admin, inject, module_exchange, start_exchange, wait_for
-from steadyhand import market_hours, procs
+from steadyhand.domain import market_hours
 from steadyhand.exchange_server import ServerThread
+from steadyhand.runtime import procs
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +77,7 @@ class _Collector:
         return self
 
     def stop(self) -> None:
-        from steadyhand.brokers.alpaca import StreamRunner
+        from steadyhand.brokers.alpaca.broker import StreamRunner
 
         runner = StreamRunner(self.stream, "test-stream")
         runner.thread = self.thread  # stop the thread we started

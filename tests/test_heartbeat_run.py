@@ -22,8 +22,9 @@ from typing import Any
 import pytest
 from crashkit import log_events
 from harness import Bot, poll
-from steadyhand import market_hours, procs
-from steadyhand.brokers.sim import anchor_clock, stored_clock
+from steadyhand.domain import market_hours
+from steadyhand.runtime import procs
+from steadyhand.sim.clock import anchor_clock, stored_clock
 
 OPEN = datetime(2026, 11, 20, 14, 30, tzinfo=UTC)  # an ordinary Friday: XNYS opens 9:30 ET
 SPEED = 60  # a simulated minute per second

@@ -1,11 +1,11 @@
-"""PingLedger (liveness.py): who is hung, driven by hand with an injected clock (no sleeps).
+"""PingLedger (runtime/liveness.py): who is hung, driven by hand with an injected clock (no sleeps).
 
 The beat here is the real monitor's: judge, then send this beat's pings. ``Monitor`` plays the
 heartbeat actor's part with a clock the test moves."""
 
 from __future__ import annotations
 
-from steadyhand.liveness import MAX_OUTSTANDING, Overdue, PingLedger
+from steadyhand.runtime.liveness import MAX_OUTSTANDING, Overdue, PingLedger
 
 ACTORS = ("oms", "risk", "feed")
 DEADLINE, STARTUP = 5.0, 60.0

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from steadyhand.logs import EventLog, JsonLinesFileHandler, module_logger, read_events, setup_actor_logging
+from steadyhand.runtime.logs import EventLog, JsonLinesFileHandler, module_logger, read_events, setup_actor_logging
 
 
 @pytest.fixture
@@ -131,7 +131,7 @@ def test_lines_survive_sigkill(tmp_path: Path) -> None:
     # Every event reaches the OS before event() returns: nothing is left in a process buffer.
     script = (
         "import os, signal, sys\n"
-        "from steadyhand.logs import setup_actor_logging\n"
+        "from steadyhand.runtime.logs import setup_actor_logging\n"
         "log = setup_actor_logging('oms', sys.argv[1], max_bytes=20_000, backups=5)\n"
         "for seq in range(500):\n"
         "    log.event('order_submitted', seq=seq)\n"

@@ -12,17 +12,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from steadyhand import market as market_module
-from steadyhand import market_hours as mh
-from steadyhand.actors.messages import Bar
 from steadyhand.config import SimSettings
-from steadyhand.market import (
+from steadyhand.domain import Bar
+from steadyhand.domain import market_hours as mh
+from steadyhand.sim import replay as replay_module
+from steadyhand.sim.market import (
     MarketModel,
-    ReplayMarket,
     SyntheticMarket,
     load_market,
     quote_arrays,
 )
+from steadyhand.sim.replay import ReplayMarket
 
 SYMBOLS = ("AAPL", "MSFT", "NVDA", "SPY", "QQQ")
 
@@ -102,7 +102,7 @@ def test_out_of_coverage_and_naive_inputs_are_value_errors() -> None:
 _FINGERPRINT = """
 import json, sys
 from datetime import UTC, datetime
-from steadyhand.market import SyntheticMarket
+from steadyhand.sim.market import SyntheticMarket
 m = SyntheticMarket(int(sys.argv[1]), ["AAPL", "SPY"])
 end = datetime(2026, 11, 24, 16, 0, tzinfo=UTC)
 out = {}
@@ -349,7 +349,7 @@ NASTY_CSV = (
 
 def _reference_rows(path: Path) -> tuple[list[Bar], int]:
     """The pre-columnar reader, row by row."""
-    from steadyhand.market import _parse_float, _parse_ts, _parse_volume
+    from steadyhand.sim.replay import _parse_float, _parse_ts, _parse_volume
 
     rows: list[Bar] = []
     skipped = 0
@@ -373,7 +373,7 @@ def _same(a: list[Bar], b: list[Bar]) -> bool:
 def test_replay_reads_a_nasty_file_exactly_as_the_row_reader(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk_rows: int
 ) -> None:
-    monkeypatch.setattr(market_module, "_CHUNK_ROWS", chunk_rows)  # symbols and ts met across chunks
+    monkeypatch.setattr(replay_module, "_CHUNK_ROWS", chunk_rows)  # symbols and ts met across chunks
     path = tmp_path / "nasty.csv"
     path.write_bytes(NASTY_CSV.encode())
     expected, skipped = _reference_rows(path)

@@ -14,18 +14,11 @@ from typing import Any
 import pytest
 from actorkit import Probe
 from steadyhand.actors import oms as oms_module
-from steadyhand.actors.messages import (
-    Configure,
-    OrderRequest,
-    OrderRequests,
-    ReconcileFinished,
-    Side,
-    Wiring,
-)
+from steadyhand.actors.messages import Configure, OrderRequests, ReconcileCompleted, Wiring
 from steadyhand.brokers import make_broker
-from steadyhand.brokers.base import BrokerOrder, OrderSpec
-from steadyhand.brokers.sim import anchor_clock
 from steadyhand.config import RunSettings, Settings
+from steadyhand.domain import BrokerOrder, OrderSpec, Side
+from steadyhand.sim.clock import anchor_clock
 from steadyhand.state import store
 from thespian.actors import ActorExitRequest, ActorSystem
 
@@ -72,9 +65,9 @@ def test_journal_row_is_durable_before_the_broker_sees_the_order(
     system.ask(oms, Configure(name="oms", settings=run), 5)
     probe = system.createActor(Probe)
     system.tell(oms, Wiring({"risk": probe, "portfolio": probe, "alerter": probe}))
-    assert _wait(system, probe, lambda seen: any(isinstance(m, ReconcileFinished) for m in seen))
+    assert _wait(system, probe, lambda seen: any(isinstance(m, ReconcileCompleted) for m in seen))
 
-    requests = tuple(OrderRequest(client_order_id=f"t-{sym}-B0", symbol=sym, side=Side.BUY, qty=5)
+    requests = tuple(OrderSpec(client_order_id=f"t-{sym}-B0", symbol=sym, side=Side.BUY, qty=5)
                      for sym in ("AAPL", "MSFT"))
     system.tell(oms, OrderRequests(requests))
     system.tell(oms, OrderRequests(requests))  # the same intents again: duplicates, dropped
@@ -100,6 +93,6 @@ def _wait(system: ActorSystem, probe: Any, done: Any, timeout: float = 10) -> bo
 def _session_open() -> Any:
     from datetime import UTC, datetime
 
-    from steadyhand import market_hours
+    from steadyhand.domain import market_hours
 
     return market_hours.previous_open(datetime(2026, 11, 20, 16, 0, tzinfo=UTC))

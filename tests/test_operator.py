@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from harness import Bot, poll
-from steadyhand import commands
 from steadyhand.actors.messages import CommandResult, OperatorCommand
+from steadyhand.control import commands
 
 FAST = ("--speed", "600")
 
@@ -93,7 +93,7 @@ def test_repeating_a_command_id_returns_the_first_result_and_does_nothing(make_b
 
 
 def test_forged_unsigned_stale_and_unknown_commands_are_refused_journaled_alerted(make_bot: Any) -> None:
-    from steadyhand.cli import connect
+    from steadyhand.control.client import connect
 
     bot = make_bot(args=FAST).start()
     connection = connect(bot.data_dir)

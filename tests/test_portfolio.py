@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from actorkit import Probe
-from steadyhand.actors.messages import Bar, Bars, BrokerSnapshot, Configure, Fills, PnlUpdate, Wiring
+from steadyhand.actors.messages import Bars, BrokerSnapshot, Configure, Fills, PnlUpdate, Wiring
 from steadyhand.actors.portfolio import PortfolioActor, Position
-from steadyhand.clock import SimClock
 from steadyhand.config import RunSettings, Settings
+from steadyhand.domain import Bar
+from steadyhand.sim.clock import SimClock
 from steadyhand.state import store
 from thespian.actors import ActorExitRequest, ActorSystem
 

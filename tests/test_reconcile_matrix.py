@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 from crashkit import Prep, alerts, broker_order, last_session, order_row, query, reports
 from harness import Bot, poll
-from steadyhand import procs
-from steadyhand.actors.messages import Side, TimeInForce
 from steadyhand.config import Settings, parse_settings
-from steadyhand.verify import verify
+from steadyhand.control.verify import verify
+from steadyhand.domain import Side, TimeInForce
+from steadyhand.runtime import procs
 
 CONFIG = """
 [oms]

@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from crashkit import Prep, alerts, broker_order, last_session, order_row, query, reports
 from harness import poll
-from steadyhand.actors.messages import TimeInForce
 from steadyhand.config import parse_settings
-from steadyhand.verify import verify
+from steadyhand.control.verify import verify
+from steadyhand.domain import TimeInForce
 
 
 @pytest.mark.parametrize("policy", ["adopt", "alert"])

@@ -13,27 +13,12 @@ from typing import Any
 
 import pytest
 from actorkit import Probe
-from steadyhand.actors.messages import (
-    Alert,
-    Bar,
-    Bars,
-    Configure,
-    OrderRequest,
-    OrderRequests,
-    OrderType,
-    ReconcileFinished,
-    RequestHalt,
-    Severity,
-    Side,
-    Signal,
-    Signals,
-    TradingState,
-    Wiring,
-)
+from steadyhand.actors.messages import Bars, Configure, OrderRequests, ReconcileCompleted, RequestHalt, Signals, Wiring
 from steadyhand.actors.risk import RiskActor
-from steadyhand.clock import SimClock
 from steadyhand.config import RiskSettings, RunSettings, Settings
-from steadyhand.risk_checks import CHECKS, Decision, RiskBook, breaker_check, is_reducing
+from steadyhand.domain import Alert, Bar, OrderSpec, OrderType, Severity, Side, Signal, TradingState
+from steadyhand.risk.checks import CHECKS, Decision, RiskBook, breaker_check, is_reducing
+from steadyhand.sim.clock import SimClock
 from steadyhand.state import store
 from thespian.actors import ActorExitRequest, ActorSystem
 
@@ -64,12 +49,12 @@ def book(limits: RiskSettings = LIMITS, **state: object) -> RiskBook:
     return b
 
 
-def req(side: Side = Side.BUY, qty: int = 10, symbol: str = "AAPL", **kw: object) -> OrderRequest:
+def req(side: Side = Side.BUY, qty: int = 10, symbol: str = "AAPL", **kw: object) -> OrderSpec:
     kw.setdefault("ref_price", 50.0)
-    return OrderRequest(f"t-{next(_ids)}", symbol, side, qty, **kw)  # type: ignore[arg-type]
+    return OrderSpec(f"t-{next(_ids)}", symbol, side, qty, **kw)  # type: ignore[arg-type]
 
 
-def decide(b: RiskBook, r: OrderRequest, now: float = NOW) -> Decision:
+def decide(b: RiskBook, r: OrderSpec, now: float = NOW) -> Decision:
     return b.decide(r, now, NOW_SIM)
 
 
@@ -119,7 +104,7 @@ def test_breaker_check() -> None:
 
 
 def test_checks_are_documented_in_order() -> None:
-    import steadyhand.risk_checks as rc
+    import steadyhand.risk.checks as rc
 
     doc = rc.__doc__ or ""
     positions = [doc.index(f"{i}. {name} ") for i, name in enumerate(CHECKS, 1)]
@@ -376,7 +361,7 @@ def _start_risk(system: ActorSystem, data_dir: Path) -> tuple[Any, Any]:
     system.ask(risk, Configure(name="risk", settings=run), 5)
     probe = system.createActor(JournalProbe)
     system.tell(risk, Wiring({"oms": probe, "supervisor": probe, "alerter": probe}))
-    system.tell(risk, ReconcileFinished({}))
+    system.tell(risk, ReconcileCompleted({}))
     bar_ts = NOW_SIM - timedelta(minutes=1)
     system.tell(risk, Bars(bar_ts, tuple(Bar(s, bar_ts, 50.0, 50.0, 50.0, 50.0, 100) for s in ("AAPL", "MSFT"))))
     return risk, probe

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 from harness import Bot, poll, steadyhand
-from steadyhand import procs
 from steadyhand.actors.messages import DebugHang, DebugToActor
+from steadyhand.runtime import procs
 
 FAST = ("--speed", "600")  # ten simulated minutes per second: bars (and trades) come quickly
 
@@ -142,7 +142,7 @@ def test_replayed_bad_bars_are_rejected_with_reasons(make_bot: Any, tmp_path: Pa
 
 
 def _debug(data_dir: Path, actor: str, message: Any) -> None:
-    from steadyhand.cli import connect
+    from steadyhand.control.client import connect
 
     assert connect(data_dir).ask(DebugToActor(actor, message)) is True
 

@@ -19,18 +19,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from steadyhand import market_hours as mh
-from steadyhand.actors.messages import Bar, OrderStatus, OrderType, Side, TimeInForce
-from steadyhand.brokers.base import (
-    Broker,
-    DuplicateClientOrderId,
-    NotCancelable,
-    OrderNotFound,
-    OrderRejected,
-    OrderSpec,
-)
-from steadyhand.brokers.sim import SimExchange, anchor_clock
-from steadyhand.market import Quote, ReplayMarket, SyntheticMarket, quote_arrays
+from steadyhand.brokers.base import Broker, DuplicateClientOrderId, NotCancelable, OrderNotFound, OrderRejected
+from steadyhand.domain import Bar, OrderSpec, OrderStatus, OrderType, Side, TimeInForce
+from steadyhand.domain import market_hours as mh
+from steadyhand.sim.clock import anchor_clock
+from steadyhand.sim.exchange import SimExchange
+from steadyhand.sim.market import Quote, SyntheticMarket, quote_arrays
+from steadyhand.sim.replay import ReplayMarket
 
 
 def utc(*args: int) -> datetime:
@@ -598,11 +593,12 @@ def test_two_instances_share_one_book(make: Callable[..., SimExchange], clock: M
 _CHILD = """
 import sys, time
 from datetime import datetime
-from steadyhand.actors.messages import Side
-from steadyhand.brokers.base import DuplicateClientOrderId, OrderSpec
-from steadyhand.brokers.sim import SimExchange
-from steadyhand.clock import SimClock
-from steadyhand.market import SyntheticMarket
+from steadyhand.domain import Side
+from steadyhand.brokers.base import DuplicateClientOrderId
+from steadyhand.domain import OrderSpec
+from steadyhand.sim.exchange import SimExchange
+from steadyhand.sim.clock import SimClock
+from steadyhand.sim.market import SyntheticMarket
 db, name, anchor_sim, anchor_real = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 clock = SimClock(datetime.fromisoformat(anchor_sim), anchor_real, speed=600.0)
 ex = SimExchange(db, SyntheticMarket(7, ["AAPL"]), clock, partial_fill_probability=0.3)

@@ -8,11 +8,11 @@ from datetime import UTC, datetime, timedelta, timezone
 import numpy as np
 import pandas as pd
 import pytest
-from steadyhand.actors.messages import Bar, Side
+from steadyhand.backtest.engine import backtest
 from steadyhand.config import StrategySettings
+from steadyhand.domain import Bar, Side
 from steadyhand.strategies.sma import (
     SmaCrossover,
-    backtest,
     intent_id,
     sma_crossover,
     target_orders,

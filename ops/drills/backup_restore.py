@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from drill import DrillError, Run, leftovers, query, report_count, verify_now, violations, wait_for
-from steadyhand import crashpoints
+from steadyhand.runtime import crashpoints
 
 
 def backup(db_path: Path, to: Path) -> None:

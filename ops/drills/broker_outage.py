@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from drill import DrillError, Run, leftovers, query, verify_now, violations, wait_for
-from steadyhand import crashpoints
+from steadyhand.runtime import crashpoints
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from steadyhand import crashpoints, procs
+from steadyhand.runtime import crashpoints, procs
 
 START_TIMEOUT_S = 60.0
 
@@ -76,13 +76,18 @@ class Exchange:
     drill's data dir: a local Alpaca-compatible broker that outlives every kill of the bot. Sharing
     the data dir (and the ``[sim] speed``) shares the simulated clock anchored in ``exchange.db``."""
 
+    INFO_FILE = "exchange.json"
+
+    def command(self, data_dir: Path, config: Path) -> list[str]:
+        return [sys.executable, "-m", "steadyhand.cli", "exchange", "serve", "--port", "0",
+                "--data-dir", str(data_dir), "--config", str(config)]
+
     def __init__(self, data_dir: Path, config: Path) -> None:
         self.data_dir = data_dir
-        self.info_file = data_dir / "exchange.json"
+        self.info_file = data_dir / self.INFO_FILE
         self.info_file.unlink(missing_ok=True)  # a killed earlier server's: not this one's
         env = {k: v for k, v in os.environ.items() if k != procs.RUN_MARKER}  # not part of the bot's run
-        cmd = [sys.executable, "-m", "steadyhand.cli", "exchange", "serve", "--port", "0",
-               "--data-dir", str(data_dir), "--config", str(config)]
+        cmd = self.command(data_dir, config)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                      start_new_session=True)
         self.output: list[str] = []
@@ -141,6 +146,20 @@ class Exchange:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(10)
+
+
+class TwsFace(Exchange):
+    """The TWS face of the local exchange (``python -m steadyhand.sim.server.tws``) as a process of
+    its own, like :class:`Exchange`: the "Gateway" that outlives every kill of the bot (issue 12)."""
+
+    INFO_FILE = "tws.json"
+
+    def command(self, data_dir: Path, config: Path) -> list[str]:
+        return [sys.executable, "-m", "steadyhand.sim.server.tws", "--port", "0", "--data-dir", str(data_dir),
+                "--config", str(config)]
+
+    def requests(self) -> dict[str, int]:
+        return {}  # the socket protocol has no request log to report
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:

@@ -4,6 +4,7 @@
     python ops/drills/random_kills.py --count 25                    # what CI runs
     python ops/drills/random_kills.py --count 1000 --keep           # a long offline run
     python ops/drills/random_kills.py --count 12 --broker alpaca    # the Alpaca adapter, local exchange
+    python ops/drills/random_kills.py --count 12 --broker ibkr      # the IBKR adapter, TWS face
 
 Runs ``steadyhand run`` on the simulated market as a real process and, ``--count`` times, does one
 of: SIGKILL one actor (the supervisor restarts it), SIGKILL every process of the run at once (a
@@ -19,6 +20,9 @@ drill checks that the exchange is the same process and still serves, ``verify`` 
 Alpaca's REST API, and at the end the exchange is stopped and its port proven closed. The night is
 not skipped in this mode: the exchange's clock is its own, as a real broker's is (kills while the
 market is closed still exercise restarts and reconciliation, not the order path).
+
+``--broker ibkr``: the same through the IBKR adapter (ib_async) against the TWS face of the local
+exchange (``python -m steadyhand.sim.server.tws``), a process of its own in the Gateway's place.
 """
 
 from __future__ import annotations
@@ -38,9 +42,21 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from drill import DrillError, Exchange, Run, actor_pids, leftovers, report_count, verify_now, violations, wait_for
-from steadyhand import crashpoints, market_hours, procs
-from steadyhand.brokers.sim import jump_clock, stored_clock
+from drill import (
+    DrillError,
+    Exchange,
+    Run,
+    TwsFace,
+    actor_pids,
+    leftovers,
+    report_count,
+    verify_now,
+    violations,
+    wait_for,
+)
+from steadyhand.domain import market_hours
+from steadyhand.runtime import crashpoints, procs
+from steadyhand.sim.clock import jump_clock, stored_clock
 
 # The drill's own settings: a jumpy strategy, so orders are always in flight when it kills; and it
 # kills actors far faster than any real failure would, so it must not be stopped by the supervisor's
@@ -87,8 +103,8 @@ class Setup:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=25, help="how many kills")
-    parser.add_argument("--broker", choices=("sim", "alpaca"), default="sim",
-                        help="sim, or alpaca against steadyhand exchange serve")
+    parser.add_argument("--broker", choices=("sim", "alpaca", "ibkr"), default="sim",
+                        help="sim, alpaca against steadyhand exchange serve, or ibkr against its TWS face")
     parser.add_argument("--data-dir", help="where (default: a fresh temporary directory)")
     parser.add_argument("--speed", type=float, default=200.0, help="simulated seconds per second")
     parser.add_argument("--seed", type=int, default=None, help="seed of the drill's random choices")
@@ -108,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     code = 0
     try:
-        if args.broker == "alpaca":
-            _start_exchange(setup, args.speed, totals)
+        if args.broker in ("alpaca", "ibkr"):
+            _start_exchange(setup, args.speed, totals, args.broker)
         _drill(args.count, rng, setup, totals)
         final = _final_check(setup, totals)
         totals["violations"] = final
@@ -133,14 +149,18 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _start_exchange(setup: Setup, speed: float, totals: dict[str, Any]) -> None:
+def _start_exchange(setup: Setup, speed: float, totals: dict[str, Any], broker: str = "alpaca") -> None:
     """The exchange first, so it anchors the clock; then the bot's config points at it."""
     exchange_config = setup.data_dir.parent / "exchange.toml"
     exchange_config.write_text(f"[sim]\nspeed = {speed:g}\n")
-    setup.exchange = exchange = Exchange(setup.data_dir, exchange_config)
-    setup.config.write_text('broker = "alpaca"\n' + CONFIG + "\n[alpaca]\npaper = true\n"
-                            + "".join(f'{k} = "{v}"\n' for k, v in exchange.urls.items()))
-    setup.env = dict(ALPACA_ENV)
+    if broker == "ibkr":
+        setup.exchange = exchange = TwsFace(setup.data_dir, exchange_config)
+        setup.config.write_text(f'broker = "ibkr"\n{CONFIG}\n[ibkr]\nport = {exchange.port}\nclient_id = 31\n')
+    else:
+        setup.exchange = exchange = Exchange(setup.data_dir, exchange_config)
+        setup.config.write_text('broker = "alpaca"\n' + CONFIG + "\n[alpaca]\npaper = true\n"
+                                + "".join(f'{k} = "{v}"\n' for k, v in exchange.urls.items()))
+        setup.env = dict(ALPACA_ENV)
     totals["exchange"] = {"pid": exchange.pid, "port": exchange.port, "checks": 0, "stayed_up": True}
 
 

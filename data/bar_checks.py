@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterable
 from datetime import datetime
 
-from steadyhand.actors.messages import Bar
+from steadyhand.domain import Bar
 
 REASONS = (
     "nan",

@@ -9,7 +9,7 @@ What this protects: a command must come from someone who holds the secret, must 
 (``MAX_SKEW_S``), and cannot be altered in transit. A repeated command id returns the first result and
 does nothing again (so a replayed capture is harmless); an id reused for a different command is
 refused. What it does not protect: Thespian itself unpickles whatever reaches its sockets, so the
-transport must stay on loopback (it does: see procs.py) and the machine's other users are trusted
+transport must stay on loopback (it does: see runtime/procs.py) and the machine's other users are trusted
 to the extent that they can reach 127.0.0.1.
 """
 

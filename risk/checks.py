@@ -41,8 +41,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from steadyhand.actors.messages import Bar, OrderRequest, Side, TradingState
 from steadyhand.config import RiskSettings
+from steadyhand.domain import Bar, OrderSpec, Side, TradingState
 
 CHECKS = (
     "trading_state",
@@ -149,7 +149,7 @@ class RiskBook:
         while self._approvals and self._approvals[0] <= cutoff:
             self._approvals.popleft()
 
-    def order_price(self, req: OrderRequest) -> float:
+    def order_price(self, req: OrderSpec) -> float:
         """Price used to value ``req``: limit, else stop, else last price, else ref_price (0 if none)."""
         for p in (req.limit_price, req.stop_price):
             if p is not None:
@@ -161,14 +161,14 @@ class RiskBook:
 
     # -- the decision --------------------------------------------------------------------------
 
-    def decide(self, req: OrderRequest, now_wall: float, now_sim: datetime) -> Decision:
+    def decide(self, req: OrderSpec, now_wall: float, now_sim: datetime) -> Decision:
         """Approve or deny ``req`` (checks in the module docstring's order); records approvals."""
         decision = self._check(req, now_wall, now_sim)
         if decision.approved:
             self._record(req, now_wall)
         return decision
 
-    def _check(self, req: OrderRequest, now_wall: float, now_sim: datetime) -> Decision:
+    def _check(self, req: OrderSpec, now_wall: float, now_sim: datetime) -> Decision:
         lim = self.limits
         sym, qty, side = req.symbol, req.qty, Side(req.side)
         position = self.positions.get(sym, 0)
@@ -267,7 +267,7 @@ class RiskBook:
             )
         return Decision.ok()
 
-    def _price_band(self, req: OrderRequest, reducing: bool) -> str | None:
+    def _price_band(self, req: OrderSpec, reducing: bool) -> str | None:
         prices = [("limit", req.limit_price), ("stop", req.stop_price)]
         checked = [(name, float(p)) for name, p in prices if p is not None]
         if not checked and req.ref_price:
@@ -286,7 +286,7 @@ class RiskBook:
                 )
         return None
 
-    def _record(self, req: OrderRequest, now_wall: float) -> None:
+    def _record(self, req: OrderSpec, now_wall: float) -> None:
         side = Side(req.side)
         projected = self.projected_position(req.symbol)
         reducing = is_reducing(side, req.qty, projected)

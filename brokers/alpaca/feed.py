@@ -12,7 +12,7 @@ The interface the feed actor uses (all synchronous, safe to call from the actor)
     source.connected                                   # True while the stream is subscribed
     source.close()                                     # stops the thread; idempotent
 
-Bars are steadyhand :class:`~steadyhand.actors.messages.Bar` values (``ts`` = bar start, UTC), passed
+Bars are steadyhand :class:`~steadyhand.domain.Bar` values (``ts`` = bar start, UTC), passed
 on as received: validation (NaN, out of order, duplicates) stays the feed's job. The stream
 reconnects by itself (alpaca-py, with backoff); bars that closed while it was away are not replayed
 by Alpaca, so after a reconnect the feed should ask ``history`` for the gap. Symbols are
@@ -32,9 +32,8 @@ from alpaca.data.historical import StockHistoricalDataClient
 from alpaca.data.live import StockDataStream
 from alpaca.data.requests import StockBarsRequest
 from alpaca.data.timeframe import TimeFrame
-from steadyhand import alpaca_wire as wire
-from steadyhand.actors.messages import Bar
-from steadyhand.brokers.alpaca import (
+from steadyhand.brokers.alpaca import wire
+from steadyhand.brokers.alpaca.broker import (
     RateLimiter,
     StreamRunner,
     credentials,
@@ -44,6 +43,7 @@ from steadyhand.brokers.alpaca import (
     websocket_params,
 )
 from steadyhand.config import AlpacaSettings, Settings
+from steadyhand.domain import Bar
 
 MAX_BUFFER = 100_000  # bars kept between drains; the oldest go first if nobody drains
 

@@ -78,7 +78,7 @@ def kill_run(run_dir: str | Path) -> int:
     would restart the actors being killed -- then all are killed at once. Used by the ``:group``
     crash points and by the drills for a power cut."""
     import psutil
-    from steadyhand import procs
+    from steadyhand.runtime import procs
 
     marker = procs.run_marker(run_dir)
     # run_processes leaves out its caller's ancestors (for us: Thespian's admin, the supervisor)

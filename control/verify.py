@@ -28,7 +28,7 @@ How the broker is read:
 - **sim**: directly, its ``exchange.db`` opened next to the bot's own connection, faults switched
   off (verify inspects the book, it is not a client on the wire).
 - **alpaca** (a paper account, or ``steadyhand exchange serve``): through the Broker interface,
-  an :class:`~steadyhand.brokers.alpaca.AlpacaBroker` on the configured ``[alpaca]`` URLs with the
+  an :class:`~steadyhand.brokers.alpaca.broker.AlpacaBroker` on the configured ``[alpaca]`` URLs with the
   keys from ``ALPACA_API_KEY`` / ``ALPACA_SECRET_KEY``, REST only: every order of the account
   (``GET /v2/orders?status=all``, paged by ``after``), every fill (``GET
   /v2/account/activities/FILL``, paged by ``page_token``), ``/v2/positions`` and ``/v2/clock``
@@ -54,10 +54,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from steadyhand.actors.messages import OrderStatus, Side
-from steadyhand.actors.oms import journal_positions
-from steadyhand.brokers.base import BrokerError, BrokerFill, BrokerOrder
+from steadyhand.brokers.base import BrokerError
 from steadyhand.config import RunSettings, Settings
+from steadyhand.domain import BrokerOrder, Fill, OrderStatus, Side
+from steadyhand.orders.journal import journal_positions
 from steadyhand.state import store
 
 KEYS = ("duplicate_submissions", "lost_fills", "unknown_open_orders", "stale_open_orders",
@@ -72,7 +72,7 @@ def verify(data_dir: str | Path, settings: Settings, *, running: bool | None = N
     """The verification result (see the module doc); ``running`` None: find out from run.json."""
     data_dir = Path(data_dir)
     if running is None:
-        from steadyhand.cli import running_info
+        from steadyhand.control.client import running_info
 
         running = running_info(data_dir) is not None
     result = _check(data_dir, settings, running)
@@ -116,7 +116,7 @@ class _BrokerView:
             if hasattr(broker, "all_orders"):
                 for _ in range(1 if running else SNAPSHOT_ATTEMPTS):
                     self.orders: list[BrokerOrder] = broker.all_orders()
-                    self.fills: list[BrokerFill] = broker.all_fills()
+                    self.fills: list[Fill] = broker.all_fills()
                     self.positions = {p.symbol: p.qty for p in broker.positions() if p.qty}
                     if running or len(broker.all_fills()) == len(self.fills):
                         break
@@ -135,29 +135,16 @@ class _BrokerView:
 
 
 def _open_broker(data_dir: Path, settings: Settings) -> Any:
-    if settings.broker == "sim":
-        from steadyhand.brokers.sim import SimExchange, stored_clock
-        from steadyhand.market import load_market
+    """The broker's reader for verify (see the module doc); a broker without one: its OMS broker on
+    the wall clock."""
+    from steadyhand.brokers import broker_entry
 
-        clock = stored_clock(data_dir / "exchange.db")
-        if clock is None:
-            raise FileNotFoundError(f"no simulated exchange in {data_dir} (exchange.db)")
-        sim = settings.sim
-        return SimExchange(data_dir / "exchange.db", load_market(sim, settings.symbols), clock,
-                           partial_fill_probability=sim.partial_fill_probability,
-                           slippage_bps=sim.slippage_bps, latency_ms=sim.latency_ms,
-                           start_cash=sim.start_cash, seed=sim.seed, faults=False)
-    if settings.broker == "alpaca":
-        from steadyhand.brokers.alpaca import AlpacaBroker
+    entry = broker_entry(settings.broker)
+    if entry.verify_reader is not None:
+        return entry.verify_reader(data_dir, settings)
+    from steadyhand.sim.clock import SimClock
 
-        # A REST client only (no trade-updates stream), keys from ALPACA_API_KEY / ALPACA_SECRET_KEY,
-        # URLs from [alpaca]; patient with 429s, since the account's 200 requests a minute are shared
-        # with the bot (a bot that just restarted spends a good part of them): ~30 s of retries.
-        return AlpacaBroker.from_settings(settings, stream=False, retry_attempts=12, retry_wait_s=1.0)
-    from steadyhand.brokers import make_broker
-    from steadyhand.clock import SimClock
-
-    return make_broker(RunSettings(settings=settings, data_dir=str(data_dir), clock=SimClock.real()))
+    return entry.broker(RunSettings(settings=settings, data_dir=str(data_dir), clock=SimClock.real()))
 
 
 def _broker_now(broker: Any) -> datetime:
@@ -234,9 +221,12 @@ def _check(data_dir: Path, settings: Settings, running: bool) -> dict[str, Any]:
 
 
 def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
-    from steadyhand.cli import data_dir_of
+    from steadyhand.control.client import data_dir_of
 
     data_dir = data_dir_of(args)
+    from steadyhand.brokers import datadir  # issue 12: verify with the broker the dir traded with
+
+    datadir.check(data_dir, settings)
     try:
         result = verify(data_dir, settings)
     except (FileNotFoundError, BrokerError) as exc:

@@ -21,8 +21,18 @@ from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from steadyhand.actors.messages import Bar, OrderStatus, OrderType, Side, TimeInForce
-from steadyhand.brokers.base import Account, BrokerFill, BrokerOrder, BrokerPosition, MarketClock
+from steadyhand.domain import (
+    Account,
+    Bar,
+    BrokerOrder,
+    Fill,
+    MarketClock,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+    TimeInForce,
+)
 
 NEW_YORK = ZoneInfo("America/New_York")
 _NS = uuid.UUID("5d1f3c0e-8f7a-4f54-9a57-2b1f6c0d9e11")  # namespace of the ids we derive
@@ -138,7 +148,7 @@ def order_json(
     }
 
 
-def position_json(p: BrokerPosition, mark: Decimal) -> dict[str, Any]:
+def position_json(p: Position, mark: Decimal) -> dict[str, Any]:
     qty = Decimal(p.qty)
     cost = p.avg_entry_price * qty
     value = mark * qty
@@ -238,7 +248,7 @@ def bar_stream_msg(bar: Bar) -> dict[str, Any]:
     return {"T": "b", "S": bar.symbol, "t": bar.ts, **_bar_fields(bar)}
 
 
-def fill_activity_json(f: BrokerFill, cum_qty: int, order_qty: int, order_status: str) -> dict[str, Any]:
+def fill_activity_json(f: Fill, cum_qty: int, order_qty: int, order_status: str) -> dict[str, Any]:
     return {
         "id": f"{f.ts.astimezone(UTC):%Y%m%d%H%M%S%f}::{derived_uuid('activity', f.fill_id)}",
         "account_id": ACCOUNT_ID,
@@ -305,11 +315,11 @@ def order_from_alpaca(o: Any) -> BrokerOrder:
     )
 
 
-def position_from_alpaca(p: Any) -> BrokerPosition:
+def position_from_alpaca(p: Any) -> Position:
     qty = int(Decimal(str(p.qty)))
     if _value(p.side) == "short" and qty > 0:
         qty = -qty
-    return BrokerPosition(symbol=p.symbol, qty=qty, avg_entry_price=Decimal(str(p.avg_entry_price)))
+    return Position(symbol=p.symbol, qty=qty, avg_entry_price=Decimal(str(p.avg_entry_price)))
 
 
 def account_from_alpaca(a: Any) -> Account:
@@ -322,9 +332,9 @@ def clock_from_alpaca(c: Any) -> MarketClock:
                        next_open=c.next_open.astimezone(UTC), next_close=c.next_close.astimezone(UTC))
 
 
-def fill_from_activity(a: dict[str, Any], client_order_id: str) -> BrokerFill:
-    """A BrokerFill from a raw FILL account activity."""
-    return BrokerFill(
+def fill_from_activity(a: dict[str, Any], client_order_id: str) -> Fill:
+    """A Fill from a raw FILL account activity."""
+    return Fill(
         fill_id=fill_id(a["order_id"], a["cum_qty"]),
         broker_order_id=a["order_id"],
         client_order_id=client_order_id,
@@ -336,10 +346,10 @@ def fill_from_activity(a: dict[str, Any], client_order_id: str) -> BrokerFill:
     )
 
 
-def fill_from_trade_update(update: Any) -> BrokerFill:
-    """A BrokerFill from an alpaca-py ``TradeUpdate`` of a fill or partial_fill event."""
+def fill_from_trade_update(update: Any) -> Fill:
+    """A Fill from an alpaca-py ``TradeUpdate`` of a fill or partial_fill event."""
     o = update.order
-    return BrokerFill(
+    return Fill(
         fill_id=fill_id(str(o.id), o.filled_qty),
         broker_order_id=str(o.id),
         client_order_id=o.client_order_id,

@@ -16,281 +16,52 @@ Money is ``Decimal`` stored as TEXT; fill prices are whole cents.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import random
 import sqlite3
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_DOWN, ROUND_HALF_UP, ROUND_UP, Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Literal, Protocol
 
-import numpy as np
-import sqlite_utils
-from steadyhand import market_hours
-from steadyhand.actors.messages import OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.brokers.base import (
-    Account,
-    BrokerFill,
-    BrokerOrder,
-    BrokerPosition,
     BrokerUpdates,
     DuplicateClientOrderId,
-    MarketClock,
     NotCancelable,
     OrderNotFound,
     OrderRejected,
-    OrderSpec,
-    TransientBrokerError,
     UnknownOutcome,
 )
-from steadyhand.clock import SimClock
-from steadyhand.market import MarketModel, Quote, QuoteArrays, may_quote_between, quote_arrays, stable_int
-from steadyhand.state.store import SchemaTooNew, connect, transaction
+from steadyhand.config import Settings
+from steadyhand.domain import (
+    Account,
+    BrokerOrder,
+    Fill,
+    MarketClock,
+    OrderSpec,
+    OrderStatus,
+    OrderType,
+    Position,
+    Side,
+    TimeInForce,
+    market_hours,
+)
+from steadyhand.sim.clock import NowSource
+from steadyhand.sim.faults import FAULTS_FILE, FaultSwitch
+from steadyhand.sim.market import MarketModel, Quote, QuoteArrays, load_market, may_quote_between, quote_arrays
+from steadyhand.sim.matching import CENT, CHUNK, LIMIT_TYPES, STOP_TYPES, MatchEvent, OpenOrder, cents, dec, match
+from steadyhand.sim.schema import EXCHANGE_DB, get_meta, iso, open_exchange_db, parse_iso, set_meta, wall_now
+from steadyhand.state.store import transaction
 
-CENT = Decimal("0.01")
 PRICE_PLACES = Decimal("0.000001")  # average entry prices keep sub-cent precision
 OPEN_STATUSES = (OrderStatus.SUBMITTED.value, OrderStatus.PARTIALLY_FILLED.value)
 _OPEN_IN = "(" + ", ".join(f"'{s}'" for s in OPEN_STATUSES) + ")"  # for "status IN ..." clauses
-STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT})
-LIMIT_TYPES = frozenset({OrderType.LIMIT, OrderType.STOP_LIMIT})
-_CHUNK = timedelta(days=1)  # catch-up walks the path at most a day at a time (bounded memory)
-_EPS = 1e-9  # quotes are float cents; compare against Decimal prices with a hair of slack
-
-
-class NowSource(Protocol):
-    """Anything with ``now()``: a :class:`SimClock`, or a manual clock in tests."""
-
-    def now(self) -> datetime: ...
 
 
 # ---------------------------------------------------------------------------------------------
-# Schema
+# Rows as domain types
 # ---------------------------------------------------------------------------------------------
-
-
-def _m1_book(conn: sqlite3.Connection) -> None:
-    for sql in (
-        """CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)""",
-        """CREATE TABLE orders (
-            id INTEGER PRIMARY KEY,
-            broker_order_id TEXT NOT NULL UNIQUE,
-            client_order_id TEXT NOT NULL UNIQUE,
-            symbol TEXT NOT NULL,
-            side TEXT NOT NULL,
-            qty INTEGER NOT NULL,
-            type TEXT NOT NULL,
-            time_in_force TEXT NOT NULL,
-            limit_price TEXT,
-            stop_price TEXT,
-            status TEXT NOT NULL,
-            filled_qty INTEGER NOT NULL DEFAULT 0,
-            filled_notional TEXT NOT NULL DEFAULT '0',
-            avg_fill_price TEXT,
-            fill_count INTEGER NOT NULL DEFAULT 0,
-            submitted_at TEXT NOT NULL,
-            eligible_at TEXT NOT NULL,
-            expires_at TEXT,
-            triggered_at TEXT,
-            updated_at TEXT NOT NULL,
-            reason TEXT NOT NULL DEFAULT '',
-            slippage_bps REAL NOT NULL,
-            partial_fill_probability REAL NOT NULL,
-            rng_seed INTEGER NOT NULL
-        )""",
-        "CREATE INDEX orders_status ON orders (status)",
-        """CREATE TABLE fills (
-            fill_id TEXT PRIMARY KEY,
-            broker_order_id TEXT NOT NULL,
-            client_order_id TEXT NOT NULL,
-            symbol TEXT NOT NULL,
-            side TEXT NOT NULL,
-            qty INTEGER NOT NULL,
-            price TEXT NOT NULL,
-            ts TEXT NOT NULL
-        )""",
-        "CREATE INDEX fills_order ON fills (broker_order_id)",
-        """CREATE TABLE positions (
-            symbol TEXT PRIMARY KEY,
-            qty INTEGER NOT NULL,
-            avg_entry_price TEXT NOT NULL,
-            updated_at TEXT NOT NULL
-        )""",
-        # Every order state change and fill gets the next seq; poll cursors are seqs.
-        """CREATE TABLE changes (
-            seq INTEGER PRIMARY KEY AUTOINCREMENT,
-            kind TEXT NOT NULL,
-            ref TEXT NOT NULL,
-            ts TEXT NOT NULL
-        )""",
-    ):
-        conn.execute(sql)
-
-
-def _m2_duplicate_submits(conn: sqlite3.Connection) -> None:
-    # A real broker answers a reused client order id with an error and forgets it; we keep a note,
-    # so ``steadyhand verify`` can prove that no client order id was ever submitted twice.
-    conn.execute(
-        "CREATE TABLE duplicate_submits (id INTEGER PRIMARY KEY, client_order_id TEXT NOT NULL, "
-        "ts TEXT NOT NULL)"
-    )
-
-
-# Numbered migrations: append, never edit a released one.
-MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
-    (1, "order book, fills, positions, change log", _m1_book),
-    (2, "log of submissions that reused a client order id", _m2_duplicate_submits),
-]
-
-
-def open_exchange_db(path: str | Path) -> sqlite_utils.Database:
-    """Open (creating and migrating as needed) an exchange database: WAL, busy timeout, NORMAL.
-
-    NORMAL, not FULL: the exchange stands for a remote broker, not for our journal. In WAL mode a
-    NORMAL commit survives any process crash (every kill drill); only a power loss can roll back
-    its last commits, and that looks to the bot like a broker that lost orders, which
-    reconciliation already handles (journaled but unknown at the broker: cancelled, alerted). Our
-    own journal stays FULL. This saves an fsync on every submission, cancel and catch-up."""
-    db = connect(path, synchronous="NORMAL")
-    # One transaction for check-and-apply, so two processes opening a new file at once cannot
-    # both apply the same migration.
-    with transaction(db):
-        conn = db.conn
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_migrations "
-            "(version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)"
-        )
-        current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_migrations").fetchone()[0]
-        latest = MIGRATIONS[-1][0]
-        if current > latest:
-            raise SchemaTooNew(f"{path} has schema version {current}, this steadyhand knows up to {latest}")
-        for version, name, apply in MIGRATIONS:
-            if version > current:
-                apply(conn)
-                conn.execute(
-                    "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, _iso(_wall_now()))
-                )
-    return db
-
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------------------------
-
-
-def _wall_now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _iso(t: datetime) -> str:
-    # Fixed width (always microseconds, always UTC), so the text sorts like the time.
-    return t.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _parse(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-def _dec(text: str | None) -> Decimal | None:
-    return None if text is None else Decimal(text)
-
-
-def _cents(x: float) -> Decimal:
-    return Decimal(f"{x:.2f}")
-
-
-def _epoch_dt(epoch: int) -> datetime:
-    return datetime.fromtimestamp(int(epoch), UTC)
-
-
-def _first(mask: np.ndarray) -> int:
-    """Index of the first True, or -1."""
-    if not len(mask):
-        return -1
-    i = int(np.argmax(mask))
-    return i if mask[i] else -1
-
-
-def _get_meta(conn: sqlite3.Connection, key: str) -> str | None:
-    row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-    return None if row is None else row[0]
-
-
-def _set_meta(conn: sqlite3.Connection, **values: str) -> None:
-    for key, value in values.items():
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class _Order:
-    """An open order as the matcher needs it (one row of ``orders``)."""
-
-    id: int
-    broker_order_id: str
-    client_order_id: str
-    symbol: str
-    side: Side
-    qty: int
-    type: OrderType
-    limit_price: Decimal | None
-    stop_price: Decimal | None
-    filled_qty: int
-    fill_count: int
-    eligible_at: datetime
-    expires_at: datetime | None
-    triggered: bool
-    slippage_bps: float
-    partial_fill_probability: float
-    rng_seed: int
-
-    @classmethod
-    def from_row(cls, r: sqlite3.Row) -> _Order:
-        return cls(
-            id=r["id"],
-            broker_order_id=r["broker_order_id"],
-            client_order_id=r["client_order_id"],
-            symbol=r["symbol"],
-            side=Side(r["side"]),
-            qty=r["qty"],
-            type=OrderType(r["type"]),
-            limit_price=_dec(r["limit_price"]),
-            stop_price=_dec(r["stop_price"]),
-            filled_qty=r["filled_qty"],
-            fill_count=r["fill_count"],
-            eligible_at=_parse(r["eligible_at"]),
-            expires_at=_parse(r["expires_at"]) if r["expires_at"] else None,
-            triggered=r["triggered_at"] is not None,
-            slippage_bps=r["slippage_bps"],
-            partial_fill_probability=r["partial_fill_probability"],
-            rng_seed=r["rng_seed"],
-        )
-
-
-# Catch-up events, applied in time order across all orders (cash and average prices depend on
-# the order fills happen in). ``rank`` orders events of the same second: trigger, fill, expiry.
-@dataclass(frozen=True, slots=True)
-class _Event:
-    ts: datetime
-    rank: int
-    order_id: int
-    kind: Literal["trigger", "fill", "expire"]
-    fill_no: int = 0
-    qty: int = 0
-    price: Decimal = Decimal(0)
-
-    @property
-    def key(self) -> tuple[datetime, int, int, int]:
-        return (self.ts, self.order_id, self.rank, self.fill_no)
 
 
 def _row_to_order(r: sqlite3.Row) -> BrokerOrder:
@@ -302,19 +73,19 @@ def _row_to_order(r: sqlite3.Row) -> BrokerOrder:
         qty=r["qty"],
         type=OrderType(r["type"]),
         time_in_force=TimeInForce(r["time_in_force"]),
-        limit_price=_dec(r["limit_price"]),
-        stop_price=_dec(r["stop_price"]),
+        limit_price=dec(r["limit_price"]),
+        stop_price=dec(r["stop_price"]),
         status=OrderStatus(r["status"]),
         filled_qty=r["filled_qty"],
-        avg_fill_price=_dec(r["avg_fill_price"]),
-        submitted_at=_parse(r["submitted_at"]),
-        updated_at=_parse(r["updated_at"]),
+        avg_fill_price=dec(r["avg_fill_price"]),
+        submitted_at=parse_iso(r["submitted_at"]),
+        updated_at=parse_iso(r["updated_at"]),
         reason=r["reason"],
     )
 
 
-def _row_to_fill(r: sqlite3.Row) -> BrokerFill:
-    return BrokerFill(
+def _row_to_fill(r: sqlite3.Row) -> Fill:
+    return Fill(
         fill_id=r["fill_id"],
         broker_order_id=r["broker_order_id"],
         client_order_id=r["client_order_id"],
@@ -322,72 +93,8 @@ def _row_to_fill(r: sqlite3.Row) -> BrokerFill:
         side=Side(r["side"]),
         qty=r["qty"],
         price=Decimal(r["price"]),
-        ts=_parse(r["ts"]),
+        ts=parse_iso(r["ts"]),
     )
-
-
-# ---------------------------------------------------------------------------------------------
-# Fault injection (switchable at run time, by a test, a drill or an operator)
-# ---------------------------------------------------------------------------------------------
-
-FAULTS_FILE = "sim_faults.json"  # next to exchange.db
-FAULT_MODES = ("reject", "error", "timeout", "slow", "disconnect")
-OPS = ("submit", "cancel", "get_by_client_id", "fills_for", "open_orders", "positions", "account",
-       "clock", "poll")
-
-
-def faults_path(data_dir: str | Path) -> Path:
-    return Path(data_dir) / FAULTS_FILE
-
-
-def set_fault(data_dir: str | Path, mode: str, *, delay_s: float = 0.2, ops: tuple[str, ...] = ()) -> Path:
-    """Switch a broker fault on for every process using this exchange (atomic replace).
-
-    ``reject``: every submission is rejected. ``error``: every call fails with a 5xx-style
-    TransientBrokerError. ``disconnect``: every call fails as a refused connection (also transient).
-    ``timeout``: every call waits ``delay_s`` and raises UnknownOutcome -- submissions and cancels
-    *are* carried out first (the reply is what gets lost: the case that breeds duplicate orders).
-    ``slow``: every call waits ``delay_s`` and then works. ``ops`` limits it to some calls.
-    """
-    if mode not in FAULT_MODES:
-        raise ValueError(f"fault mode must be one of {', '.join(FAULT_MODES)}, got {mode!r}")
-    unknown = set(ops) - set(OPS)
-    if unknown:
-        raise ValueError(f"unknown broker calls {sorted(unknown)}; known: {', '.join(OPS)}")
-    path = faults_path(data_dir)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"mode": mode, "delay_s": delay_s, "ops": list(ops)}))
-    os.replace(tmp, path)
-    return path
-
-
-def clear_fault(data_dir: str | Path) -> None:
-    faults_path(data_dir).unlink(missing_ok=True)
-
-
-class _FaultSwitch:
-    """Reads the faults file when it changes (one ``stat`` per call when nothing changed)."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._key: tuple[int, int, int] | None = None
-        self._fault: dict[str, object] | None = None
-
-    def current(self) -> dict[str, object] | None:
-        try:
-            st = os.stat(self.path)
-        except FileNotFoundError:
-            self._key = self._fault = None
-            return None
-        key = (st.st_mtime_ns, st.st_size, st.st_ino)
-        if key != self._key:
-            self._key = key
-            try:
-                fault = json.loads(self.path.read_text())
-                self._fault = fault if fault.get("mode") in FAULT_MODES else None
-            except (OSError, ValueError, AttributeError):
-                self._fault = None  # half-written or hand-edited badly: no fault rather than a crash
-        return self._fault
 
 
 # ---------------------------------------------------------------------------------------------
@@ -433,7 +140,7 @@ class SimExchange:
         self.latency = timedelta(milliseconds=latency_ms)
         self.seed = seed
         self._fault = fault
-        self._faults = _FaultSwitch(self.db_path.with_name(FAULTS_FILE)) if faults else None
+        self._faults = FaultSwitch(self.db_path.with_name(FAULTS_FILE)) if faults else None
         self._db = open_exchange_db(self.db_path)
         self._conn = self._db.conn
         with self._write():
@@ -465,25 +172,8 @@ class SimExchange:
         return cur.execute(sql, params).fetchall()
 
     def _injected(self, op: str) -> bool:
-        """Apply a switched-on fault to this call; True when the call must end in UnknownOutcome
-        after doing its work (a timeout of a submission or cancel)."""
-        fault = self._faults.current() if self._faults is not None else None
-        if fault is None or (fault.get("ops") and op not in fault["ops"]):  # type: ignore[operator]
-            return False
-        mode = fault["mode"]
-        if mode in ("slow", "timeout"):
-            time.sleep(float(fault.get("delay_s", 0.2)))  # type: ignore[arg-type]
-        if mode == "error":
-            raise TransientBrokerError(f"503 service unavailable (simulated fault) on {op}")
-        if mode == "disconnect":
-            raise TransientBrokerError(f"connection refused (simulated disconnect) on {op}")
-        if mode == "reject" and op == "submit":
-            raise OrderRejected("simulated fault: the exchange rejects every order")
-        if mode == "timeout":
-            if op in ("submit", "cancel"):
-                return True
-            raise UnknownOutcome(f"timed out (simulated fault) on {op}")
-        return False
+        """Apply a switched-on fault to this call (see :meth:`FaultSwitch.inject`)."""
+        return self._faults.inject(op) if self._faults is not None else False
 
     def _hook(self, point: str) -> None:
         if self._fault is not None:
@@ -505,26 +195,26 @@ class SimExchange:
     # --- catch-up (call inside a write transaction) ----------------------------------------------
 
     def _catch_up(self, now: datetime) -> None:
-        adv_text = _get_meta(self._conn, "advanced_to")
-        advanced_to = _parse(adv_text) if adv_text else None
+        adv_text = get_meta(self._conn, "advanced_to")
+        advanced_to = parse_iso(adv_text) if adv_text else None
         if advanced_to is not None and now <= advanced_to:
             return  # another process (its clock a hair ahead) already did this stretch
         if advanced_to is not None and math.ceil(advanced_to.timestamp()) >= now.timestamp():
             return  # the path is per second: no new second (hence no event) in [advanced_to, now)
-        events: list[_Event] = []
+        events: list[MatchEvent] = []
         paths: dict[tuple[str, datetime, datetime], QuoteArrays] = {}  # shared by orders of a symbol
         if advanced_to is None:
             rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
         else:
             rows = self._may_change(advanced_to, now, paths)
         for row in rows:
-            order = _Order.from_row(row)
+            order = OpenOrder.from_row(row)
             start = order.eligible_at if advanced_to is None else max(advanced_to, order.eligible_at)
-            events.extend(self._match(order, start, now, paths))
+            events.extend(match(self.market, order, start, now, paths))
         events.sort(key=lambda e: e.key)
         for event in events:
             self._apply(event)
-        _set_meta(self._conn, advanced_to=_iso(now))
+        set_meta(self._conn, advanced_to=iso(now))
 
     def _may_change(self, advanced_to: datetime, now: datetime,
                     paths: dict[tuple[str, datetime, datetime], QuoteArrays]) -> list[sqlite3.Row]:
@@ -532,13 +222,13 @@ class SimExchange:
         its symbol, an order already eligible that does not expire by now stays as it is. On a
         minute-bar replay most catch-ups see no new quote at all, and skipping those orders before
         parsing them keeps a book of thousands of open orders from costing O(book) per submission."""
-        since, until = _iso(advanced_to), _iso(now)
+        since, until = iso(advanced_to), iso(now)
         if not may_quote_between(self.market, advanced_to, now):
             # No quote for any symbol (a replay between two bars): only eligibility and expiry matter.
             return self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} AND (eligible_at > ? "
                               "OR expires_at <= ?) ORDER BY id", (since, until))
         rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
-        if now - advanced_to > _CHUNK:
+        if now - advanced_to > CHUNK:
             return rows  # a long gap: let the matcher walk it chunk by chunk
         quoted: dict[str, bool] = {}
         kept = []
@@ -555,80 +245,9 @@ class SimExchange:
                 kept.append(row)
         return kept
 
-    def _match(self, o: _Order, start: datetime, now: datetime,
-               paths: dict[tuple[str, datetime, datetime], QuoteArrays] | None = None) -> list[_Event]:
-        """What happens to one order between ``start`` and ``now`` (independent of other orders:
-        liquidity is unlimited and the market does not react to us)."""
-        end = now if o.expires_at is None else min(now, o.expires_at)
-        remaining = o.qty - o.filled_qty
-        fill_no = o.fill_count
-        triggered = o.triggered or o.type not in STOP_TYPES
-        buy = o.side is Side.BUY
-        limit = float(o.limit_price) if o.limit_price is not None else math.nan
-        stop = float(o.stop_price) if o.stop_price is not None else math.nan
-        events: list[_Event] = []
-        chunk_start = start
-        while chunk_start < end and remaining > 0:
-            chunk_end = min(end, chunk_start + _CHUNK)
-            key = (o.symbol, chunk_start, chunk_end)
-            qa = paths.get(key) if paths is not None else None
-            if qa is None:
-                qa = quote_arrays(self.market, o.symbol, chunk_start, chunk_end)
-                if paths is not None:
-                    paths[key] = qa
-            i, n = 0, len(qa)
-            while i < n and remaining > 0:
-                if not triggered:
-                    j = _first(qa.ask[i:] >= stop - _EPS if buy else qa.bid[i:] <= stop + _EPS)
-                    if j < 0:
-                        break
-                    i += j
-                    triggered = True
-                    events.append(_Event(_epoch_dt(qa.ts[i]), 0, o.id, "trigger"))
-                if o.type in LIMIT_TYPES:
-                    # Marketable limit: fills at the limit or better.
-                    j = _first(qa.ask[i:] <= limit + _EPS if buy else qa.bid[i:] >= limit - _EPS)
-                    if j < 0:
-                        break
-                    i += j
-                    assert o.limit_price is not None  # validated at submission
-                    if buy:
-                        price = min(o.limit_price, _cents(qa.ask[i]))
-                    else:
-                        price = max(o.limit_price, _cents(qa.bid[i]))
-                else:
-                    price = self._slipped(o, float(qa.ask[i] if buy else qa.bid[i]))
-                fill_no += 1
-                qty = self._fill_qty(o, remaining, fill_no)
-                events.append(_Event(_epoch_dt(qa.ts[i]), 1, o.id, "fill", fill_no, qty, price))
-                remaining -= qty
-                i += 1  # the rest of a partial fill goes on a later second
-            chunk_start = chunk_end
-        if remaining > 0 and o.expires_at is not None and now >= o.expires_at:
-            events.append(_Event(o.expires_at, 2, o.id, "expire"))
-        return events
-
-    @staticmethod
-    def _slipped(o: _Order, quote: float) -> Decimal:
-        # Market and triggered stop orders pay the spread plus slippage, rounded against us.
-        factor = Decimal(str(o.slippage_bps)) / Decimal(10_000)
-        if o.side is Side.BUY:
-            return (_cents(quote) * (1 + factor)).quantize(CENT, rounding=ROUND_UP)
-        return max(CENT, (_cents(quote) * (1 - factor)).quantize(CENT, rounding=ROUND_DOWN))
-
-    @staticmethod
-    def _fill_qty(o: _Order, remaining: int, fill_no: int) -> int:
-        """Deterministic partial fills: the same order fills the same way in every process."""
-        if remaining < 2 or o.partial_fill_probability <= 0:
-            return remaining
-        rng = random.Random(stable_int("partial", o.rng_seed, o.client_order_id, fill_no))
-        if rng.random() < o.partial_fill_probability:
-            return rng.randint(1, remaining - 1)
-        return remaining
-
-    def _apply(self, e: _Event) -> None:
+    def _apply(self, e: MatchEvent) -> None:
         conn = self._conn
-        ts = _iso(e.ts)
+        ts = iso(e.ts)
         if e.kind == "trigger":
             conn.execute("UPDATE orders SET triggered_at = ? WHERE id = ?", (ts, e.order_id))
             return
@@ -672,8 +291,8 @@ class SimExchange:
         )
         side = Side(row["side"])
         self._book_position(row["symbol"], side.sign * e.qty, e.price, ts)
-        cash = Decimal(_get_meta(conn, "cash") or "0") - side.sign * e.qty * e.price
-        _set_meta(conn, cash=str(cash))
+        cash = Decimal(get_meta(conn, "cash") or "0") - side.sign * e.qty * e.price
+        set_meta(conn, cash=str(cash))
         self._changed("fill", fill_id, ts)
         self._changed("order", row["broker_order_id"], ts)
 
@@ -751,7 +370,7 @@ class SimExchange:
         except DuplicateClientOrderId:
             with self._write() as conn:
                 conn.execute("INSERT INTO duplicate_submits (client_order_id, ts) VALUES (?, ?)",
-                             (spec.client_order_id, _iso(_wall_now())))
+                             (spec.client_order_id, iso(wall_now())))
             raise
         if lose_reply:
             raise UnknownOutcome(f"timed out (simulated fault) submitting {spec.client_order_id}")
@@ -787,16 +406,16 @@ class SimExchange:
                     None if spec.limit_price is None else str(spec.limit_price),
                     None if spec.stop_price is None else str(spec.stop_price),
                     OrderStatus.SUBMITTED.value,
-                    _iso(now),
-                    _iso(now + self.latency),
-                    None if expires_at is None else _iso(expires_at),
-                    _iso(now),
+                    iso(now),
+                    iso(now + self.latency),
+                    None if expires_at is None else iso(expires_at),
+                    iso(now),
                     self.slippage_bps,
                     self.partial_fill_probability,
                     self.seed,
                 ),
             )
-            self._changed("order", broker_order_id, _iso(now))
+            self._changed("order", broker_order_id, iso(now))
             self._hook("submit:before_commit")
             row = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))[0]
         self._hook("submit:after_commit")
@@ -806,7 +425,7 @@ class SimExchange:
         # What the order may cost at most: a limit buy never pays more than its limit (as real
         # brokers reserve it); otherwise the current ask (a stop buy: the higher of ask and stop).
         q = self._reference_quote(spec.symbol, now)
-        ask = None if q is None else _cents(q.ask)
+        ask = None if q is None else cents(q.ask)
         if otype in LIMIT_TYPES:
             price = spec.limit_price
         elif otype is OrderType.STOP and spec.stop_price is not None:
@@ -815,7 +434,7 @@ class SimExchange:
             price = ask
         if price is None:
             raise OrderRejected(f"no price for {spec.symbol} to check buying power against")
-        cash = Decimal(_get_meta(self._conn, "cash") or "0")
+        cash = Decimal(get_meta(self._conn, "cash") or "0")
         if price * spec.qty > cash:
             raise OrderRejected("insufficient buying power")
 
@@ -833,12 +452,41 @@ class SimExchange:
                 raise NotCancelable(f"{broker_order_id} is {row[0]}")
             conn.execute(
                 "UPDATE orders SET status = ?, updated_at = ?, reason = ? WHERE broker_order_id = ?",
-                (OrderStatus.CANCELED.value, _iso(now), "canceled by request", broker_order_id),
+                (OrderStatus.CANCELED.value, iso(now), "canceled by request", broker_order_id),
             )
-            self._changed("order", broker_order_id, _iso(now))
+            self._changed("order", broker_order_id, iso(now))
         self._hook("cancel:after_commit")
         if lose_reply:
             raise UnknownOutcome(f"timed out (simulated fault) canceling {broker_order_id}")
+
+    def modify(self, broker_order_id: str, *, qty: int | None = None, limit_price: Decimal | None = None,
+               stop_price: Decimal | None = None) -> BrokerOrder:
+        """Amend a working order in place, keeping its ids (IB's placeOrder with the same order id;
+        issue 12). What happened up to now happened under the old terms; the new ones apply from
+        now. ``qty`` may not go below what has filled. Raises OrderNotFound, NotCancelable (the
+        order is terminal), OrderRejected (the new terms are invalid)."""
+        with self._write() as conn:
+            now = self._now()
+            self._catch_up(now)
+            rows = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))
+            if not rows:
+                raise OrderNotFound(broker_order_id)
+            old = _row_to_order(rows[0])
+            if old.status.is_terminal:
+                raise NotCancelable(f"{broker_order_id} is {old.status.value}: it cannot be modified")
+            spec = OrderSpec(old.client_order_id, old.symbol, old.side, old.qty if qty is None else qty,
+                             old.type, old.time_in_force, old.limit_price if limit_price is None else limit_price,
+                             old.stop_price if stop_price is None else stop_price)
+            self._validate(spec)
+            if spec.qty <= old.filled_qty:
+                raise OrderRejected(f"qty {spec.qty} is not above the {old.filled_qty} already filled")
+            conn.execute(
+                "UPDATE orders SET qty = ?, limit_price = ?, stop_price = ?, updated_at = ? WHERE broker_order_id = ?",
+                (spec.qty, None if spec.limit_price is None else str(spec.limit_price),
+                 None if spec.stop_price is None else str(spec.stop_price), iso(now), broker_order_id))
+            self._changed("order", broker_order_id, iso(now))
+            row = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))[0]
+        return _row_to_order(row)
 
     def cancel_all(self) -> int:
         """Cancel every open order in one transaction (the kill switch); how many were open."""
@@ -849,10 +497,10 @@ class SimExchange:
             ids = [r[0] for r in conn.execute(f"SELECT broker_order_id FROM orders WHERE status IN {_OPEN_IN}")]
             conn.execute(
                 f"UPDATE orders SET status = ?, updated_at = ?, reason = ? WHERE status IN {_OPEN_IN}",
-                (OrderStatus.CANCELED.value, _iso(now), "canceled by request (all)"),
+                (OrderStatus.CANCELED.value, iso(now), "canceled by request (all)"),
             )
             for broker_order_id in ids:
-                self._changed("order", broker_order_id, _iso(now))
+                self._changed("order", broker_order_id, iso(now))
         self._hook("cancel:after_commit")
         if lose_reply:
             raise UnknownOutcome("timed out (simulated fault) canceling all orders")
@@ -878,7 +526,7 @@ class SimExchange:
         self._sync()
         return [_row_to_order(r) for r in self._rows("SELECT * FROM orders ORDER BY id")]
 
-    def all_fills(self) -> list[BrokerFill]:
+    def all_fills(self) -> list[Fill]:
         self._sync()
         return [_row_to_fill(r) for r in self._rows("SELECT * FROM fills ORDER BY ts, fill_id")]
 
@@ -886,7 +534,7 @@ class SimExchange:
         """Client order ids that were submitted again after the exchange already had them."""
         return [r[0] for r in self._conn.execute("SELECT client_order_id FROM duplicate_submits ORDER BY id")]
 
-    def fills_for(self, broker_order_id: str) -> list[BrokerFill]:
+    def fills_for(self, broker_order_id: str) -> list[Fill]:
         self._injected("fills_for")
         self._sync()
         rows = self._rows(
@@ -900,17 +548,17 @@ class SimExchange:
         rows = self._rows(f"SELECT * FROM orders WHERE status IN {_OPEN_IN} ORDER BY id")
         return [_row_to_order(r) for r in rows]
 
-    def positions(self) -> list[BrokerPosition]:
+    def positions(self) -> list[Position]:
         self._injected("positions")
         self._sync()
         rows = self._rows("SELECT * FROM positions WHERE qty != 0 ORDER BY symbol")
-        return [BrokerPosition(r["symbol"], r["qty"], Decimal(r["avg_entry_price"])) for r in rows]
+        return [Position(r["symbol"], r["qty"], Decimal(r["avg_entry_price"])) for r in rows]
 
     def account(self) -> Account:
         self._injected("account")
         now = self._sync()
         with self._read() as conn:
-            cash = Decimal(_get_meta(conn, "cash") or "0")
+            cash = Decimal(get_meta(conn, "cash") or "0")
             held = conn.execute(
                 "SELECT symbol, qty, avg_entry_price FROM positions WHERE qty != 0"
             ).fetchall()
@@ -966,98 +614,24 @@ class SimExchange:
 
 
 # ---------------------------------------------------------------------------------------------
-# The clock anchor
+# The one way a run opens its exchange
 # ---------------------------------------------------------------------------------------------
 
 
-def jump_clock(db_path: str | Path, to: datetime) -> SimClock:
-    """Move a simulated run's clock forward to ``to`` (the bot being down overnight, say); only
-    while the bot is down, and only forward: the book is caught up to ``to`` on its next call."""
-    db = open_exchange_db(db_path)
-    try:
-        with transaction(db):
-            conn = db.conn
-            if _get_meta(conn, "clock_mode") != "simulated":
-                raise ValueError("only a simulated clock can jump")
-            speed = float(_get_meta(conn, "clock_speed") or "1")
-            current = SimClock(anchor_sim=_parse(_get_meta(conn, "clock_anchor_sim") or ""),
-                               anchor_real=float(_get_meta(conn, "clock_anchor_real") or "0"), speed=speed)
-            if to <= current.now():
-                raise ValueError(f"the clock only moves forward: {to} <= {current.now()}")
-            clock = SimClock(anchor_sim=to.astimezone(UTC), anchor_real=time.time(), speed=speed)
-            _set_meta(conn, clock_anchor_sim=_iso(clock.anchor_sim), clock_anchor_real=repr(clock.anchor_real))
-    finally:
-        db.conn.close()
-    return clock
-
-
-def stored_clock(db_path: str | Path) -> SimClock | None:
-    """The clock a run anchored in ``exchange.db`` (read-only: changes nothing), or None."""
-    path = Path(db_path)
-    if not path.exists():
-        return None
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    try:
-        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key LIKE 'clock_%'").fetchall())
-    except sqlite3.OperationalError:
-        return None  # no book yet
-    finally:
-        conn.close()
-    if "clock_anchor_sim" not in meta:
-        return None
-    return SimClock(anchor_sim=_parse(meta["clock_anchor_sim"]), anchor_real=float(meta["clock_anchor_real"]),
-                    speed=float(meta.get("clock_speed", "1")))
-
-
-def anchor_clock(
-    db_path: str | Path,
-    *,
-    speed: float,
-    mode: str = "simulated",
-    start: datetime | None = None,
-) -> SimClock:
-    """The run's clock, anchored in ``exchange.db`` so a restarted bot continues the same day.
-
-    First call: ``simulated`` starts at ``start`` (a replay's first bar), else at the open of the
-    latest session (so a new bot trades right away); ``real`` is the wall clock. Later calls return
-    the stored anchor (``start`` is then ignored), re-anchored if ``speed`` changed. A change of
-    ``mode`` starts a fresh anchor.
-    """
-    if mode not in ("simulated", "real"):
-        raise ValueError(f"clock mode must be 'simulated' or 'real', got {mode!r}")
-    if speed <= 0:
-        raise ValueError(f"speed must be positive, got {speed}")
-    if start is not None and start.tzinfo is None:
-        raise ValueError("start must be timezone-aware")
-    db = open_exchange_db(db_path)
-    try:
-        with transaction(db):
-            conn = db.conn
-            stored_mode = _get_meta(conn, "clock_mode")
-            if stored_mode == mode:
-                clock = SimClock(
-                    anchor_sim=_parse(_get_meta(conn, "clock_anchor_sim") or ""),
-                    anchor_real=float(_get_meta(conn, "clock_anchor_real") or "0"),
-                    speed=float(_get_meta(conn, "clock_speed") or "1"),
-                )
-                wanted = 1.0 if mode == "real" else speed
-                if clock.speed != wanted:
-                    clock = clock.reanchored(wanted)
-            elif mode == "real":
-                clock = SimClock.real()
-            else:
-                real = time.time()
-                sim_start = start if start is not None else market_hours.previous_open(
-                    datetime.fromtimestamp(real, UTC)
-                )
-                clock = SimClock(anchor_sim=sim_start.astimezone(UTC), anchor_real=real, speed=speed)
-            _set_meta(
-                conn,
-                clock_mode=mode,
-                clock_anchor_sim=_iso(clock.anchor_sim),
-                clock_anchor_real=repr(clock.anchor_real),
-                clock_speed=repr(clock.speed),
-            )
-    finally:
-        db.conn.close()
-    return clock
+def open_sim_exchange(settings: Settings, data_dir: str | Path, clock: NowSource, *,
+                      market: MarketModel | None = None, faults: bool = True) -> SimExchange:
+    """The run's exchange in ``<data_dir>/exchange.db``, on its ``[sim]`` settings: for the OMS,
+    ``steadyhand verify`` (``faults=False``: it inspects the book) and the exchange server (which
+    passes a ``market`` covering its extra symbols). ``market`` None: the configured one."""
+    sim = settings.sim
+    return SimExchange(
+        Path(data_dir) / EXCHANGE_DB,
+        market if market is not None else load_market(sim, settings.symbols),
+        clock,
+        partial_fill_probability=sim.partial_fill_probability,
+        slippage_bps=sim.slippage_bps,
+        latency_ms=sim.latency_ms,
+        start_cash=sim.start_cash,
+        seed=sim.seed,
+        faults=faults,
+    )

@@ -14,7 +14,7 @@
   and queues order snapshots and fills. While it is down the broker polls REST instead (recent
   orders, every order it watches, fill activities) at most every ``fallback_poll_s`` and says so
   (``polling_fallback``, a warning in the log); when it comes back, one more REST sweep covers
-  what happened while it was away. Fills carry source-independent ids (``alpaca_wire.fill_id``), so
+  what happened while it was away. Fills carry source-independent ids (``wire.fill_id``), so
   a fill seen on both paths is reported once.
 - **Safety**: paper unless ``[alpaca] paper = false`` *and* ``allow_live = true``; the keys come only
   from ``ALPACA_API_KEY`` / ``ALPACA_SECRET_KEY`` and are never logged or put in a message.
@@ -47,26 +47,20 @@ from alpaca.trading.requests import (
     StopOrderRequest,
 )
 from alpaca.trading.stream import TradingStream
-from steadyhand import alpaca_wire as wire
-from steadyhand.actors.messages import OrderStatus, OrderType
+from steadyhand.brokers.alpaca import wire
 from steadyhand.brokers.base import (
-    Account,
     BrokerError,
-    BrokerFill,
-    BrokerOrder,
-    BrokerPosition,
     BrokerUpdates,
     DuplicateClientOrderId,
-    MarketClock,
     NotCancelable,
     OrderNotFound,
     OrderRejected,
-    OrderSpec,
     TransientBrokerError,
     UnknownOutcome,
 )
 from steadyhand.config import AlpacaSettings, Settings
-from steadyhand.logs import module_logger
+from steadyhand.domain import Account, BrokerOrder, Fill, MarketClock, OrderSpec, OrderStatus, OrderType, Position
+from steadyhand.runtime.logs import module_logger
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
 log = module_logger("steadyhand.brokers.alpaca")  # looked up per call: see logs.module_logger
@@ -84,7 +78,7 @@ T = TypeVar("T")
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration, credentials, HTTP plumbing (shared with feeds_alpaca)
+# Configuration, credentials, HTTP plumbing (shared with feed.py)
 # ---------------------------------------------------------------------------------------------
 
 
@@ -304,7 +298,7 @@ class AlpacaBroker:
         tune_rest_client(self._client, settings.timeout_s, self.limiter)
         self._instance = uuid.uuid4().hex[:8]  # a cursor from another instance starts over
         self._lock = threading.Lock()
-        self._events: list[tuple[int, BrokerOrder | BrokerFill]] = []
+        self._events: list[tuple[int, BrokerOrder | Fill]] = []
         self._seq = 0
         self._known: dict[str, tuple[OrderStatus, int]] = {}  # order id -> state the consumer knows
         self._fills_seen: set[str] = set()
@@ -367,7 +361,7 @@ class AlpacaBroker:
 
     # --- the event log behind poll() ------------------------------------------------------------------
 
-    def _record(self, orders: list[BrokerOrder], fills: list[BrokerFill]) -> None:
+    def _record(self, orders: list[BrokerOrder], fills: list[Fill]) -> None:
         """Queue what the consumer does not know yet (call with the lock held)."""
         for f in fills:
             if f.fill_id in self._fills_seen:
@@ -384,7 +378,7 @@ class AlpacaBroker:
             self._known[o.broker_order_id] = (o.status, o.filled_qty)
             self._push(o)
 
-    def _push(self, item: BrokerOrder | BrokerFill) -> None:
+    def _push(self, item: BrokerOrder | Fill) -> None:
         self._seq += 1
         self._events.append((self._seq, item))
 
@@ -410,7 +404,7 @@ class AlpacaBroker:
             self._events = [(s, item) for s, item in self._events if s > since]  # acknowledged ones go
             latest = self._seq
         orders = tuple(i for i in items if isinstance(i, BrokerOrder))
-        fills = tuple(i for i in items if isinstance(i, BrokerFill))
+        fills = tuple(i for i in items if isinstance(i, Fill))
         return BrokerUpdates(orders=orders, fills=fills, cursor=self._cursor(latest))
 
     def _maybe_sweep(self) -> None:
@@ -475,12 +469,12 @@ class AlpacaBroker:
     def _get_order(self, broker_order_id: str) -> BrokerOrder:
         return wire.order_from_alpaca(self._call(lambda: self._client.get_order_by_id(broker_order_id)))
 
-    def _fills_of(self, orders: list[BrokerOrder]) -> list[BrokerFill]:
+    def _fills_of(self, orders: list[BrokerOrder]) -> list[Fill]:
         """Every fill of these orders, from the FILL account activities since the oldest was placed."""
         cids = {o.broker_order_id: o.client_order_id for o in orders}
         after = min(o.submitted_at for o in orders) - timedelta(seconds=1)
         params: dict[str, Any] = {"after": wire.iso(after), "direction": "asc", "page_size": _ACTIVITY_PAGE}
-        fills: list[BrokerFill] = []
+        fills: list[Fill] = []
         for _ in range(_MAX_ACTIVITY_PAGES):
             page = self._call(lambda: self._client.get("/account/activities/FILL", dict(params))) or []
             fills.extend(wire.fill_from_activity(a, cids[a["order_id"]]) for a in page if a.get("order_id") in cids)
@@ -532,7 +526,7 @@ class AlpacaBroker:
             return None
         return self._watch(wire.order_from_alpaca(order))
 
-    def fills_for(self, broker_order_id: str) -> list[BrokerFill]:
+    def fills_for(self, broker_order_id: str) -> list[Fill]:
         return self._fills_of([self._get_order(broker_order_id)])
 
     def open_orders(self) -> list[BrokerOrder]:
@@ -540,7 +534,7 @@ class AlpacaBroker:
         # past the first 500 would otherwise be looked up one by one, or, unknown, never seen).
         return [self._watch(o) for o in self._orders_paged(QueryOrderStatus.OPEN)]
 
-    def positions(self) -> list[BrokerPosition]:
+    def positions(self) -> list[Position]:
         return [wire.position_from_alpaca(p) for p in self._call(self._client.get_all_positions)]
 
     def account(self) -> Account:
@@ -579,7 +573,7 @@ class AlpacaBroker:
             raise BrokerError(f"more than {_MAX_ORDER_PAGES * _ORDER_PAGE} orders: not read to the end")
         return sorted(by_id.values(), key=lambda o: (o.submitted_at, o.broker_order_id))
 
-    def all_fills(self) -> list[BrokerFill]:
+    def all_fills(self) -> list[Fill]:
         """Every fill of the account, oldest first: the FILL account activities
         (``GET /v2/account/activities/FILL?direction=asc``, paged by ``page_token``). Activities
         carry no client order id: it comes from the orders read by :meth:`all_orders` (an order

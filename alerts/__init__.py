@@ -1,0 +1,1 @@
+"""Alerts: routing (``routes``), the durable outbox (``outbox``) and apprise delivery (``delivery``)."""

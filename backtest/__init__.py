@@ -1,0 +1,1 @@
+"""Backtests: a strategy over a replay file, without actors (``steadyhand backtest``)."""

@@ -1,0 +1,1 @@
+"""Operator control: signed commands, the CLI's connection to the running system, verify."""

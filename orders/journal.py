@@ -1,0 +1,221 @@
+"""The order journal: the ``orders`` and ``fills`` tables of ``steadyhand.db``, as the OMS writes them.
+
+Write-ahead (DESIGN §5): an order is a PENDING_SUBMIT row, committed, before the broker hears of
+it; a status only moves forward (:func:`advances`), so a late, older update never undoes a newer
+one; each fill is inserted once (its broker fill id is the primary key). Plain SQL on the hot
+path: these run for every order and every broker update.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from contextlib import AbstractContextManager
+from decimal import Decimal
+from typing import Any
+
+from steadyhand.domain import BrokerOrder, Fill, OrderSpec, OrderStatus, OrderType, Side, TimeInForce
+from steadyhand.state import store
+
+OPEN_STATUSES = tuple(s.value for s in OrderStatus if s.is_open)
+_IS_OPEN = f"status IN ({','.join('?' * len(OPEN_STATUSES))})"  # SQL condition, with OPEN_STATUSES
+_WORKING = (OrderStatus.SUBMITTED.value, OrderStatus.PARTIALLY_FILLED.value)  # open at the broker
+
+# A status may only move forward: a late, older update never undoes a newer one.
+_RANK = {OrderStatus.PENDING_SUBMIT: 0, OrderStatus.SUBMITTED: 1, OrderStatus.PARTIALLY_FILLED: 2}
+
+# SQLite primary result codes that mean "the store cannot take writes now", not "our SQL is wrong".
+_STORE_FAULT_CODES = {5, 6, 8, 10, 13, 14}  # BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
+
+
+def advances(old: OrderStatus, new: OrderStatus) -> bool:
+    """Whether moving a row from ``old`` to ``new`` is forward (the state machine's one rule)."""
+    if old.is_terminal:
+        return False
+    return new.is_terminal or _RANK.get(new, 0) >= _RANK.get(old, 0)
+
+
+def is_store_fault(exc: sqlite3.Error) -> bool:
+    """A locked, full, read-only or failing database (halt trading), not a bug (crash)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return (code & 0xFF) in _STORE_FAULT_CODES
+    text = str(exc).lower()
+    return any(word in text for word in ("locked", "busy", "full", "disk i/o", "readonly"))
+
+
+class OrderJournal:
+    """The OMS's reads and writes of the journal; every write commits (or joins the caller's
+    :meth:`transaction`, which then commits them together)."""
+
+    def __init__(self, db: Any) -> None:
+        self.db = db
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        return store.transaction(self.db)
+
+    # --- reads ----------------------------------------------------------------------------------
+
+    def row(self, cid: str) -> sqlite3.Row | None:
+        cursor = self.db.conn.cursor()
+        cursor.row_factory = sqlite3.Row  # read by column name, without sqlite-utils' per-row dicts
+        return cursor.execute("SELECT * FROM orders WHERE client_order_id = ?", [cid]).fetchone()
+
+    def has_open(self) -> bool:
+        return bool(self.db.execute(f"SELECT 1 FROM orders WHERE {_IS_OPEN} LIMIT 1", OPEN_STATUSES).fetchone())
+
+    def open_by_symbol(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(open orders per symbol, signed qty still to fill per symbol)."""
+        by_symbol: Counter[str] = Counter()
+        pending: Counter[str] = Counter()
+        for row in self.db.query(f"SELECT symbol, side, qty, filled_qty FROM orders WHERE {_IS_OPEN}",
+                                 OPEN_STATUSES):
+            by_symbol[row["symbol"]] += 1
+            pending[row["symbol"]] += Side(row["side"]).sign * (row["qty"] - (row["filled_qty"] or 0))
+        return dict(by_symbol), dict(pending)
+
+    def pending_since(self, cutoff: str, limit: int) -> list[dict[str, Any]]:
+        """PENDING_SUBMIT rows created before ``cutoff`` (ISO text), oldest first."""
+        return list(self.db.query(
+            "SELECT * FROM orders WHERE status = ? AND created_at < ? ORDER BY created_at LIMIT ?",
+            [OrderStatus.PENDING_SUBMIT.value, cutoff, limit]))
+
+    def working(self) -> list[dict[str, Any]]:
+        """Rows working at the broker (submitted or partially filled, with a broker id)."""
+        return list(self.db.query(
+            "SELECT * FROM orders WHERE status IN (?, ?) AND broker_order_id IS NOT NULL", list(_WORKING)))
+
+    def working_submitted_before(self, cutoff: str) -> list[dict[str, Any]]:
+        return list(self.db.query(
+            "SELECT client_order_id, broker_order_id FROM orders WHERE status IN (?, ?) "
+            "AND broker_order_id IS NOT NULL AND submitted_at < ?", [*_WORKING, cutoff]))
+
+    def open_with_fill_qty(self) -> list[dict[str, Any]]:
+        """Open rows, each with the quantity its journaled fills add up to (``journaled_fill_qty``)."""
+        return list(self.db.query(
+            "SELECT o.*, (SELECT coalesce(sum(f.qty), 0) FROM fills f WHERE f.client_order_id = o.client_order_id)"
+            f" AS journaled_fill_qty FROM orders o WHERE o.{_IS_OPEN}", OPEN_STATUSES))
+
+    def short_of_fills(self) -> list[dict[str, Any]]:
+        """Orders whose journaled fills add up to less than their filled qty."""
+        return list(self.db.query(
+            "SELECT o.client_order_id, o.broker_order_id, o.filled_qty, coalesce(sum(f.qty), 0) AS got "
+            "FROM orders o LEFT JOIN fills f ON f.client_order_id = o.client_order_id "
+            "WHERE o.broker_order_id IS NOT NULL AND o.filled_qty > 0 "
+            "GROUP BY o.client_order_id HAVING got < o.filled_qty"))
+
+    def positions(self) -> dict[str, int]:
+        return journal_positions(self.db)
+
+    # --- writes ---------------------------------------------------------------------------------
+
+    def insert_pending(self, requests: tuple[OrderSpec, ...]) -> tuple[list[OrderSpec], list[str]]:
+        """Durable PENDING_SUBMIT rows, one transaction per batch: (the fresh ones, the client order
+        ids already journaled -- duplicate intents, dropped)."""
+        fresh, duplicates = [], []
+        now = store.now_iso()
+        with store.transaction(self.db):
+            for r in requests:
+                cursor = self.db.execute(
+                    "INSERT OR IGNORE INTO orders (client_order_id, symbol, side, qty, type, time_in_force,"
+                    " limit_price, stop_price, status, filled_qty, bar_ts, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    [r.client_order_id, r.symbol, r.side.value, r.qty, r.type.value, r.time_in_force.value,
+                     _text(r.limit_price), _text(r.stop_price), OrderStatus.PENDING_SUBMIT.value,
+                     store.iso(r.bar_ts), now, now],
+                )
+                if cursor.rowcount == 1:
+                    fresh.append(r)
+                else:
+                    duplicates.append(r.client_order_id)
+        return fresh, duplicates
+
+    def mark(self, cid: str, status: OrderStatus, reason: str) -> None:
+        with store.transaction(self.db):
+            self.db["orders"].update(cid, {"status": status.value, "reason": reason,
+                                           "updated_at": store.now_iso()})
+
+    def apply(self, order: BrokerOrder) -> OrderStatus | None:
+        """Move our row to the broker's state; the row's old status when something changed, else
+        None (not ours, nothing new, or not forward)."""
+        row = self.row(order.client_order_id)
+        if row is None:
+            return None  # not ours (reconciliation decides about unknown orders)
+        old = OrderStatus(row["status"])
+        same = (old == order.status and row["filled_qty"] == order.filled_qty
+                and row["broker_order_id"] == order.broker_order_id)
+        if same or not advances(old, order.status):
+            return None
+        with store.transaction(self.db):
+            self.db.execute(
+                "UPDATE orders SET broker_order_id = ?, status = ?, filled_qty = ?, avg_fill_price = ?,"
+                " submitted_at = ?, updated_at = ?, reason = ? WHERE client_order_id = ?",
+                [order.broker_order_id, order.status.value, order.filled_qty, _text(order.avg_fill_price),
+                 row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(),
+                 order.reason or row["reason"], order.client_order_id])
+        return old
+
+    def record_fills(self, fills: tuple[Fill, ...] | list[Fill]) -> list[Fill]:
+        """Each fill of one of our orders, once; the ones that were new."""
+        new: list[Fill] = []
+        if not fills:
+            return new
+        with store.transaction(self.db):
+            for f in fills:
+                if self.row(f.client_order_id) is None:
+                    continue  # a fill of an order we do not own
+                cursor = self.db.execute(
+                    "INSERT OR IGNORE INTO fills (fill_id, client_order_id, broker_order_id, symbol, side,"
+                    " qty, price, ts, recorded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    [f.fill_id, f.client_order_id, f.broker_order_id, f.symbol, f.side.value, f.qty,
+                     str(f.price), store.iso(f.ts), store.now_iso()],
+                )
+                if cursor.rowcount == 1:
+                    new.append(f)
+        return new
+
+    def adopt(self, order: BrokerOrder) -> None:
+        """Journal an order the broker has and we did not (reconciliation's ``adopt`` policy)."""
+        now = store.now_iso()
+        with store.transaction(self.db):
+            self.db["orders"].insert({
+                "client_order_id": order.client_order_id, "broker_order_id": order.broker_order_id,
+                "symbol": order.symbol, "side": order.side.value, "qty": order.qty, "type": order.type.value,
+                "time_in_force": order.time_in_force.value, "limit_price": _text(order.limit_price),
+                "stop_price": _text(order.stop_price), "status": order.status.value,
+                "filled_qty": order.filled_qty, "avg_fill_price": _text(order.avg_fill_price),
+                "created_at": now, "submitted_at": store.iso(order.submitted_at), "updated_at": now,
+                "reason": "adopted at reconciliation",
+            })
+
+    def record_reconciliation(self, started: str, reason: str, report: dict[str, Any]) -> None:
+        with store.transaction(self.db):
+            self.db["reconciliations"].insert({"started_at": started, "finished_at": report["finished_at"],
+                                               "reason": reason, "report": store.to_json(report)})
+
+
+def journal_positions(db: Any) -> dict[str, int]:
+    """What the journal says we hold: every fill, plus each difference a reconciliation adopted
+    from the broker (the broker wins, and the journal records that it did)."""
+    local: Counter[str] = Counter()
+    for row in db.query("SELECT symbol, side, sum(qty) AS q FROM fills GROUP BY symbol, side"):
+        local[row["symbol"]] += Side(row["side"]).sign * int(row["q"])
+    for row in db.query("SELECT report FROM reconciliations"):
+        for symbol, diff in json.loads(row["report"]).get("position_differences", {}).items():
+            local[symbol] += int(diff["broker"]) - int(diff["local"])
+    return {s: q for s, q in local.items() if q}
+
+
+def spec_from_row(row: dict[str, Any]) -> OrderSpec:
+    """The order a journal row describes (to submit a PENDING_SUBMIT row again)."""
+    return OrderSpec(
+        client_order_id=row["client_order_id"], symbol=row["symbol"], side=Side(row["side"]),
+        qty=int(row["qty"]), type=OrderType(row["type"]), time_in_force=TimeInForce(row["time_in_force"]),
+        limit_price=Decimal(row["limit_price"]) if row["limit_price"] else None,
+        stop_price=Decimal(row["stop_price"]) if row["stop_price"] else None,
+    )
+
+
+def _text(value: Decimal | None) -> str | None:
+    return None if value is None else str(value)

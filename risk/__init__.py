@@ -1,0 +1,1 @@
+"""Pre-trade risk: the checks and the book they read (driven by ``actors/risk.py``)."""
