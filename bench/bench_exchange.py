@@ -43,7 +43,7 @@ SYMBOLS = ("AAPL", "MSFT", "SPY", "NVDA")
 def serve_forever(data_dir: Path) -> None:
     """The child process: the server on ``data_dir`` until SIGTERM; ``exchange.json`` says where."""
     from steadyhand.config import Settings, SimSettings
-    from steadyhand.exchange_server import ExchangeServer, ServerThread
+    from steadyhand.sim.server import ExchangeServer, ServerThread
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

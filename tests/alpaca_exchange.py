@@ -13,7 +13,7 @@ from harness import poll
 from steadyhand import procs
 from steadyhand.brokers.sim import anchor_clock
 from steadyhand.config import AlpacaSettings, Settings, SimSettings
-from steadyhand.exchange_server import ExchangeServer, ServerThread
+from steadyhand.sim.server import ExchangeServer, ServerThread
 
 KEY, SECRET = "test-key-id", "test-secret-value-4f1c"
 T = TypeVar("T")

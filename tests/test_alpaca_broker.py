@@ -38,9 +38,9 @@ from steadyhand.brokers.base import (
 )
 from steadyhand.brokers.sim import SimExchange, stored_clock
 from steadyhand.config import RunSettings, Settings
-from steadyhand.exchange_server import ServerThread
 from steadyhand.feeds_alpaca import AlpacaBarSource
 from steadyhand.market import load_market
+from steadyhand.sim.server import ServerThread
 
 
 @pytest.fixture(scope="module")

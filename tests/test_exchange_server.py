@@ -31,7 +31,7 @@ from alpaca.trading.requests import GetCalendarRequest, GetOrdersRequest, LimitO
 from alpaca.trading.stream import TradingStream
 from alpaca_exchange import KEY, SECRET, admin, inject, module_exchange, start_exchange, wait_for
 from steadyhand import market_hours, procs
-from steadyhand.exchange_server import ServerThread
+from steadyhand.sim.server import ServerThread
 
 
 @pytest.fixture(scope="module")
