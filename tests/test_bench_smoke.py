@@ -41,3 +41,14 @@ def test_recovery_bench_measures_a_real_crash_and_leaves_nothing(tmp_path: Path)
     leftovers = [p for p in procs.psutil.process_iter(["cmdline"]) if p.pid not in before
                  and "steadyhand-bench-recovery" in " ".join(p.info["cmdline"] or [])]
     assert not leftovers
+
+
+def test_exchange_bench_measures_round_trips_and_leaves_nothing(tmp_path: Path) -> None:
+    before = {p.pid for p in procs.psutil.process_iter()}
+    result = _bench("exchange", tmp_path)
+    figures = _values(result)
+    assert figures["exchange_submit_rt_p50"][0] > 0 and figures["exchange_trade_update_new_p50"][0] > 0
+    assert result["runs"][0]["listed"] == result["runs"][0]["orders"] + 1  # every order, and the probe
+    leftovers = [p for p in procs.psutil.process_iter(["cmdline"]) if p.pid not in before
+                 and "steadyhand-bench-exchange" in " ".join(p.info["cmdline"] or [])]
+    assert not leftovers
