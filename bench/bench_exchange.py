@@ -27,6 +27,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,11 @@ def _stop(proc: subprocess.Popen[str], port: int) -> None:
         raise RuntimeError(f"the exchange server exited {code}; port {port} listening: {procs.port_listening(port)}")
 
 
+def _listening(base_url: str) -> bool:
+    with urllib.request.urlopen(f"{base_url}/_admin/status", timeout=5) as reply:
+        return json.loads(reply.read())["connections"]["listening"] >= 1
+
+
 def run_once(n_orders: int, keep: bool = False) -> dict[str, Any]:
     from alpaca.trading.client import TradingClient
     from alpaca.trading.enums import QueryOrderStatus
@@ -107,9 +113,10 @@ def run_once(n_orders: int, keep: bool = False) -> dict[str, Any]:
             streamer = threading.Thread(target=stream.run, daemon=True)
             streamer.start()
             client.get_account()  # warm the connection
+            common.wait_for(lambda: _listening(info["trading_url"]), 30, what="the trade stream to listen")
             probe = client.submit_order(MarketOrderRequest(symbol="SPY", qty=1, side="buy", time_in_force="day",
                                                            client_order_id="probe"))
-            common.wait_for(lambda: "probe" in seen, 30)  # the stream listens
+            common.wait_for(lambda: "probe" in seen, 30, what="the probe's 'new' event")
             sent: dict[str, float] = {}
             submit, get, ids = [], [], [str(probe.id)]
             for i in range(n_orders):
