@@ -184,25 +184,35 @@ class ExchangeServer:
                 f"{alpaca_streams.TRADE_STREAM_PATH}", "data_stream_url": f"ws://{LOOPBACK}:{self.port}/v2/iex"}
 
     async def start(self) -> None:
-        """Open the book, bind 127.0.0.1, serve; returns once requests are answered."""
+        """Open the book, bind 127.0.0.1, serve; returns once requests are answered. On failure
+        (the port is taken ...) nothing is left open and the error is raised."""
         await self.call(self._open)
-        sock = _bind(self.requested_port)
+        try:
+            sock = _bind(self.requested_port)
+        except OSError:
+            await self._abandon()
+            raise
         self.port = int(sock.getsockname()[1])
         self._uvicorn = _Uvicorn(uvicorn.Config(
             self.app, log_config=None, log_level="warning", access_log=False, lifespan="off",
             ws="websockets-sansio", ws_max_size=2**20, server_header=False, proxy_headers=False,
             timeout_keep_alive=_KEEP_ALIVE_S, timeout_graceful_shutdown=5))
         _quiet_uvicorn()
-        self._serving = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
+        serving = self._serving = asyncio.create_task(self._uvicorn.serve(sockets=[sock]))
         deadline = time.monotonic() + _STARTUP_TIMEOUT_S
         while not self._uvicorn.started:
-            if self._serving.done() or time.monotonic() > deadline:
+            if serving.done() or time.monotonic() > deadline:
+                serving.cancel()
                 sock.close()
-                await self.call(self._close_sim)
-                error = self._serving.exception() if self._serving.done() and not self._serving.cancelled() else None
-                raise OSError(f"the web server did not start: {error!r}")
+                await self._abandon()
+                error = serving.exception() if serving.done() and not serving.cancelled() else "timed out"
+                raise OSError(f"the web server did not start: {error}")
             await asyncio.sleep(0.005)
         self._tasks = self.alpaca.start_background()
+
+    async def _abandon(self) -> None:
+        await self.call(self._close_sim)
+        self._executor.shutdown(wait=True)
 
     async def wait_stopped(self) -> None:
         """Until the web server stops of its own accord (it does not, unless something broke)."""
@@ -467,6 +477,8 @@ async def _serve(server: ExchangeServer, data_dir: Path) -> None:
         info.unlink(missing_ok=True)
         await server.close()
         print("steadyhand exchange: stopped", flush=True)
+    if not stop.is_set():
+        raise OSError("the web server stopped by itself (see the log above)")
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
