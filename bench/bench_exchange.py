@@ -10,7 +10,9 @@ the real alpaca-py clients from this process:
 - ``list_orders_rt``: ``get_orders(status=all, limit=500)`` with every order in the book;
 - ``trade_update_new``: submit sent -> the order's ``new`` event received on the trade-updates
   websocket (alpaca-py's ``TradingStream``; the server polls its book every 50 ms, so this is
-  mostly that interval).
+  mostly that interval);
+- ``server_cpu_per_submit``: the server process's CPU time (user + sys) over the submissions,
+  per submission: what a request costs the server, whatever else the machine is doing.
 
 The server is stopped with SIGTERM afterwards and proven gone (process exited, port closed).
 
@@ -30,6 +32,8 @@ import time
 import urllib.request
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -119,6 +123,8 @@ def run_once(n_orders: int, keep: bool = False) -> dict[str, Any]:
             common.wait_for(lambda: "probe" in seen, 30, what="the probe's 'new' event")
             sent: dict[str, float] = {}
             submit, get, ids = [], [], [str(probe.id)]
+            server = psutil.Process(proc.pid)
+            cpu0 = sum(server.cpu_times()[:2])
             for i in range(n_orders):
                 cid = f"bench-{i}"
                 req = MarketOrderRequest(symbol=SYMBOLS[i % len(SYMBOLS)], qty=1, side="buy", time_in_force="day",
@@ -127,6 +133,7 @@ def run_once(n_orders: int, keep: bool = False) -> dict[str, Any]:
                 order = client.submit_order(req)
                 submit.append((time.perf_counter() - t0) * 1000)
                 ids.append(str(order.id))
+            submit_cpu = sum(server.cpu_times()[:2]) - cpu0
             for oid in ids[1:]:
                 t0 = time.perf_counter()
                 client.get_order_by_id(oid)
@@ -145,7 +152,8 @@ def run_once(n_orders: int, keep: bool = False) -> dict[str, Any]:
     return {"orders": n_orders, "listed": len(got),
             "submit_p50_ms": common.percentile(submit, 50), "submit_p99_ms": common.percentile(submit, 99),
             "get_p50_ms": common.percentile(get, 50), "list_p50_ms": common.percentile(listing, 50),
-            "new_event_p50_ms": common.percentile(new_event, 50)}
+            "new_event_p50_ms": common.percentile(new_event, 50),
+            "server_cpu_per_submit_ms": submit_cpu * 1000 / n_orders}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -163,6 +171,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "get_p50_ms": common.Figure("exchange_get_order_rt_p50", "ms"),
         "list_p50_ms": common.Figure("exchange_list_orders_rt_p50", "ms", note=f"{n + 1} orders, status=all"),
         "new_event_p50_ms": common.Figure("exchange_trade_update_new_p50", "ms", note="submit -> 'new' on /stream"),
+        "server_cpu_per_submit_ms": common.Figure("exchange_server_cpu_per_submit", "ms",
+                                                  note="the server process's CPU (user+sys) / submits"),
     }
     runs = []
     for _ in range(common.repeats(args)):
