@@ -95,3 +95,10 @@ def test_stop_closes_streams_going_away_and_frees_the_port(tmp_path: Path) -> No
     finally:
         thread.stop()
     assert not procs.port_listening(port)
+
+
+def test_streams_negotiate_no_compression(exchange: ServerThread) -> None:
+    # alpaca-py's websockets client offers permessage-deflate; on loopback it would only cost CPU.
+    with connect(exchange.server.urls["trading_stream_url"], open_timeout=5) as ws:
+        assert ws.request is not None and "permessage-deflate" in ws.request.headers.get("Sec-WebSocket-Extensions", "")
+        assert ws.response is not None and "Sec-WebSocket-Extensions" not in ws.response.headers
