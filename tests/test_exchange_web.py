@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 import requests
-from alpaca_exchange import KEY, SECRET, module_exchange, start_exchange
+from alpaca_exchange import KEY, SECRET, admin, inject, module_exchange, start_exchange
 from steadyhand import procs
 from steadyhand.sim.server import ServerThread
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -102,3 +102,15 @@ def test_streams_negotiate_no_compression(exchange: ServerThread) -> None:
     with connect(exchange.server.urls["trading_stream_url"], open_timeout=5) as ws:
         assert ws.request is not None and "permessage-deflate" in ws.request.headers.get("Sec-WebSocket-Extensions", "")
         assert ws.response is not None and "Sec-WebSocket-Extensions" not in ws.response.headers
+
+
+def test_a_fault_after_processing_leaves_a_failed_request_as_it_failed(exchange: ServerThread) -> None:
+    order = {"symbol": "MSFT", "qty": 1, "side": "buy", "type": "limit", "limit_price": "1.00",
+             "time_in_force": "day", "client_order_id": "web-after-dup"}
+    assert _get(exchange, "POST", "/v2/orders", headers=AUTH, json=order).status_code == 200
+    inject(exchange, method="POST", path="/v2/orders", status=503, after=True)
+    duplicate = _get(exchange, "POST", "/v2/orders", headers=AUTH, json=order)
+    assert duplicate.status_code == 422 and duplicate.json()["message"] == "client_order_id must be unique"
+    assert admin(exchange, "GET", "status")["faults"] == []  # the rule was used up all the same
+    landed = _get(exchange, "POST", "/v2/orders", headers=AUTH, json={**order, "client_order_id": "web-after-ok"})
+    assert landed.status_code == 200  # no rule left

@@ -179,14 +179,17 @@ class AlpacaGate:
             await response(scope, receive, target)
         else:
             await self.app(scope, receive, target)
-        if rule.after:
+        # A request that failed by itself (4xx, 5xx) is answered as it is: the fault is for a
+        # request that went through (the order landed although the client saw an error).
+        failed = bool(held) and held[0].get("type") == "http.response.start" and held[0]["status"] >= 400
+        if rule.after and not failed:
             if rule.delay_s:
                 await asyncio.sleep(rule.delay_s)
             if rule.status:
                 await _error(rule.status, f"injected fault {rule.status}")(scope, receive, send)
                 return
-            for message in held:
-                await send(message)
+        for message in held:
+            await send(message)
 
 
 def _error(status: int, message: str) -> Response:
