@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_verify(args, load_settings(args.config or os.environ.get("STEADYHAND_CONFIG")))
         if args.command == "exchange":
-            from steadyhand.exchange_server import cmd_serve
+            from steadyhand.sim.server import cmd_serve
 
             return cmd_serve(args, load_settings(args.config or os.environ.get("STEADYHAND_CONFIG")))
         if args.command in ("run", "backtest"):

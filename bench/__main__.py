@@ -23,8 +23,8 @@ if __package__ in (None, ""):
 from bench import common  # noqa: E402
 
 # Cheapest first; the ones that start real bots after.
-BENCHES = ("strategy", "replay", "restart", "killswitch", "recovery", "latency", "burst", "idle", "memory",
-           "ibkr")
+BENCHES = ("strategy", "exchange", "replay", "restart", "killswitch", "recovery", "latency", "burst", "idle",
+           "memory", "ibkr")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,6 +1,6 @@
 """The embedded market and exchange: market models (``market``, ``replay``), the clock (``clock``),
 the simulated exchange (``exchange`` with ``schema``, ``matching``, ``faults``) and its faces in
-``server/``: the TWS face (``server/tws.py``, issue 12) and, on branch web, the Alpaca one.
+``server/``: the Alpaca face on Starlette (``server/alpaca.py``) and the TWS face (``server/tws.py``).
 
 The functions below are what ``steadyhand.brokers``' registry knows the sim broker by; they import
 the exchange only when called.

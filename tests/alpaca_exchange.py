@@ -11,9 +11,9 @@ from typing import Any, TypeVar
 import requests
 from harness import poll
 from steadyhand.config import AlpacaSettings, Settings, SimSettings
-from steadyhand.exchange_server import ExchangeServer, ServerThread
 from steadyhand.runtime import procs
 from steadyhand.sim.clock import anchor_clock
+from steadyhand.sim.server import ExchangeServer, ServerThread
 
 KEY, SECRET = "test-key-id", "test-secret-value-4f1c"
 T = TypeVar("T")

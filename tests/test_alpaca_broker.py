@@ -35,11 +35,11 @@ from steadyhand.brokers.base import (
 )
 from steadyhand.config import RunSettings, Settings
 from steadyhand.domain import Fill, OrderSpec, OrderStatus, OrderType, Side
-from steadyhand.exchange_server import ServerThread
 from steadyhand.runtime import procs
 from steadyhand.sim.clock import stored_clock
 from steadyhand.sim.exchange import SimExchange
 from steadyhand.sim.market import load_market
+from steadyhand.sim.server import ServerThread
 
 
 @pytest.fixture(scope="module")

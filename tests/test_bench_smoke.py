@@ -47,3 +47,14 @@ def test_ibkr_bench_produces_ack_and_reconnect_figures(tmp_path: Path) -> None:
     values = _values(_bench("ibkr", tmp_path))
     assert values["submit_to_ack_p50_ms"] and values["submit_to_ack_p99_ms"]
     assert values["reconnect_20_open_s"]
+
+
+def test_exchange_bench_measures_round_trips_and_leaves_nothing(tmp_path: Path) -> None:
+    before = {p.pid for p in procs.psutil.process_iter()}
+    result = _bench("exchange", tmp_path)
+    figures = _values(result)
+    assert figures["exchange_submit_rt_p50"][0] > 0 and figures["exchange_trade_update_new_p50"][0] > 0
+    assert result["runs"][0]["listed"] == result["runs"][0]["orders"] + 1  # every order, and the probe
+    leftovers = [p for p in procs.psutil.process_iter(["cmdline"]) if p.pid not in before
+                 and "steadyhand-bench-exchange" in " ".join(p.info["cmdline"] or [])]
+    assert not leftovers

@@ -31,8 +31,8 @@ from alpaca.trading.requests import GetCalendarRequest, GetOrdersRequest, LimitO
 from alpaca.trading.stream import TradingStream
 from alpaca_exchange import KEY, SECRET, admin, inject, module_exchange, start_exchange, wait_for
 from steadyhand.domain import market_hours
-from steadyhand.exchange_server import ServerThread
 from steadyhand.runtime import procs
+from steadyhand.sim.server import ServerThread
 
 
 @pytest.fixture(scope="module")

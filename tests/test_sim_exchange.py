@@ -793,3 +793,57 @@ def test_exchange_and_anchor_share_the_file(tmp_path: Path, market: StepMarket) 
     assert abs((ex.clock().timestamp - MON).total_seconds()) < 5
     ex.close()
     assert anchor_clock(db, speed=1.0).anchor_sim == MON
+
+
+# --- queries for the exchange server -----------------------------------------------------------
+
+
+def test_list_orders_filters_and_orders_like_alpacas_listing(
+    make: Callable[..., SimExchange], clock: ManualClock
+) -> None:
+    ex = make()
+    ex.submit(spec("q-buy-a"))  # fills: a market order
+    clock.advance(seconds=1)
+    ex.submit(limit("q-rest-a", Side.BUY, "90.00"))  # rests
+    clock.advance(seconds=1)
+    ex.submit(spec("q-sell-b", Side.SELL, qty=5, symbol="BBB", type=OrderType.LIMIT, limit_price=Decimal("60")))
+    clock.advance(seconds=5)
+
+    def ids(**kw: object) -> list[str]:
+        return [o.client_order_id for o in ex.list_orders(**kw)]  # type: ignore[arg-type]
+
+    assert ids() == ["q-sell-b", "q-rest-a"]  # open, newest first: the market order filled meanwhile
+    assert ids(status="closed") == ["q-buy-a"]
+    assert ids(status="all", ascending=True) == ["q-buy-a", "q-rest-a", "q-sell-b"]
+    assert ids(status="all", limit=1) == ["q-sell-b"]
+    assert ids(status="all", symbols=["AAA"]) == ["q-rest-a", "q-buy-a"]
+    assert ids(status="all", side="sell") == ["q-sell-b"]
+    assert ids(status="all", after=MON, until=MON + timedelta(seconds=2)) == ["q-rest-a"]  # both ends open
+    with pytest.raises(ValueError):
+        ex.list_orders("pending")  # type: ignore[arg-type]
+
+
+def test_fill_sequences_count_up_by_fill_number(make: Callable[..., SimExchange], clock: ManualClock) -> None:
+    ex = make(partial_fill_probability=1.0)
+    order = ex.submit(spec("seq", qty=50))
+    other = ex.submit(spec("seq-2", qty=5, symbol="BBB"))
+    clock.advance(minutes=2)
+    fills = ex.fills_for(order.broker_order_id)
+    sequences = ex.fill_sequences([order.broker_order_id, other.broker_order_id, "unknown"])
+    assert set(sequences) == {order.broker_order_id, other.broker_order_id}
+    mine = sequences[order.broker_order_id]
+    assert [f.fill_id for f, _cum in mine] == [f.fill_id for f in fills] and len(mine) >= 2
+    assert [cum for _f, cum in mine] == list(np.cumsum([f.qty for f in fills])) and mine[-1][1] == 50
+    assert ex.fill_sequences([]) == {}
+
+    everything = ex.fills_between()
+    assert {f.fill_id for f in everything} == {f.fill_id for f, _c in mine} | {
+        f.fill_id for f, _c in sequences[other.broker_order_id]}
+    first, last = fills[0].ts, fills[-1].ts
+    window = ex.fills_between(after=first, before=last)
+    between = [f.fill_id for f in window if f.broker_order_id == order.broker_order_id]
+    assert between == [f.fill_id for f in fills[1:-1]]  # both ends open
+    assert ex.fills_between(after=clock.t) == []
+
+    by_id = ex.orders_by_id([order.broker_order_id, "unknown"])
+    assert list(by_id) == [order.broker_order_id] and by_id[order.broker_order_id].status is OrderStatus.FILLED
