@@ -31,6 +31,8 @@ RUN_FILE = "run.json"
 START_TIMEOUT_S = 60.0
 ASK_TIMEOUT_S = 5.0
 LIVE_VIEW_PERIOD_S = 3.0
+START_HELP = ("where a new simulated clock starts: YYYY-MM-DD (that day's session open, or the next "
+              "session's) or an ISO timestamp with offset; default the latest session's open")
 
 
 class NotRunning(RuntimeError):
@@ -125,6 +127,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         # an orphan of a killed admin) can be found by data dir later (see procs.py).
         env = {**os.environ, procs.RUN_MARKER: marker}
         os.execve(sys.executable, [sys.executable, "-m", "steadyhand.cli", *sys.argv[1:]], env)
+    from steadyhand.clock import start_of
+
+    start_of(settings.sim)  # a start outside the calendar: exit 2 before anything is created
     data_dir.mkdir(parents=True, exist_ok=True)
     if os.getpgrp() != os.getpid() and not sys.stdin.isatty():
         os.setpgid(0, 0)  # our own process group, so a drill or systemd can stop all of us at once
@@ -148,7 +153,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                       test_hooks=os.environ.get("STEADYHAND_TEST_HOOKS") == "1",
                       config_path=str(Path(args.config).resolve()) if args.config else "",
                       cli_overrides={k: v for k, v in {"speed": args.speed, "seed": args.seed,
-                                                       "replay": args.replay}.items() if v is not None})
+                                                       "replay": args.replay, "start": args.start}.items()
+                                     if v is not None})
     port = settings.admin_port or procs.free_port()
 
     stop = threading.Event()
@@ -182,15 +188,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
-    from steadyhand.brokers.sim import anchor_clock
+    """The run's clock (see ``clock.anchor_run_clock``); says so when a given start does not count."""
+    from steadyhand.clock import anchor_run_clock
 
-    start = None
-    if settings.sim.replay:
-        from steadyhand.market import ReplayMarket
-
-        start = ReplayMarket(settings.sim.replay).first_ts
-    return anchor_clock(str(data_dir / "exchange.db"), speed=settings.sim.speed, mode=settings.sim.clock,
-                        start=start)
+    clock, notes = anchor_run_clock(data_dir / "exchange.db", settings.sim)
+    for note in notes:
+        print(f"steadyhand: {note}", flush=True)
+    return clock
 
 
 def _preload(clock: Any) -> None:
@@ -474,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--speed", type=float, help="simulated seconds per second (sim clock)")
     run.add_argument("--seed", type=int, help="seed of the synthetic market")
     run.add_argument("--replay", help="CSV of bars to replay instead of the synthetic market")
+    run.add_argument("--start", help=START_HELP)
     common(sub.add_parser("status", help="state of the running bot"))
     common(sub.add_parser("orders", help="the order journal"))
     common(sub.add_parser("fills", help="every fill"))
@@ -506,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = exchange_sub.add_parser("serve", help="serve an Alpaca-compatible paper exchange on 127.0.0.1")
     common(serve, config=True, json_flag=False)
     serve.add_argument("--port", type=int, default=0, help="TCP port (0: a free one, printed)")
+    serve.add_argument("--start", help=START_HELP)
     return parser
 
 
@@ -519,11 +525,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "exchange":
             from steadyhand.exchange_server import cmd_serve
 
-            return cmd_serve(args, load_settings(args.config or os.environ.get("STEADYHAND_CONFIG")))
+            settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
+            return cmd_serve(args, with_overrides(settings, start=args.start))
         if args.command in ("run", "backtest"):
             settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
             if args.command == "run":
-                settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay)
+                settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay,
+                                          start=args.start)
                 if settings.broker == "ibkr":
                     raise ConfigError("broker: 'ibkr' is not available in this version yet ('sim' or 'alpaca')")
                 return cmd_run(args, settings)

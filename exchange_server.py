@@ -78,7 +78,7 @@ from steadyhand.brokers.base import (
     OrderRejected,
     OrderSpec,
 )
-from steadyhand.brokers.sim import NowSource, SimExchange, anchor_clock
+from steadyhand.brokers.sim import NowSource, SimExchange
 from steadyhand.config import Settings
 from steadyhand.market import MarketModel, load_market
 from websockets.frames import Opcode
@@ -985,12 +985,10 @@ def vars_of(rule: FaultRule) -> dict[str, Any]:
 
 
 def _anchor(db_path: Path, settings: Settings) -> NowSource:
-    start = None
-    if settings.sim.replay:
-        from steadyhand.market import ReplayMarket
+    """The same clock ``steadyhand run`` anchors from ``[sim]`` (cmd_serve reports its notes)."""
+    from steadyhand.clock import anchor_run_clock
 
-        start = ReplayMarket(settings.sim.replay).first_ts
-    return anchor_clock(db_path, speed=settings.sim.speed, mode=settings.sim.clock, start=start)
+    return anchor_run_clock(db_path, settings.sim)[0]
 
 
 def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
@@ -1219,13 +1217,19 @@ async def _serve(server: ExchangeServer, data_dir: Path) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """``steadyhand exchange serve [--port N] [--data-dir DIR] [--config F]``."""
+    """``steadyhand exchange serve [--port N] [--data-dir DIR] [--config F] [--start S]``."""
+    from steadyhand.clock import anchor_run_clock, start_of
+
     given = getattr(args, "data_dir", None) or os.environ.get("STEADYHAND_DATA_DIR") or "./var"
     data_dir = Path(given).expanduser().resolve()
+    start_of(settings.sim)  # a start outside the calendar: exit 2 before anything is created
     data_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    clock, notes = anchor_run_clock(data_dir / "exchange.db", settings.sim)
+    for note in notes:
+        print(f"steadyhand exchange: {note}", flush=True)
     try:
-        server = ExchangeServer(data_dir, settings, port=int(getattr(args, "port", 0) or 0),
+        server = ExchangeServer(data_dir, settings, port=int(getattr(args, "port", 0) or 0), clock=clock,
                                 credentials=credentials_from_env())
         asyncio.run(_serve(server, data_dir))
     except OSError as exc:

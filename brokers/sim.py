@@ -1009,6 +1009,26 @@ def stored_clock(db_path: str | Path) -> SimClock | None:
                     speed=float(meta.get("clock_speed", "1")))
 
 
+def clock_origin(db_path: str | Path) -> tuple[str, datetime | None] | None:
+    """``(mode, start)`` of the clock anchored in ``exchange.db`` (read-only), or None when there is
+    none yet. ``start`` is where a simulated clock first started (jumps and speed changes keep it);
+    None for the real clock and for an anchor made before the start was recorded."""
+    path = Path(db_path)
+    if not path.exists():
+        return None
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+    try:
+        meta = dict(conn.execute("SELECT key, value FROM meta WHERE key IN ('clock_mode', 'clock_start')"))
+    except sqlite3.OperationalError:
+        return None  # no book yet
+    finally:
+        conn.close()
+    if "clock_mode" not in meta:
+        return None
+    mode, start = meta["clock_mode"], meta.get("clock_start")
+    return mode, _parse(start) if start and mode == "simulated" else None
+
+
 def anchor_clock(
     db_path: str | Path,
     *,
@@ -1051,6 +1071,7 @@ def anchor_clock(
                     datetime.fromtimestamp(real, UTC)
                 )
                 clock = SimClock(anchor_sim=sim_start.astimezone(UTC), anchor_real=real, speed=speed)
+                _set_meta(conn, clock_start=_iso(clock.anchor_sim))  # kept, so a later start can be compared
             _set_meta(
                 conn,
                 clock_mode=mode,
