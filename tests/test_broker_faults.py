@@ -71,10 +71,16 @@ def test_fault_modes_on_the_exchange(prep: Any, data_dir: Path) -> None:
 
 # --- a running bot ------------------------------------------------------------------------------
 
+# A jumpy strategy at 120x: orders often enough for every phase, and the market open throughout
+# (even an early-close session, 3.5 h, lasts 105 s here; at 300x it was 42 s, this whole test).
 CONFIG = """
 [oms]
 circuit_failures = 3
 circuit_cooldown_s = 2.0
+
+[strategy]
+fast = 2
+slow = 3
 """
 
 
@@ -83,7 +89,7 @@ def _events(data_dir: Path, event: str) -> list[dict[str, Any]]:
 
 
 def test_bot_lives_through_broker_faults_and_recovers_by_itself(make_bot: Any, data_dir: Path) -> None:
-    bot = make_bot(config=CONFIG, args=("--speed", "300")).start()
+    bot = make_bot(config=CONFIG, args=("--speed", "120")).start()
     poll(lambda: bot.status()["fills"] >= 1, timeout=30, what="trading under way")
 
     # 1. Disconnected: the circuit opens, risk denies, a CRITICAL alert; then it recovers.

@@ -21,7 +21,7 @@ from steadyhand import procs
 sys.path.insert(0, str(REPO / "ops" / "drills"))
 from drill import Exchange  # noqa: E402 - the drills' own exchange process, as the drill starts it
 
-SPEED = 120  # a session lasts 195 s here: the market stays open through the test
+SPEED = 120  # a session lasts 195 s here (an early close 105 s): the market stays open through the test
 ENV = {"ALPACA_API_KEY": "verify-key", "ALPACA_SECRET_KEY": "verify-secret"}
 
 
