@@ -40,6 +40,8 @@ from steadyhand.state import store
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 START_TIMEOUT_S = 60.0
 LIVE_VIEW_PERIOD_S = 3.0
+START_HELP = ("where a new simulated clock starts: YYYY-MM-DD (that day's session open, or the next "
+              "session's) or an ISO timestamp with offset; default the latest session's open")
 
 
 # --- run ------------------------------------------------------------------------------------------
@@ -53,6 +55,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         # an orphan of a killed admin) can be found by data dir later (see runtime/procs.py).
         env = {**os.environ, procs.RUN_MARKER: marker}
         os.execve(sys.executable, [sys.executable, "-m", "steadyhand.cli", *sys.argv[1:]], env)
+    from steadyhand.clock import start_of
+
+    start_of(settings.sim)  # a start outside the calendar: exit 2 before anything is created
     data_dir.mkdir(parents=True, exist_ok=True)
     if os.getpgrp() != os.getpid() and not sys.stdin.isatty():
         os.setpgid(0, 0)  # our own process group, so a drill or systemd can stop all of us at once
@@ -80,7 +85,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                       test_hooks=os.environ.get("STEADYHAND_TEST_HOOKS") == "1",
                       config_path=str(Path(args.config).resolve()) if args.config else "",
                       cli_overrides={k: v for k, v in {"speed": args.speed, "seed": args.seed,
-                                                       "replay": args.replay}.items() if v is not None})
+                                                       "replay": args.replay, "start": args.start}.items()
+                                     if v is not None})
     port = settings.admin_port or procs.free_port()
 
     stop = threading.Event()
@@ -114,15 +120,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
-    from steadyhand.sim.clock import anchor_clock
+    """The run's clock (see ``sim.clock.anchor_run_clock``); says so when a given start does not count."""
+    from steadyhand.sim.clock import anchor_run_clock
 
-    start = None
-    if settings.sim.replay:
-        from steadyhand.sim.replay import ReplayMarket
-
-        start = ReplayMarket(settings.sim.replay).first_ts
-    return anchor_clock(str(data_dir / "exchange.db"), speed=settings.sim.speed, mode=settings.sim.clock,
-                        start=start)
+    clock, notes = anchor_run_clock(data_dir / "exchange.db", settings.sim)
+    for note in notes:
+        print(f"steadyhand: {note}", flush=True)
+    return clock
 
 
 def _preload(clock: Any) -> None:
@@ -406,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--speed", type=float, help="simulated seconds per second (sim clock)")
     run.add_argument("--seed", type=int, help="seed of the synthetic market")
     run.add_argument("--replay", help="CSV of bars to replay instead of the synthetic market")
+    run.add_argument("--start", help=START_HELP)
     common(sub.add_parser("status", help="state of the running bot"))
     common(sub.add_parser("orders", help="the order journal"))
     common(sub.add_parser("fills", help="every fill"))
@@ -438,6 +443,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = exchange_sub.add_parser("serve", help="serve an Alpaca-compatible paper exchange on 127.0.0.1")
     common(serve, config=True, json_flag=False)
     serve.add_argument("--port", type=int, default=0, help="TCP port (0: a free one, printed)")
+    serve.add_argument("--start", help=START_HELP)
     return parser
 
 
@@ -451,11 +457,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "exchange":
             from steadyhand.sim.server import cmd_serve
 
-            return cmd_serve(args, load_settings(args.config or os.environ.get("STEADYHAND_CONFIG")))
+            settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
+            return cmd_serve(args, with_overrides(settings, start=args.start))
         if args.command in ("run", "backtest"):
             settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
             if args.command == "run":
-                settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay)
+                settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay,
+                                          start=args.start)
                 if settings.broker not in BROKERS:
                     known = " or ".join(repr(name) for name in BROKERS)
                     raise ConfigError(f"broker: {settings.broker!r} is not available in this version yet ({known})")

@@ -9,6 +9,7 @@ environment (``ALPACA_API_KEY`` ...), so a config file can be committed and shar
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import os
 import tomllib
 import typing
@@ -29,6 +30,10 @@ class SimSettings:
     speed: float = 60.0  # simulated seconds per wall-clock second; 1 = real pace
     clock: Literal["simulated", "real"] = "simulated"
     replay: str = ""  # CSV of bars to replay instead of the synthetic market
+    # Where a new simulated clock starts: "" the latest session's open (a replay: its first bar),
+    # "YYYY-MM-DD" the open of the first session on or after that date, or an ISO timestamp with
+    # an offset. Only for a new exchange.db: a restarted bot continues its day.
+    start: str = ""
     start_cash: float = 100_000.0
     partial_fill_probability: float = 0.10  # as Alpaca paper does
     slippage_bps: float = 1.0
@@ -163,7 +168,7 @@ class RunSettings:
     clock: Any  # steadyhand.sim.clock.SimClock
     test_hooks: bool = False
     config_path: str = ""  # the file the settings came from ("" = defaults), for `reload`
-    cli_overrides: dict[str, Any] = field(default_factory=dict)  # --speed/--seed/--replay, for `reload`
+    cli_overrides: dict[str, Any] = field(default_factory=dict)  # --speed/--seed/--replay/--start, for `reload`
 
     @property
     def db_path(self) -> str:
@@ -217,6 +222,27 @@ def _check_value(key: str, annotation: Any, value: Any) -> Any:
     raise ConfigError(f"{key}: unsupported setting type {annotation!r}")  # pragma: no cover
 
 
+def _check_start(key: str, value: Any) -> str:
+    """``sim.start``: a string, or a TOML date / offset date-time value; kept as ISO text."""
+    from steadyhand.clock import parse_start
+
+    if isinstance(value, dt.datetime | dt.date):  # a TOML date or date-time value, not a string
+        if isinstance(value, dt.datetime) and value.utcoffset() is None:
+            raise ConfigError(f"{key}: {value.isoformat()} has no UTC offset (add Z or +00:00, or give a date)")
+        value = value.isoformat()
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a date \"YYYY-MM-DD\" or an ISO timestamp with an offset, got {value!r}")
+    try:
+        parse_start(value)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return value.strip()
+
+
+# Keys whose values need more than a type check (called instead of _check_value).
+_SPECIAL: dict[str, typing.Callable[[str, Any], Any]] = {"sim.start": _check_start}
+
+
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -230,6 +256,8 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"{dotted}: must be a table [{dotted}]")
             values[key] = _build(annotation, value, f"{dotted}.")
+        elif dotted in _SPECIAL:
+            values[key] = _SPECIAL[dotted](dotted, value)
         else:
             values[key] = _check_value(dotted, annotation, value)
     return cls(**values)

@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     size.add_argument("--tiny", action="store_true", help="smallest sizes: proves the scripts work")
     p.add_argument("--only", default="", help=f"comma-separated subset of {','.join(BENCHES)}")
     p.add_argument("--json", help="write every figure (and the machine) to this file")
+    p.add_argument("--start", default="", help="where each bot's simulated clock starts (steadyhand run --start)")
     args = p.parse_args(argv)
     chosen = [b for b in BENCHES if not args.only or b in args.only.split(",")]
     mode = ["--quick"] if args.quick else ["--tiny"] if args.tiny else []
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
                 cmd = [sys.executable, str(Path(__file__).resolve().parent / "bench_strategy.py"), *sizes]
             else:
                 cmd = [sys.executable, "-m", f"bench.bench_{name}", *mode, "--json", str(out)]
+                cmd += ["--start", args.start] if args.start else []
             print(f"\n### {name}: {' '.join(cmd[1:])}  ({common.load_line()})", flush=True)
             code = subprocess.call(cmd, cwd=common.REPO, env={**os.environ})
             entry: dict[str, Any] = {"exit_code": code, "seconds": round(time.time() - t0, 1)}

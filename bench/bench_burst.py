@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--symbols", type=int, help="symbols in the burst (default 5000; --quick 1000)")
     p.add_argument("--startup-s", type=float, help="allowance for the bot to start before the burst")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     n = args.symbols or common.size(args, 5000, 1000, 100)
     startup = args.startup_s or (15.0 if n >= 2000 else 8.0)
     figure = common.Figure("burst_all_orders_submitted", "s", target=1.0, note=f"{n} symbols in one tick")

@@ -54,7 +54,7 @@ def run_once(seconds: float, keep: bool = False) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--seconds", type=float, help="measurement window (default 60; --quick 20)")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     seconds = args.seconds or common.size(args, 60.0, 20.0, 3.0)
     figure = common.Figure("idle_cpu_whole_bot", "% of a core", target=0.5,
                            note=f"{seconds:g}s window, market closed")

@@ -54,7 +54,7 @@ def run_once(n_orders: int, keep: bool = False) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--orders", type=int, help="open orders (default 500; --quick 200)")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     n = args.orders or common.size(args, 500, 200, 20)
     elapsed = common.Figure("halt_elapsed", "ms", target=250.0, note=f"{n} open orders")
     cli = common.Figure("halt_cli_wall", "s")

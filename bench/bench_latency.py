@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--orders", type=int, help="orders per run (default 2000; --quick 600)")
     p.add_argument("--orders-per-tick", type=int, default=4)
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     orders = args.orders or common.size(args, 2000, 600, 60)
     p50 = common.Figure("bar_to_ack_p50", "ms", target=3.0)
     p99 = common.Figure("bar_to_ack_p99", "ms", target=10.0)

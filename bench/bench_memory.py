@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--bars", type=int, help="measured bars (default 1,000,000; --quick 200,000)")
     p.add_argument("--symbols", type=int, default=500)
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     bars = args.bars or common.size(args, 1_000_000, 200_000, 10_000)
     measured = max(1, bars // args.symbols)
     warm = common.size(args, 200, 100, 10)

@@ -71,7 +71,7 @@ def run_once(n_orders: int, keep: bool = False) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--orders", type=int, help="open orders at the exchange (default 1000; --quick 300)")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     n = args.orders or common.size(args, 1000, 300, 20)
     total = common.Figure("crash_recovery_to_trading", "s", target=2.0, note=f"{n} open orders")
     oms = common.Figure("crash_recovery_oms_reconciled", "s")

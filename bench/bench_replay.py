@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--tmpfs", action="store_true", help="steadyhand's data dir on /dev/shm (no fsync cost)")
     p.add_argument("--skip", default="", help="comma-separated engines to skip: backtrader,nautilus")
     p.add_argument("--profile", action="store_true", help="print a pyinstrument profile of steadyhand's run")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     total = args.bars or common.size(args, 200_000, 50_000, 5_000)
     ticks = total // args.symbols
     names, minutes, closes = make_data(args.symbols, ticks)

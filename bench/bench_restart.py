@@ -62,7 +62,7 @@ def run_once(actors: list[str], keep: bool = False) -> dict[str, dict[str, float
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--actors", default="strategy,risk,feed,portfolio,oms")
-    args = p.parse_args(argv)
+    args = common.parse_args(p, argv)
     actors = args.actors.split(",")
     figures = {name: common.Figure(f"restart_{name}_ready", "ms", target=1000.0 if name == "oms" else 300.0,
                                    note=f"kill -9 -> {READY[name][0]} {READY[name][1]}")

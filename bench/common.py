@@ -31,6 +31,9 @@ from steadyhand.runtime import procs
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
+# Where this process's new bots and seeded books start their simulated clock (``--start``, set by
+# parse_args); "" is the latest session's open, as ``steadyhand run`` does without one.
+SIM_START = ""
 
 
 # --- figures ------------------------------------------------------------------------------------
@@ -113,7 +116,17 @@ def parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, help="runs per figure (default: 3, --quick 2, --tiny 1)")
     p.add_argument("--json", help="also write the figures to this JSON file")
     p.add_argument("--keep", action="store_true", help="keep the data directories (for a look afterwards)")
+    p.add_argument("--start", default="", help="where a new bot's simulated clock starts (steadyhand run "
+                   "--start: YYYY-MM-DD or an ISO timestamp); default the latest session's open")
     return p
+
+
+def parse_args(p: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """``p.parse_args(argv)``, remembering ``--start`` for every bot and seeded book of this run."""
+    global SIM_START
+    args = p.parse_args(argv)
+    SIM_START = args.start
+    return args
 
 
 def repeats(args: argparse.Namespace, full: int = 3, quick: int = 2) -> int:
@@ -234,6 +247,8 @@ class Bot:
         cmd = [PYTHON, "-m", "steadyhand.cli", "run", "--data-dir", str(self.data_dir), *self.args]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
+        if SIM_START and not self._has_a_clock():
+            cmd += ["--start", SIM_START]
         self.started.clear()
         self.output = []
         self.spawned_at = time.time()
@@ -245,6 +260,15 @@ class Bot:
             raise RuntimeError("steadyhand run did not start:\n" + "".join(self.output[-40:]))
         self.admin_port = json.loads((self.data_dir / "run.json").read_text())["admin_port"]
         return self
+
+    def _has_a_clock(self) -> bool:
+        """The bench set the clock already (anchored, or seeded a book), or the bot replays a file
+        (its first bar is the start), or it was given a start."""
+        import tomllib
+
+        config = tomllib.loads(self.config_path.read_text()) if self.config_path is not None else {}
+        return ((self.data_dir / "exchange.db").exists() or "--start" in self.args or "--replay" in self.args
+                or bool(config.get("sim", {}).get("replay")))
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None
@@ -435,12 +459,12 @@ def seed_open_orders(data_dir: Path, n: int, names: Sequence[str], speed: float 
     from steadyhand.brokers import make_broker
     from steadyhand.config import RunSettings, Settings
     from steadyhand.domain import OrderSpec, OrderType, Side, TimeInForce
-    from steadyhand.sim.clock import anchor_clock
+    from steadyhand.sim.clock import anchor_clock, resolve_start
     from steadyhand.state import store
 
     data_dir.mkdir(parents=True, exist_ok=True)
     store.open_store(data_dir).close()
-    clock = anchor_clock(str(data_dir / "exchange.db"), speed=speed)
+    clock = anchor_clock(str(data_dir / "exchange.db"), speed=speed, start=resolve_start(SIM_START))
     # Every order placed at the same simulated instant: the exchange then has nothing to catch up
     # between two submissions (its catch-up walks every open order, which would make seeding O(n^2)).
     run = RunSettings(settings=Settings(symbols=tuple(names)), data_dir=str(data_dir),

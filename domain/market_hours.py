@@ -70,6 +70,12 @@ def _beyond(what: str) -> ValueError:
     )
 
 
+def coverage() -> tuple[datetime, datetime]:
+    """The first session's open and the last session's close the calendar knows."""
+    s = _sessions()
+    return _dt(s.opens[0]), _dt(s.closes[-1])
+
+
 def _index_at_or_before(e: float) -> int:
     """Index of the latest session whose open is <= e (-1 when none)."""
     return int(np.searchsorted(_sessions().opens, e, side="right")) - 1

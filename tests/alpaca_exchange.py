@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
-from harness import poll
+from harness import pinned_start, poll
 from steadyhand.config import AlpacaSettings, Settings, SimSettings
 from steadyhand.runtime import procs
 from steadyhand.sim.clock import anchor_clock
@@ -28,10 +28,11 @@ def start_exchange(
     credentials: tuple[str, str] | None = (KEY, SECRET),
     rate_limit_per_minute: int = 0,
 ) -> ServerThread:
-    """A server on 127.0.0.1 (port 0) over ``data_dir/exchange.db``; every order fills in parts."""
+    """A server on 127.0.0.1 (port 0) over ``data_dir/exchange.db``; every order fills in parts.
+    The clock starts at ``start``, by default the suite's pinned start (harness.SIM_START)."""
     settings = Settings(sim=SimSettings(partial_fill_probability=partial_fill_probability, speed=speed,
                                         latency_ms=20.0))
-    clock = anchor_clock(data_dir / "exchange.db", speed=speed, start=start)
+    clock = anchor_clock(data_dir / "exchange.db", speed=speed, start=start or pinned_start())
     server = ExchangeServer(data_dir, settings, clock=clock, credentials=credentials,
                             rate_limit_per_minute=rate_limit_per_minute)
     return ServerThread(server).start()

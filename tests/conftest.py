@@ -7,9 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Bot
+from harness import SIM_START, Bot, pinned_start
 from steadyhand.runtime import procs
 from thespian.actors import ActorSystem
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A bad STEADYHAND_TEST_SIM_START stops the run before any test (see tests/harness.py)."""
+    try:
+        pinned_start()
+    except ValueError as exc:
+        raise pytest.UsageError(f"STEADYHAND_TEST_SIM_START={SIM_START!r}: {exc}") from None
+
+
+def pytest_report_header() -> str:
+    """Which simulated day the suite runs on."""
+    start = pinned_start()
+    return f"simulated start: {SIM_START}" + (f" ({start:%Y-%m-%d %H:%M} UTC)" if start else " (unpinned)")
 
 
 @pytest.fixture

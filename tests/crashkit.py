@@ -16,6 +16,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+from harness import pinned_start
 from steadyhand.config import Settings
 from steadyhand.domain import BrokerOrder, OrderSpec, OrderStatus, OrderType, Side, TimeInForce, market_hours
 from steadyhand.sim.clock import anchor_clock
@@ -35,8 +36,9 @@ class ManualClock:
 
 
 def last_session() -> tuple[datetime, datetime]:
-    """Open and close of a full past XNYS session."""
-    opened = market_hours.previous_open(datetime.now(UTC) - timedelta(days=1))
+    """Open and close of a full XNYS session: the suite's pinned one (tests/harness.py SIM_START),
+    or unpinned a past one (the latest before yesterday, as before the pin)."""
+    opened = pinned_start() or market_hours.previous_open(datetime.now(UTC) - timedelta(days=1))
     return opened, market_hours.next_close(opened)
 
 

@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import threading
+import tomllib
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,35 @@ import pytest
 from steadyhand.runtime import procs
 
 REPO = Path(__file__).resolve().parent.parent
+
+# The one place that decides the simulated day of the suite, so no test depends on the date it
+# runs. STEADYHAND_TEST_SIM_START (test-only) moves it, e.g. to a weekend, a holiday or an early
+# close; "latest" is no pin: the latest session, as a user's first run on a fresh data dir.
+SIM_START = os.environ.get("STEADYHAND_TEST_SIM_START", "").strip() or "2026-11-20"
+
+
+def start_text() -> str:
+    """SIM_START as ``[sim] start`` / ``--start`` takes it ("" when unpinned: the latest session)."""
+    return "" if SIM_START == "latest" else SIM_START
+
+
+def start_args() -> tuple[str, ...]:
+    """``--start SIM_START`` for ``steadyhand run`` / ``exchange serve`` / a drill; nothing when unpinned."""
+    return ("--start", start_text()) if start_text() else ()
+
+
+def pinned_start() -> datetime | None:
+    """Where the pinned simulated clock starts (the session open SIM_START names); None unpinned."""
+    from steadyhand.clock import resolve_start
+
+    return resolve_start(start_text())
+
+
+def sim_start() -> datetime:
+    """Where a new simulated clock starts in this suite: the pinned start, else the latest open."""
+    from steadyhand import market_hours
+
+    return pinned_start() or market_hours.previous_open(datetime.now(UTC))
 
 
 def steadyhand(*args: str, data_dir: Path, env: dict[str, str] | None = None,
@@ -54,6 +85,8 @@ class Bot:
         cmd = [sys.executable, "-m", "steadyhand.cli", "run", "--data-dir", str(self.data_dir), *self.args]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
+        if not self._chooses_its_start():
+            cmd += start_args()  # a data dir with a clock already keeps it (and the bot says so)
         self.started.clear()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=self.env, start_new_session=True, cwd=REPO)
@@ -63,6 +96,13 @@ class Bot:
             pytest.fail("steadyhand run did not start:\n" + "".join(self.output))
         self.admin_port = json.loads((self.data_dir / "run.json").read_text())["admin_port"]
         return self
+
+    def _chooses_its_start(self) -> bool:
+        """The test gave a start, or replays a file (whose first bar is the start)."""
+        if "--start" in self.args or "--replay" in self.args:
+            return True
+        config = tomllib.loads(self.config_path.read_text()) if self.config_path is not None else {}
+        return bool(config.get("sim", {}).get("start") or config.get("sim", {}).get("replay"))
 
     def _read(self, proc: subprocess.Popen[str]) -> None:
         assert proc.stdout is not None

@@ -97,7 +97,8 @@ def test_alerts_reach_the_webhook_and_survive_a_sigkill_of_the_alerter(make_bot:
 
 def test_an_endpoint_that_never_answers_does_not_delay_trading(make_bot: Any, receiver: Receiver) -> None:
     receiver.mode = "hang"
-    bot = make_bot(args=FAST, env={"STEADYHAND_ALERT_URLS": receiver.url}).start()
+    # 120x: trading must go on for a while, with the market open even on an early-close day.
+    bot = make_bot(args=("--speed", "120"), env={"STEADYHAND_ALERT_URLS": receiver.url}).start()
     assert bot.cli("pause").returncode == 0  # an alert now hangs in delivery
     assert bot.cli("resume").returncode == 0
     first = poll(lambda: (s := bot.status())["fills"] > 0 and s, timeout=30, what="a fill")

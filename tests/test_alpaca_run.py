@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import REPO, poll
+from harness import REPO, poll, start_args
 from steadyhand.runtime import procs
 
-SPEED = "600"
+SPEED = "120"  # even an early-close session (3.5 h) lasts 105 s here: open through the test
 
 
 @pytest.fixture
@@ -25,7 +25,7 @@ def exchange(data_dir: Path, tmp_path: Path) -> Iterator[dict[str, Any]]:
     config.write_text(f"[sim]\nspeed = {SPEED}\n")
     data_dir.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen([sys.executable, "-m", "steadyhand.cli", "exchange", "serve", "--port", "0",
-                             "--data-dir", str(data_dir), "--config", str(config)],
+                             "--data-dir", str(data_dir), "--config", str(config), *start_args()],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             start_new_session=True)
     info_file = data_dir / "exchange.json"

@@ -10,14 +10,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from harness import REPO, start_args
 from steadyhand.runtime import procs
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def _bench(name: str, tmp_path: Path, *args: str, timeout: float = 120) -> dict:
     out = tmp_path / f"{name}.json"
-    done = subprocess.run([sys.executable, "-m", f"bench.bench_{name}", "--tiny", "--json", str(out), *args],
+    done = subprocess.run([sys.executable, "-m", f"bench.bench_{name}", "--tiny", "--json", str(out), *args,
+                           *start_args()],
                           cwd=REPO, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return json.loads(out.read_text())

@@ -24,7 +24,8 @@ from steadyhand.state import store
 
 def test_restarted_oms_reconciles_before_any_new_order(make_bot: Any, data_dir: Path) -> None:
     # Short SMA windows cross nearly every few bars: signals keep coming while the OMS reconciles.
-    bot = make_bot(config="[strategy]\nfast = 2\nslow = 3\n", args=("--speed", "300")).start()
+    # 120x: the market stays open through the test even on an early-close day (105 s; 42 s at 300x).
+    bot = make_bot(config="[strategy]\nfast = 2\nslow = 3\n", args=("--speed", "120")).start()
     poll(lambda: bot.status()["fills"] >= 1, timeout=30, what="trading under way")
     old_pid = bot.status()["actors"]["oms"]["pid"]
     before = len(reports(data_dir))

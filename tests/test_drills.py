@@ -9,15 +9,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness import REPO
+from harness import REPO, start_args
 from steadyhand.runtime import procs
 
 DRILLS = REPO / "ops" / "drills"
 
 
 def _drill(name: str, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, str(DRILLS / name), *args], capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    """The drill on the suite's pinned simulated day (its own data dir: the start counts)."""
+    return subprocess.run([sys.executable, str(DRILLS / name), *args, *start_args()], capture_output=True,
+                          text=True, timeout=timeout, cwd=REPO)
 
 
 def _no_leftovers(data_dir: Path) -> None:

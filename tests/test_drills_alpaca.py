@@ -15,13 +15,13 @@ from typing import Any
 import pytest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.requests import LimitOrderRequest, MarketOrderRequest
-from harness import REPO, poll
+from harness import REPO, poll, start_args, start_text
 from steadyhand.runtime import procs
 
 sys.path.insert(0, str(REPO / "ops" / "drills"))
 from drill import Exchange  # noqa: E402 - the drills' own exchange process, as the drill starts it
 
-SPEED = 120  # a session lasts 195 s here: the market stays open through the test
+SPEED = 120  # a session lasts 195 s here (an early close 105 s): the market stays open through the test
 ENV = {"ALPACA_API_KEY": "verify-key", "ALPACA_SECRET_KEY": "verify-secret"}
 
 
@@ -32,7 +32,8 @@ def _gone(pid: int, port: int) -> None:
 
 def test_alpaca_random_kills_drill_zero_violations_exchange_stays_up(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(REPO / "ops" / "drills" / "random_kills.py"), "--broker", "alpaca",
-                             "--count", "12", "--seed", "20261122", "--data-dir", str(tmp_path), "--json"],
+                             "--count", "12", "--seed", "20261122", "--data-dir", str(tmp_path), "--json",
+                             *start_args()],
                             capture_output=True, text=True, timeout=90, cwd=REPO)
     totals: dict[str, Any] = json.loads(result.stdout.splitlines()[-1])
     left = procs.run_processes(tmp_path / "var")
@@ -56,7 +57,7 @@ def exchange(data_dir: Path, tmp_path: Path) -> Iterator[Exchange]:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "exchange.toml"
     config.write_text(f"[sim]\nspeed = {SPEED}\n")
-    served = Exchange(data_dir, config)
+    served = Exchange(data_dir, config, start=start_text())
     try:
         yield served
     finally:

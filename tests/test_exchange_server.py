@@ -1,7 +1,7 @@
 """The local Alpaca-compatible exchange, driven by the real alpaca-py clients (REST and websockets).
 
 One server per module on 127.0.0.1 (port 0), in a thread, over a fresh exchange.db whose simulated
-clock starts at the latest session's open (a simulated minute per second); a separate one anchored
+clock starts at the suite's pinned session open (a simulated minute per second); a separate one anchored
 just before a close shows day orders expiring; one ``steadyhand exchange serve`` subprocess shows
 the command starts, answers and stops on SIGTERM leaving no process or port behind.
 """
@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import GetCalendarRequest, GetOrdersRequest, LimitOrderRequest, MarketOrderRequest
 from alpaca.trading.stream import TradingStream
 from alpaca_exchange import KEY, SECRET, admin, inject, module_exchange, start_exchange, wait_for
+from harness import sim_start, start_args
 from steadyhand.domain import market_hours
 from steadyhand.runtime import procs
 from steadyhand.sim.server import ServerThread
@@ -237,7 +238,7 @@ def test_bars_over_rest_and_stream(exchange: ServerThread) -> None:
 
 
 def test_day_order_expires_at_the_close(tmp_path: Path) -> None:
-    close = market_hours.next_close(market_hours.previous_open(datetime.now(UTC)))
+    close = market_hours.next_close(sim_start())
     with start_exchange(tmp_path, start=close - timedelta(minutes=3), speed=240.0) as thread:
         client = TradingClient(KEY, SECRET, url_override=thread.server.urls["trading_url"])
         collector = _Collector(TradingStream(KEY, SECRET, url_override=thread.server.urls["trading_stream_url"]))
@@ -258,8 +259,8 @@ def test_day_order_expires_at_the_close(tmp_path: Path) -> None:
 def test_serve_command_starts_and_stops_cleanly(tmp_path: Path, stop_signal: signal.Signals) -> None:
     env = {**os.environ, "STEADYHAND_EXCHANGE_API_KEY": KEY, "STEADYHAND_EXCHANGE_SECRET_KEY": SECRET}
     proc = subprocess.Popen([sys.executable, "-m", "steadyhand", "exchange", "serve", "--port", "0",
-                             "--data-dir", str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                             "--data-dir", str(tmp_path), *start_args()], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
     port = 0
     try:
         first = proc.stdout.readline() if proc.stdout else ""

@@ -15,6 +15,9 @@ from steadyhand.actors.messages import DebugHang, DebugToActor
 from steadyhand.runtime import procs
 
 FAST = ("--speed", "600")  # ten simulated minutes per second: bars (and trades) come quickly
+# For tests that trade for a minute: at 60x even an early-close session (3.5 h) lasts 210 s (at
+# 600x it is over in 21 s, and the next open may be a weekend away).
+STEADY = ("--speed", "60")
 
 
 def filled(bot: Bot, more_than: int = 0) -> dict[str, Any] | None:
@@ -62,7 +65,7 @@ def test_commands_say_not_running_and_start_nothing(data_dir: Path) -> None:
 
 
 def test_killing_each_actor_restarts_it_and_trading_goes_on(make_bot: Any) -> None:
-    bot = make_bot(args=FAST).start()
+    bot = make_bot(args=STEADY).start()
     before = poll(lambda: filled(bot), timeout=30, what="first fill")
     for name in ("feed", "strategy", "risk", "oms", "portfolio", "alerter", "heartbeat"):
         old_pid = bot.status()["actors"][name]["pid"]

@@ -22,7 +22,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-from drill import DrillError, Run, leftovers, query, report_count, verify_now, violations, wait_for
+from drill import (
+    START_HELP,
+    DrillError,
+    Run,
+    leftovers,
+    query,
+    report_count,
+    start_args,
+    verify_now,
+    violations,
+    wait_for,
+)
 from steadyhand.runtime import crashpoints
 
 
@@ -40,6 +51,7 @@ def backup(db_path: Path, to: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", help="where (default: a fresh temporary directory)")
+    parser.add_argument("--start", default="", help=START_HELP)
     args = parser.parse_args(argv)
     root = Path(args.data_dir or tempfile.mkdtemp(prefix="steadyhand-backup-")).resolve()
     data_dir, backups = root / "var", root / "backup"
@@ -47,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     backups.mkdir(exist_ok=True)
     journal = data_dir / "steadyhand.db"
     try:
-        run = Run(data_dir, ["--speed", "300"])
+        run = Run(data_dir, ["--speed", "300", *start_args(args.start)])
         wait_for(lambda: query(data_dir, "SELECT 1 FROM fills"), 30, "a first fill")
         backup(journal, backups / "steadyhand.db")
         at_backup = query(data_dir, "SELECT count(*) FROM orders")[0][0]
@@ -62,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"backup: journal lost ({lost} orders); restoring the backup ({at_backup} orders)")
         backup(backups / "steadyhand.db", journal)
         restored_reports = report_count(data_dir)
-        run = Run(data_dir, ["--speed", "300"])
+        run = Run(data_dir, ["--speed", "300", *start_args(args.start)])
         wait_for(lambda: report_count(data_dir) > restored_reports, 30, "the reconciliation of the restored journal")
         checked = verify_now(data_dir, None)
         print(f"backup: restored and reconciled; verify ok={checked['ok']} ({violations(checked)} violations)")

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from drill import DrillError, Run, leftovers, query, verify_now, violations, wait_for
+from drill import START_HELP, DrillError, Run, leftovers, query, start_args, verify_now, violations, wait_for
 from steadyhand.runtime import crashpoints
 
 
@@ -27,12 +27,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--mode", default="disconnect", choices=["disconnect", "error", "timeout"])
     parser.add_argument("--data-dir", help="where (default: a fresh temporary directory)")
+    parser.add_argument("--start", default="", help=START_HELP)
     parser.add_argument("--outage-s", type=float, default=3.0, help="how long the broker stays down")
     args = parser.parse_args(argv)
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="steadyhand-outage-")).resolve() / "var"
     data_dir.mkdir(parents=True, exist_ok=True)
     faults = data_dir / "sim_faults.json"
-    run = Run(data_dir, ["--speed", "200"])
+    run = Run(data_dir, ["--speed", "200", *start_args(args.start)])
     try:
         wait_for(lambda: query(data_dir, "SELECT 1 FROM fills"), 30, "a first fill")
         print(f"outage: trading; switching the broker off ({args.mode}) for {args.outage_s:g}s")

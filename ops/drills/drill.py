@@ -23,6 +23,13 @@ from typing import Any
 from steadyhand.runtime import crashpoints, procs
 
 START_TIMEOUT_S = 60.0
+START_HELP = ("where a new data dir's simulated clock starts (steadyhand run --start): YYYY-MM-DD or an ISO "
+              "timestamp; default the latest session's open")
+
+
+def start_args(start: str) -> list[str]:
+    """``--start`` for ``steadyhand run`` / ``exchange serve``, when a drill was given one."""
+    return ["--start", start] if start else []
 
 
 class DrillError(RuntimeError):
@@ -78,16 +85,16 @@ class Exchange:
 
     INFO_FILE = "exchange.json"
 
-    def command(self, data_dir: Path, config: Path) -> list[str]:
+    def command(self, data_dir: Path, config: Path, start: str) -> list[str]:
         return [sys.executable, "-m", "steadyhand.cli", "exchange", "serve", "--port", "0",
-                "--data-dir", str(data_dir), "--config", str(config)]
+                "--data-dir", str(data_dir), "--config", str(config), *start_args(start)]
 
-    def __init__(self, data_dir: Path, config: Path) -> None:
+    def __init__(self, data_dir: Path, config: Path, start: str = "") -> None:
         self.data_dir = data_dir
         self.info_file = data_dir / self.INFO_FILE
         self.info_file.unlink(missing_ok=True)  # a killed earlier server's: not this one's
         env = {k: v for k, v in os.environ.items() if k != procs.RUN_MARKER}  # not part of the bot's run
-        cmd = self.command(data_dir, config)
+        cmd = self.command(data_dir, config, start)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                      start_new_session=True)
         self.output: list[str] = []
@@ -154,9 +161,9 @@ class TwsFace(Exchange):
 
     INFO_FILE = "tws.json"
 
-    def command(self, data_dir: Path, config: Path) -> list[str]:
+    def command(self, data_dir: Path, config: Path, start: str) -> list[str]:
         return [sys.executable, "-m", "steadyhand.sim.server.tws", "--port", "0", "--data-dir", str(data_dir),
-                "--config", str(config)]
+                "--config", str(config), *start_args(start)]
 
     def requests(self) -> dict[str, int]:
         return {}  # the socket protocol has no request log to report

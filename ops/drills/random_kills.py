@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from drill import (
+    START_HELP,
     DrillError,
     Exchange,
     Run,
@@ -50,6 +51,7 @@ from drill import (
     actor_pids,
     leftovers,
     report_count,
+    start_args,
     verify_now,
     violations,
     wait_for,
@@ -108,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", help="where (default: a fresh temporary directory)")
     parser.add_argument("--speed", type=float, default=200.0, help="simulated seconds per second")
     parser.add_argument("--seed", type=int, default=None, help="seed of the drill's random choices")
+    parser.add_argument("--start", default="", help=START_HELP)
     parser.add_argument("--keep", action="store_true", help="keep the data dir afterwards")
     parser.add_argument("--json", action="store_true", help="print the totals as JSON")
     args = parser.parse_args(argv)
@@ -117,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     config = data_dir.parent / "drill.toml"
     config.write_text(CONFIG)
-    setup = Setup(data_dir, config, ["--speed", f"{args.speed:g}", "--config", str(config)])
+    setup = Setup(data_dir, config, ["--speed", f"{args.speed:g}", "--config", str(config), *start_args(args.start)])
     totals: dict[str, Any] = {"seed": seed, "broker": args.broker, "data_dir": str(data_dir), "kills": 0,
                               "by_kind": Counter(), "actors_killed": Counter(), "points_armed": Counter(),
                               "points_fired": Counter(), "starts": 0}
@@ -125,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 0
     try:
         if args.broker in ("alpaca", "ibkr"):
-            _start_exchange(setup, args.speed, totals, args.broker)
+            _start_exchange(setup, args.speed, args.start, totals, args.broker)
         _drill(args.count, rng, setup, totals)
         final = _final_check(setup, totals)
         totals["violations"] = final
@@ -149,15 +152,16 @@ def main(argv: list[str] | None = None) -> int:
     return code
 
 
-def _start_exchange(setup: Setup, speed: float, totals: dict[str, Any], broker: str = "alpaca") -> None:
+def _start_exchange(setup: Setup, speed: float, start: str, totals: dict[str, Any],
+                    broker: str = "alpaca") -> None:
     """The exchange first, so it anchors the clock; then the bot's config points at it."""
     exchange_config = setup.data_dir.parent / "exchange.toml"
     exchange_config.write_text(f"[sim]\nspeed = {speed:g}\n")
     if broker == "ibkr":
-        setup.exchange = exchange = TwsFace(setup.data_dir, exchange_config)
+        setup.exchange = exchange = TwsFace(setup.data_dir, exchange_config, start)
         setup.config.write_text(f'broker = "ibkr"\n{CONFIG}\n[ibkr]\nport = {exchange.port}\nclient_id = 31\n')
     else:
-        setup.exchange = exchange = Exchange(setup.data_dir, exchange_config)
+        setup.exchange = exchange = Exchange(setup.data_dir, exchange_config, start)
         setup.config.write_text('broker = "alpaca"\n' + CONFIG + "\n[alpaca]\npaper = true\n"
                                 + "".join(f'{k} = "{v}"\n' for k, v in exchange.urls.items()))
         setup.env = dict(ALPACA_ENV)

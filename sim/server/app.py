@@ -73,7 +73,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.websockets import WebSocket
 from steadyhand.config import Settings
-from steadyhand.sim.clock import NowSource, anchor_clock
+from steadyhand.sim.clock import NowSource, anchor_run_clock, start_of
 from steadyhand.sim.exchange import SimExchange, open_sim_exchange
 from steadyhand.sim.market import MarketModel, load_market
 from steadyhand.sim.server import alpaca, alpaca_streams
@@ -377,12 +377,8 @@ def _bind(port: int) -> socket.socket:
 
 
 def _anchor(db_path: Path, settings: Settings) -> NowSource:
-    start = None
-    if settings.sim.replay:
-        from steadyhand.sim.replay import ReplayMarket
-
-        start = ReplayMarket(settings.sim.replay).first_ts
-    return anchor_clock(db_path, speed=settings.sim.speed, mode=settings.sim.clock, start=start)
+    """The same clock ``steadyhand run`` anchors from ``[sim]`` (cmd_serve reports its notes)."""
+    return anchor_run_clock(db_path, settings.sim)[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,13 +479,17 @@ async def _serve(server: ExchangeServer, data_dir: Path) -> None:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """``steadyhand exchange serve [--port N] [--data-dir DIR] [--config F]``."""
+    """``steadyhand exchange serve [--port N] [--data-dir DIR] [--config F] [--start S]``."""
     given = getattr(args, "data_dir", None) or os.environ.get("STEADYHAND_DATA_DIR") or "./var"
     data_dir = Path(given).expanduser().resolve()
+    start_of(settings.sim)  # a start outside the calendar: exit 2 before anything is created
     data_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    clock, notes = anchor_run_clock(data_dir / "exchange.db", settings.sim)
+    for note in notes:
+        print(f"steadyhand exchange: {note}", flush=True)
     try:
-        server = ExchangeServer(data_dir, settings, port=int(getattr(args, "port", 0) or 0),
+        server = ExchangeServer(data_dir, settings, port=int(getattr(args, "port", 0) or 0), clock=clock,
                                 credentials=credentials_from_env())
         asyncio.run(_serve(server, data_dir))
     except OSError as exc:

@@ -53,7 +53,7 @@ from typing import Any
 from steadyhand.brokers.base import NotCancelable, OrderNotFound, OrderRejected
 from steadyhand.config import Settings
 from steadyhand.domain import BrokerOrder, Fill, OrderSpec, OrderStatus, OrderType, Side, TimeInForce
-from steadyhand.sim.clock import NowSource, anchor_clock
+from steadyhand.sim.clock import NowSource, anchor_run_clock
 from steadyhand.sim.exchange import SimExchange, open_sim_exchange
 from steadyhand.sim.market import MarketModel, load_market
 from steadyhand.sim.schema import EXCHANGE_DB
@@ -639,12 +639,8 @@ def _fill_no(fill_id: str) -> int:
 
 
 def _anchor(db_path: Path, settings: Settings) -> NowSource:
-    start = None
-    if settings.sim.replay:
-        from steadyhand.sim.replay import ReplayMarket
-
-        start = ReplayMarket(settings.sim.replay).first_ts
-    return anchor_clock(db_path, speed=settings.sim.speed, mode=settings.sim.clock, start=start)
+    """The same clock ``steadyhand run`` anchors from ``[sim]`` (start, replay, speed)."""
+    return anchor_run_clock(db_path, settings.sim)[0]
 
 
 from steadyhand.sim.server.tws_run import TwsServerThread, main  # noqa: E402 - re-exported; no cycle

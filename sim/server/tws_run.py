@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     import os
     import signal
 
-    from steadyhand.config import load_settings
+    from steadyhand.config import load_settings, with_overrides
     from steadyhand.sim.server.tws import DEFAULT_ACCOUNT, TwsServer
     from steadyhand.sim.server.tws_admin import TwsAdmin
 
@@ -94,12 +94,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default=None)
     parser.add_argument("--server-version", type=int, default=w.MAX_VERSION)
     parser.add_argument("--account", default=DEFAULT_ACCOUNT)
+    parser.add_argument("--start", help="where a new simulated clock starts (as steadyhand run --start)")
     parser.add_argument("--admin-port", type=int, default=0, help="loopback admin (fault knobs); 0: any free port")
     args = parser.parse_args(argv)
     data_dir = Path(args.data_dir).expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = load_settings(args.config) if args.config else Settings()
+    if args.start:
+        settings = with_overrides(settings, start=args.start)
     thread = TwsServerThread(TwsServer(data_dir, settings, port=args.port, server_version=args.server_version,
                                        accounts=(args.account,)))
     thread.start()
