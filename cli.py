@@ -55,7 +55,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         # an orphan of a killed admin) can be found by data dir later (see runtime/procs.py).
         env = {**os.environ, procs.RUN_MARKER: marker}
         os.execve(sys.executable, [sys.executable, "-m", "steadyhand.cli", *sys.argv[1:]], env)
-    from steadyhand.clock import start_of
+    from steadyhand.sim.clock import start_of
 
     start_of(settings.sim)  # a start outside the calendar: exit 2 before anything is created
     data_dir.mkdir(parents=True, exist_ok=True)

@@ -224,7 +224,7 @@ def _check_value(key: str, annotation: Any, value: Any) -> Any:
 
 def _check_start(key: str, value: Any) -> str:
     """``sim.start``: a string, or a TOML date / offset date-time value; kept as ISO text."""
-    from steadyhand.clock import parse_start
+    from steadyhand.sim.clock import parse_start
 
     if isinstance(value, dt.datetime | dt.date):  # a TOML date or date-time value, not a string
         if isinstance(value, dt.datetime) and value.utcoffset() is None:

@@ -37,14 +37,14 @@ def start_args() -> tuple[str, ...]:
 
 def pinned_start() -> datetime | None:
     """Where the pinned simulated clock starts (the session open SIM_START names); None unpinned."""
-    from steadyhand.clock import resolve_start
+    from steadyhand.sim.clock import resolve_start
 
     return resolve_start(start_text())
 
 
 def sim_start() -> datetime:
     """Where a new simulated clock starts in this suite: the pinned start, else the latest open."""
-    from steadyhand import market_hours
+    from steadyhand.domain import market_hours
 
     return pinned_start() or market_hours.previous_open(datetime.now(UTC))
 

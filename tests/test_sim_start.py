@@ -9,10 +9,9 @@ from pathlib import Path
 
 import pytest
 from harness import steadyhand
-from steadyhand import market_hours as mh
-from steadyhand.brokers.sim import anchor_clock, clock_origin, jump_clock
-from steadyhand.clock import anchor_run_clock, resolve_start
 from steadyhand.config import ConfigError, SimSettings, parse_settings, with_overrides
+from steadyhand.domain import market_hours as mh
+from steadyhand.sim.clock import anchor_clock, anchor_run_clock, clock_origin, jump_clock, resolve_start
 
 
 def utc(*args: int) -> datetime:
