@@ -110,6 +110,22 @@ class LogSettings:
 
 
 @dataclass(frozen=True)
+class RetentionSettings:
+    """How long the high-volume tables keep their rows, and how often the WAL files are emptied.
+
+    ``*_days`` count days of the run's clock (simulated days on the simulated clock: data grows
+    with simulated time); 0 keeps everything. The order journal, fills, reconciliations, operator
+    commands and restarts are never pruned (README "Configuration", runbook "Disk and retention").
+    """
+
+    equity_bars_days: float = 30.0  # per-bar equity rows; older days keep one row each (close, open/high/low)
+    bad_bars_days: float = 30.0  # rejected market data
+    risk_decisions_days: float = 30.0  # every approval and denial
+    alerts_days: float = 90.0  # delivered or expired alerts (never a pending one, never an unacknowledged CRITICAL)
+    checkpoint_interval_s: float = 300.0  # wall seconds between WAL checkpoints; 0: SQLite's own only
+
+
+@dataclass(frozen=True)
 class AlpacaSettings:
     paper: bool = True
     allow_live: bool = False
@@ -151,6 +167,7 @@ class Settings:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     logging: LogSettings = field(default_factory=LogSettings)
+    retention: RetentionSettings = field(default_factory=RetentionSettings)
     alpaca: AlpacaSettings = field(default_factory=AlpacaSettings)
     ibkr: IbkrSettings = field(default_factory=IbkrSettings)
 
@@ -288,6 +305,9 @@ def _validate(settings: Settings) -> None:
             raise ConfigError(f"heartbeat.{key}: must be positive, got {getattr(settings.heartbeat, key)}")
     if settings.supervisor.period_s <= 0:
         raise ConfigError("supervisor.period_s: must be positive")
+    interval = settings.retention.checkpoint_interval_s
+    if 0 < interval < 1:  # a checkpoint every few milliseconds would compete with every commit
+        raise ConfigError(f"retention.checkpoint_interval_s: must be 0 (off) or at least 1, got {interval}")
 
 
 def required_secrets(settings: Settings) -> tuple[str, ...]:

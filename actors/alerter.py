@@ -8,6 +8,7 @@ With no URL configured, alerts go to the log only.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from datetime import UTC, datetime
 
@@ -17,7 +18,7 @@ from steadyhand.alerts.delivery import Notifier, deliver_pending
 from steadyhand.alerts.outbox import AlertOutbox
 from steadyhand.alerts.routes import alert_urls
 from steadyhand.domain import Alert
-from steadyhand.state import store
+from steadyhand.state import retention, store
 from thespian.actors import ActorAddress
 
 DELIVERY_PERIOD_S = 1.0
@@ -35,10 +36,32 @@ class AlerterActor(SteadyActor):
         self.worker = threading.Thread(target=self._deliver_forever, name="alert-delivery", daemon=True)
         self.worker.start()
         self.handlers = {Alert: self.on_alert, Reconfigure: self.on_reconfigure, AckAlert: self.on_ack}
+        self.timers = {"checkpoint": self.checkpoint_wal}
+
+    def on_first_wiring(self) -> None:
+        self.start_retention({"alerts": lambda now: retention.prune_alerts(
+            self.db.conn, now, self.run.settings.retention.alerts_days)})
+        interval = self.run.settings.retention.checkpoint_interval_s
+        if interval:
+            self.every("checkpoint", interval)
+
+    def checkpoint_wal(self) -> None:
+        """Empty the -wal files of steadyhand.db and, on the sim, exchange.db. Here because the alerter
+        is never on the order path; a checkpoint writes no table, and never waits (state/retention.py)."""
+        for path in (self.run.db_path, self.run.exchange_db_path):
+            try:
+                result = retention.checkpoint(path)
+            except sqlite3.Error as exc:  # e.g. disk trouble: the OMS and risk report that; try again later
+                self.event("wal_checkpoint_failed", level="warning", path=path, error=repr(exc))
+                continue
+            if result is not None and result.busy:  # in use right now: what it could do is done, rest next time
+                self.event("wal_checkpoint_busy", path=path, wal_frames=result.wal_frames,
+                           checkpointed=result.checkpointed, wal_bytes=result.wal_bytes)
 
     def on_alert(self, message: Alert, sender: ActorAddress) -> None:
         # record() stores it before any delivery attempt and logs it (steadyhand.alerts)
-        alert_id = self.outbox.record(message, self.run.settings.alerts.cooldown_s, datetime.now(UTC))
+        alert_id = self.outbox.record(message, self.run.settings.alerts.cooldown_s, datetime.now(UTC),
+                                      clock_now=self.run.clock.now())
         if alert_id is not None:
             self.wake.set()
 
@@ -61,7 +84,7 @@ class AlerterActor(SteadyActor):
             notifier = Notifier(self.routes)  # rebuilt each pass: a reload may change the routes
             try:
                 now = datetime.now(UTC)
-                outbox.escalate(now, self.run.settings.alerts.escalation_interval_s)
+                outbox.escalate(now, self.run.settings.alerts.escalation_interval_s, clock_now=self.run.clock.now())
                 deliver_pending(outbox, notifier, now)
             except Exception:  # delivery trouble must never take the alerter down
                 self.event("delivery_error", level="error", exc_info=True)

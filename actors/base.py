@@ -11,9 +11,10 @@ simpleSystemBase, so actor code never cares which base runs it.
 from __future__ import annotations
 
 import os
+import sqlite3
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from steadyhand.actors.messages import (
@@ -27,8 +28,9 @@ from steadyhand.actors.messages import (
     Wiring,
 )
 from steadyhand.config import RunSettings
-from steadyhand.domain import Alert, Severity
+from steadyhand.domain import Alert, Severity, market_hours
 from steadyhand.runtime.logs import EventLog, setup_actor_logging
+from steadyhand.state import retention
 from thespian.actors import (
     Actor,
     ActorAddress,
@@ -41,6 +43,9 @@ from thespian.actors import (
 
 Handler = Callable[[Any, ActorAddress], None]
 SLOW_HANDLER_S = 1.0  # a handler running longer is logged (the heartbeat declares hung at seconds)
+# Wall seconds between looks whether a retention pass is due (a clock read): often enough that at
+# --speed 3000 (8 simulated hours per look) every overnight close is seen.
+RETENTION_CHECK_S = 10.0
 
 
 class SteadyActor(Actor):
@@ -63,6 +68,10 @@ class SteadyActor(Actor):
         self._crashed = False
         self._last_alive = 0.0
         self._wired_once = False
+        self._retention_steps: dict[str, retention.Step] = {}
+        self._retention_todo: list[str] = []  # tables of the pass under way
+        self._retention_done: dict[str, int] = {}
+        self._retention_last: datetime | None = None
 
     # --- Thespian entry point ---------------------------------------------------------------
 
@@ -212,6 +221,52 @@ class SteadyActor(Actor):
             _, period, _ = self._schedules[name]
             self._schedules[name] = (time.time() + period, period, 0)
             self._wake(name, period)  # a new chain: the slow wakeup still pending is ignored
+
+    # --- retention: pruning this actor's own tables ---------------------------------------------
+
+    def start_retention(self, steps: dict[str, retention.Step]) -> None:
+        """Prune this actor's own tables (``steps``: table -> one batch, see state/retention.py).
+
+        A pass runs when ``retention.pass_due`` says so (about once an hour of the run clock while
+        the market is closed); it runs one batch at a time, each one short transaction, handing the
+        mailbox back between batches, so no message waits behind more than one batch. A failed
+        batch (the database locked for the busy timeout, say) is logged and retried next pass:
+        pruning never takes an actor down or halts trading."""
+        self._retention_steps = dict(steps)
+        assert self.run is not None
+        self._retention_last = self.run.clock.now() - retention.PASS_EVERY  # the first closed look runs one
+        self.timers["retention"] = self._retention_check
+        self.timers["retention_batch"] = self._retention_batch
+        self.every("retention", RETENTION_CHECK_S)
+
+    def _retention_check(self) -> None:
+        assert self.run is not None and self._retention_last is not None
+        now = self.run.clock.now()
+        if self._retention_todo or not retention.pass_due(self._retention_last, now, market_hours.is_open(now)):
+            return
+        self._retention_last = now
+        self._retention_todo = list(self._retention_steps)
+        self._retention_done = {}
+        self.after(0, "retention_batch")
+
+    def _retention_batch(self) -> None:
+        assert self.run is not None
+        if not self._retention_todo:
+            return
+        table = self._retention_todo[0]
+        try:
+            handled = self._retention_steps[table](self.run.clock.now())
+        except sqlite3.OperationalError as exc:
+            self.event("retention_failed", level="warning", table=table, error=repr(exc))
+            handled = 0
+        if handled:
+            self._retention_done[table] = self._retention_done.get(table, 0) + handled
+        else:
+            self._retention_todo.pop(0)
+        if self._retention_todo:
+            self.after(0, "retention_batch")
+        elif self._retention_done:
+            self.event("retention", rows=self._retention_done)
 
     def _wake(self, name: str, seconds: float, slow: bool = False) -> None:
         generation = self._generation.get(name, 0) + 1

@@ -20,7 +20,7 @@ from steadyhand.data.bar_checks import BarValidator
 from steadyhand.domain import Bar, market_hours
 from steadyhand.sim.market import MarketModel, load_market
 from steadyhand.sim.replay import ReplayMarket
-from steadyhand.state import store
+from steadyhand.state import retention, store
 from thespian.actors import ActorAddress
 
 MINUTE = timedelta(minutes=1)
@@ -55,6 +55,8 @@ class FeedActor(SteadyActor):
         self.timers = {"tick": self.tick, "drain": self.drain}
 
     def on_first_wiring(self) -> None:
+        days = self.run.settings.retention.bad_bars_days
+        self.start_retention({"bad_bars": lambda now: retention.prune_bad_bars(self.db.conn, now, days)})
         if self.live_source is not None:
             self.every("drain", STREAM_DRAIN_S)
             return
@@ -147,10 +149,11 @@ class FeedActor(SteadyActor):
             self.tell_peer(peer, batch)
 
     def _journal_rejected(self, rejected: list[tuple[Bar, str]]) -> None:
+        clock_ts = store.iso(self.clock.now())  # the run clock's: what retention ages the rows by
         with store.transaction(self.db):
             self.db["bad_bars"].insert_all(
-                {"recorded_at": store.now_iso(), "symbol": bar.symbol, "bar_ts": store.iso(bar.ts),
-                 "reason": reason, "raw": _raw(bar)}
+                {"recorded_at": store.now_iso(), "clock_ts": clock_ts, "symbol": bar.symbol,
+                 "bar_ts": store.iso(bar.ts), "reason": reason, "raw": _raw(bar)}
                 for bar, reason in rejected
             )
         for bar, reason in rejected:

@@ -16,7 +16,7 @@ from typing import Any
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import Bars, BrokerSnapshot, Fills, PnlUpdate, PositionsSnapshot
 from steadyhand.domain import Severity, Side, market_hours
-from steadyhand.state import store
+from steadyhand.state import retention, store
 from thespian.actors import ActorAddress
 
 ZERO = Decimal(0)
@@ -75,6 +75,8 @@ class PortfolioActor(SteadyActor):
         self._catch_up_fills()  # fills journaled while this actor was down
         self._send_positions()
         self.every("summary", SUMMARY_CHECK_S)
+        days = self.run.settings.retention.equity_bars_days
+        self.start_retention({"equity": lambda now: retention.roll_up_equity(self.db.conn, now, days)})
 
     def on_peers_changed(self, names: set[str]) -> None:
         if names & {"strategy", "risk"}:
@@ -188,8 +190,9 @@ class PortfolioActor(SteadyActor):
 
     def _summary(self, day: str, session: tuple[datetime, datetime]) -> dict[str, Any]:
         start, end = store.iso(session[0]), store.iso(session[1])
-        first = self.db.execute("SELECT equity FROM equity WHERE ts >= ? AND ts < ? ORDER BY ts LIMIT 1",
-                                [start, end]).fetchone()
+        # coalesce: a day rolled up (state/retention.py) keeps its open on its one row
+        first = self.db.execute("SELECT coalesce(day_open, equity) FROM equity WHERE ts >= ? AND ts < ?"
+                                " ORDER BY ts LIMIT 1", [start, end]).fetchone()
         last = self.db.execute("SELECT equity FROM equity WHERE ts >= ? AND ts < ? ORDER BY ts DESC LIMIT 1",
                                [start, end]).fetchone()
         orders = self.db.execute("SELECT count(*), sum(status = 'filled') FROM orders WHERE bar_ts >= ? AND bar_ts < ?",

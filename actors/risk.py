@@ -34,7 +34,7 @@ from steadyhand.actors.messages import (
 from steadyhand.actors.oms import is_store_fault
 from steadyhand.domain import OrderSpec, Severity, market_hours
 from steadyhand.risk.checks import Decision, RiskBook, breaker_check
-from steadyhand.state import store
+from steadyhand.state import retention, store
 from thespian.actors import ActorAddress
 
 
@@ -64,6 +64,10 @@ class RiskActor(SteadyActor):
         self.broker_down = ""  # why the OMS's broker circuit is open; "" while it is closed
         self.store_fault = ""  # the decision journal refused a write: nothing is approved any more
 
+    def on_first_wiring(self) -> None:
+        days = self.run.settings.retention.risk_decisions_days
+        self.start_retention({"risk_decisions": lambda now: retention.prune_risk_decisions(self.db.conn, now, days)})
+
     def on_reconfigure(self, message: Reconfigure, sender: ActorAddress) -> None:
         """An operator's `reload`: new limits from now on (already validated by the supervisor)."""
         self.book.limits = message.settings.risk
@@ -84,6 +88,7 @@ class RiskActor(SteadyActor):
         self.book.market_open = market_hours.is_open(now_sim)
         now_wall = time.time()
         decided_at = store.now_iso()  # one timestamp per batch: its decisions are made together
+        clock_ts = store.iso(now_sim)  # the run clock's: what retention ages the rows by
         approved: list[OrderSpec] = []
         rows: list[DecisionRow] = []
         for signal in message.signals:
@@ -95,7 +100,7 @@ class RiskActor(SteadyActor):
                 decision = Decision.deny("broker" if self.broker_down else "store",
                                          f"broker unavailable: {self.broker_down}" if self.broker_down
                                          else f"state store fault: {self.store_fault}")
-            rows.append(_decision_row(decided_at, request, decision))
+            rows.append(_decision_row(decided_at, clock_ts, request, decision))
             self.event("risk_decision", client_order_id=request.client_order_id, symbol=request.symbol,
                        side=request.side.value, qty=request.qty, approved=decision.approved,
                        check=decision.check, reason=decision.reason)
@@ -189,11 +194,11 @@ class RiskActor(SteadyActor):
         self.book.feed_stale = False
 
 
-DecisionRow = tuple[str, str, str, str, int, int, str]
-INSERT_DECISION = ("INSERT INTO risk_decisions (ts, client_order_id, symbol, side, qty, approved, reason)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?)")
+DecisionRow = tuple[str, str, str, str, str, int, int, str]
+INSERT_DECISION = ("INSERT INTO risk_decisions (ts, clock_ts, client_order_id, symbol, side, qty, approved, reason)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
 
 
-def _decision_row(ts: str, request: OrderSpec, decision: Decision) -> DecisionRow:
-    return (ts, request.client_order_id, request.symbol, request.side.value, request.qty, int(decision.approved),
-            decision.reason if not decision.approved else "ok")
+def _decision_row(ts: str, clock_ts: str, request: OrderSpec, decision: Decision) -> DecisionRow:
+    return (ts, clock_ts, request.client_order_id, request.symbol, request.side.value, request.qty,
+            int(decision.approved), decision.reason if not decision.approved else "ok")

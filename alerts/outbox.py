@@ -64,8 +64,9 @@ class AlertOutbox:
 
     # -- writing ---------------------------------------------------------------------------------
 
-    def record(self, alert: Alert, cooldown_s: float, now: datetime) -> int | None:
+    def record(self, alert: Alert, cooldown_s: float, now: datetime, clock_now: datetime | None = None) -> int | None:
         """Store ``alert`` (before any delivery) and return its row id, or None when deduplicated.
+        ``clock_now``: the run clock's time, stored as ``clock_ts`` (what retention ages rows by).
 
         An alert whose key already has a row created within ``cooldown_s`` (delivered or not) is
         counted on that row (``suppressed`` + 1), not stored again. The next row for the key after
@@ -88,8 +89,8 @@ class AlertOutbox:
                     body = f"{body}\n{suppressed_note(prev[2])}" if body else suppressed_note(prev[2])
                 cursor = self.db.execute(
                     "INSERT INTO alerts (key, severity, title, body, source, created_at, delivered_at,"
-                    " attempts, suppressed, last_error) VALUES (?, ?, ?, ?, ?, ?, NULL, 0, 0, NULL)",
-                    [alert.key, severity.name.lower(), alert.title, body, alert.source, iso(now)],
+                    " attempts, suppressed, last_error, clock_ts) VALUES (?, ?, ?, ?, ?, ?, NULL, 0, 0, NULL, ?)",
+                    [alert.key, severity.name.lower(), alert.title, body, alert.source, iso(now), iso(clock_now)],
                 )
                 alert_id = cursor.lastrowid
         _log_alert(alert, severity, alert_id)
@@ -132,7 +133,7 @@ class AlertOutbox:
                                  [iso(now), operator, id])
         return cursor.rowcount == 1
 
-    def escalate(self, now: datetime, interval_s: float) -> list[int]:
+    def escalate(self, now: datetime, interval_s: float, clock_now: datetime | None = None) -> list[int]:
         """Re-send every delivered, unacknowledged CRITICAL alert whose last sending is older than
         ``interval_s``, as a reminder row of its own; returns the reminders' ids."""
         reminders: list[int] = []
@@ -145,10 +146,10 @@ class AlertOutbox:
                 continue
             with transaction(self.db):
                 cursor = self.db.execute(
-                    "INSERT INTO alerts (key, severity, title, body, source, created_at, attempts, suppressed)"
-                    " VALUES (?, 'critical', ?, ?, ?, ?, 0, 0)",
+                    "INSERT INTO alerts (key, severity, title, body, source, created_at, attempts, suppressed,"
+                    " clock_ts) VALUES (?, 'critical', ?, ?, ?, ?, 0, 0, ?)",
                     [f"reminder:{row['id']}", f"REMINDER (unacknowledged): {row['title']}", row["body"],
-                     row["source"], iso(now)])
+                     row["source"], iso(now), iso(clock_now)])
                 self.db.execute("UPDATE alerts SET escalated_at = ? WHERE id = ?", [iso(now), row["id"]])
             reminders.append(int(cursor.lastrowid))
         return reminders

@@ -22,6 +22,10 @@ from typing import Any, Literal
 import sqlite_utils
 
 BUSY_TIMEOUT_MS = 5_000
+# After a checkpoint has emptied the WAL, SQLite truncates the -wal file to this size: a WAL that once
+# grew (a burst, a reader holding a snapshot) does not keep its size forever. SQLite's automatic
+# checkpoint runs at 1000 pages (~4 MiB), so a WAL normally stays below this anyway.
+WAL_SIZE_LIMIT_BYTES = 8 * 2**20
 
 TABLE_OWNERS: dict[str, str] = {
     "control": "supervisor",  # trading state, halt reason (persisted: a halted bot comes back halted)
@@ -34,7 +38,7 @@ TABLE_OWNERS: dict[str, str] = {
     "risk_state": "risk",  # session day, start-of-day equity, peak
     "bad_bars": "feed",  # rejected market data with the reason
     "positions": "portfolio",  # position, average cost, realized P&L per symbol
-    "equity": "portfolio",  # equity snapshot per bar tick
+    "equity": "portfolio",  # equity snapshot per bar tick; older days rolled up to one row (retention)
     "alerts": "alerter",  # the alert outbox
     "operator_commands": "supervisor",  # every operator command: who, when, what, result
     "portfolio_state": "portfolio",  # e.g. the last session summarized
@@ -168,12 +172,24 @@ def _m4_portfolio_state(db: sqlite_utils.Database) -> None:
     db["portfolio_state"].create({"key": str, "value": str}, pk="key")
 
 
+def _m5_retention(db: sqlite_utils.Database) -> None:
+    # A rolled-up day keeps its last per-bar row, which also carries the day's open/high/low and how
+    # many bars it stands for (NULL on a per-bar row). state/retention.py explains the rules.
+    for column, kind in (("day_open", str), ("day_high", str), ("day_low", str), ("day_bars", int)):
+        db["equity"].add_column(column, kind)
+    # The run clock's time when the row was written (simulated time on the simulated clock): what
+    # retention ages rows by. The existing stamps are wall-clock time.
+    for table in ("risk_decisions", "bad_bars", "alerts"):
+        db[table].add_column("clock_ts", str)
+
+
 # Numbered migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _m1_initial),
     (2, "operator command journal", _m2_operator_commands),
     (3, "alert acknowledgement and escalation", _m3_alert_acknowledgement),
     (4, "portfolio key/value state", _m4_portfolio_state),
+    (5, "retention: daily equity roll-up, run-clock stamps", _m5_retention),
 ]
 
 
@@ -212,6 +228,7 @@ def connect(
     if not readonly:
         db.execute("PRAGMA journal_mode = WAL")
         db.execute(f"PRAGMA synchronous = {synchronous}")
+        db.execute(f"PRAGMA journal_size_limit = {WAL_SIZE_LIMIT_BYTES}")
     return db
 
 

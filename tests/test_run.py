@@ -167,6 +167,10 @@ def _query(data_dir: Path, sql: str) -> list[tuple[Any, ...]]:
         ('broker = "alpaca"\n', "ALPACA_API_KEY"),
         ("[strategy]\nfast = 20\nslow = 5\n", "strategy.slow"),
         ("not toml at all [", "not valid TOML"),
+        ("[retention]\nequity_days = 3\n", "retention.equity_days"),
+        ("[retention]\nalerts_days = \"forever\"\n", "retention.alerts_days"),
+        ("[retention]\nrisk_decisions_days = -1\n", "retention.risk_decisions_days"),
+        ("[retention]\ncheckpoint_interval_s = 0.001\n", "retention.checkpoint_interval_s"),
     ],
 )
 def test_bad_config_is_one_clear_message_exit_2_nothing_started(
