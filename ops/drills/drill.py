@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
@@ -197,3 +198,73 @@ def violations(checked: dict[str, Any]) -> int:
 
 def leftovers(data_dir: Path) -> list[int]:
     return [p.pid for p in procs.run_processes(data_dir)]
+
+
+class RecoveryWatch:
+    """How long each kill took to recover from, watched by a thread (every 20 ms) so the drill's
+    rhythm -- and its kills during a recovery -- stay as they are:
+
+    - an actor killed: from the SIGKILL to its replacement ready (a new live pid in ``actors``);
+    - a run started after a power cut: from the spawn to that run's first reconciliation.
+
+    A recovery cut short by the next power cut is counted as ``interrupted``, not timed."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir
+        self.times: dict[str, list[float]] = {"actor": [], "restart": []}
+        self.interrupted = 0
+        self._pending: list[tuple[str, float, Callable[[], bool]]] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+        self._thread.start()
+
+    def actor_killed(self, name: str, pid: int) -> None:
+        def back() -> bool:
+            new = actor_pids(self.data_dir).get(name)
+            return bool(new and new != pid and procs.pid_alive(new))
+
+        self._add("actor", back)
+
+    def run_started(self, spawned: float, reports_before: int) -> None:
+        self._add("restart", lambda: report_count(self.data_dir) > reports_before, spawned)
+
+    def power_cut(self) -> None:
+        with self._lock:
+            self.interrupted += len(self._pending)
+            self._pending.clear()
+
+    def _add(self, kind: str, done: Callable[[], bool], since: float | None = None) -> None:
+        with self._lock:
+            self._pending.append((kind, time.monotonic() if since is None else since, done))
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.02):
+            with self._lock:
+                pending = list(self._pending)
+            for entry in pending:
+                kind, since, done = entry
+                if done():
+                    with self._lock:
+                        if entry in self._pending:
+                            self._pending.remove(entry)
+                            self.times[kind].append(time.monotonic() - since)
+
+    def close(self) -> dict[str, Any]:
+        """Stop watching; the distribution of each kind (seconds)."""
+        self._stop.set()
+        self._thread.join(5)
+        return {"interrupted": self.interrupted + len(self._pending),
+                **{kind: distribution(values) for kind, values in self.times.items()}}
+
+
+def distribution(values: list[float]) -> dict[str, Any]:
+    """n, p50, p90, p99, max (seconds, 3 decimals) of ``values``."""
+    ordered = sorted(values)
+    if not ordered:
+        return {"n": 0}
+
+    def at(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {"n": len(ordered), "p50": at(0.5), "p90": at(0.9), "p99": at(0.99), "max": round(ordered[-1], 3)}

@@ -38,7 +38,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from drill import DrillError, Exchange, Run, actor_pids, leftovers, report_count, verify_now, violations, wait_for
+from drill import (
+    DrillError,
+    Exchange,
+    RecoveryWatch,
+    Run,
+    actor_pids,
+    leftovers,
+    report_count,
+    verify_now,
+    violations,
+    wait_for,
+)
 from steadyhand import crashpoints, market_hours, procs
 from steadyhand.brokers.sim import jump_clock, stored_clock
 
@@ -73,6 +84,12 @@ class Setup:
     run_args: list[str]
     env: dict[str, str] = field(default_factory=dict)
     exchange: Exchange | None = None
+    watch: RecoveryWatch | None = None  # recovery times of every kill
+
+    def power_cut(self, run: Run) -> None:
+        if self.watch is not None:
+            self.watch.power_cut()
+        run.power_cut()
 
     def check_exchange(self, totals: dict[str, Any]) -> None:
         """The bot was killed: the broker must not have noticed (same process, still serving)."""
@@ -106,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
                               "by_kind": Counter(), "actors_killed": Counter(), "points_armed": Counter(),
                               "points_fired": Counter(), "starts": 0}
     started = time.monotonic()
+    setup.watch = RecoveryWatch(data_dir)
     code = 0
     try:
         if args.broker == "alpaca":
@@ -126,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
         if setup.exchange is not None and not _stop_exchange(setup.exchange, totals):
             code = 1
+        totals["recovery_s"] = setup.watch.close()
     totals["elapsed_s"] = round(time.monotonic() - started, 1)
     _print(totals, args.json)
     if not args.keep and not args.data_dir and code == 0:
@@ -169,7 +188,7 @@ def _drill(count: int, rng: random.Random, setup: Setup, totals: dict[str, Any])
         kind = rng.choices(["actor", "power_cut", "crash_point"], weights=[6, 2, 2])[0]
         if kind == "crash_point":
             if run is not None and run.alive:
-                run.power_cut()  # the point is armed through the environment: a fresh start
+                setup.power_cut(run)  # the point is armed through the environment: a fresh start
                 _count(totals, "power_cut")
             run = _start_armed(rng, setup, totals)
             continue
@@ -184,13 +203,15 @@ def _drill(count: int, rng: random.Random, setup: Setup, totals: dict[str, Any])
                     os.kill(pids[name], signal.SIGKILL)
                 except ProcessLookupError:
                     continue  # it was being restarted already; pick again
+                assert setup.watch is not None
+                setup.watch.actor_killed(name, pids[name])
                 totals["actors_killed"][name] += 1
                 _count(totals, "actor")
         else:
-            run.power_cut()
+            setup.power_cut(run)
             _count(totals, "power_cut")
     if run is not None and run.alive:
-        run.power_cut()
+        setup.power_cut(run)
     setup.check_exchange(totals)
 
 
@@ -207,9 +228,14 @@ def _start_armed(rng: random.Random, setup: Setup, totals: dict[str, Any]) -> Ru
         return run  # not reached this time (no open orders, say): the run goes on, armed
     totals["points_fired"][point] += 1
     _count(totals, "crash_point")
+    assert setup.watch is not None
     if spec.endswith(":group"):
+        setup.watch.power_cut()
         wait_for(lambda: not run.alive, 10, "the power cut at the crash point")
         wait_for(lambda: not leftovers(data_dir), 10, "every process of the run gone")
+    else:  # the OMS died at the point: the supervisor restarts it
+        fired = crashpoints.fired_path(data_dir).read_text()
+        setup.watch.actor_killed("oms", int(fired.rsplit("pid ", 1)[1].split()[0]))
     return run
 
 
@@ -217,7 +243,11 @@ def _start(setup: Setup, env: dict[str, str], totals: dict[str, Any]) -> Run:
     totals["starts"] += 1
     if setup.exchange is None:  # the exchange process keeps its own clock: its night is not skipped
         _skip_the_night(setup.data_dir, totals)
-    return Run(setup.data_dir, setup.run_args, {**setup.env, **env})
+    spawned, reports = time.monotonic(), report_count(setup.data_dir)
+    run = Run(setup.data_dir, setup.run_args, {**setup.env, **env})
+    if setup.watch is not None:
+        setup.watch.run_started(spawned, reports)
+    return run
 
 
 def _skip_the_night(data_dir: Path, totals: dict[str, Any]) -> None:
@@ -267,6 +297,8 @@ def _print(totals: dict[str, Any], as_json: bool) -> None:
         f"{p} {totals['points_fired'][p]}/{n}" for p, n in sorted(totals["points_armed"].items())))
     if "exchange" in totals:
         print(f"  exchange: {totals['exchange']}")
+    if "recovery_s" in totals:
+        print(f"  recovery (s): {totals['recovery_s']}")
     if "verify_stopped" in totals:
         print(f"  verify: running {totals['verify_running']}, stopped {totals['verify_stopped']}")
     print(f"  violations: {totals.get('violations', 'n/a')}"
