@@ -147,18 +147,25 @@ class LatencyReader:
 
     def read(self) -> None:
         path = self.log_dir / "oms.jsonl"
-        key = str(path)
+        offset = self.offsets.get("oms", 0)
         with contextlib.suppress(OSError):
-            size = path.stat().st_size
-            if size < self.offsets.get(key, 0):
-                self.offsets[key] = 0  # rotated: the file starts again (the rest is in oms.jsonl.1)
+            if path.stat().st_size < offset:  # rotated since the last read: finish the old file first
+                self._read_from(self.log_dir / "oms.jsonl.1", offset)
+                offset = 0
+            self.offsets["oms"] = offset + self._read_from(path, offset)
+
+    def _read_from(self, path: Path, offset: int) -> int:
+        """Take the complete lines of ``path`` from ``offset``; how many bytes that was."""
+        try:
             with path.open("rb") as fh:
-                fh.seek(self.offsets.get(key, 0))
+                fh.seek(offset)
                 data = fh.read()
-            complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
-            self.offsets[key] = self.offsets.get(key, 0) + len(complete)
-            for line in complete.splitlines():
-                self._take(line)
+        except OSError:
+            return 0
+        complete = data[: data.rfind(b"\n") + 1]  # a line being written is read next time
+        for line in complete.splitlines():
+            self._take(line)
+        return len(complete)
 
     def _take(self, line: bytes) -> None:
         if b"order_submitted" not in line:
