@@ -50,20 +50,23 @@ from steadyhand import crashpoints, market_hours, procs
 from steadyhand.brokers.sim import anchor_clock, jump_clock, stored_clock
 from steadyhand.clock import SimClock
 
-# The drill's settings: a jumpy strategy, so orders are in flight whenever it kills. The supervisor
-# keeps its defaults (a soak must see what production would). The order rate limit counts per
-# wall-clock minute: at x3000 a session lasts 8 s, so the real-time limit would throttle it.
-CONFIG = """
-[strategy]
-fast = 2
-slow = 3
+STALE_WALL_S = 2.0  # wall seconds without a bar before risk calls the feed stale, at any speed
 
-[risk]
-max_orders_per_minute = 1000000
-"""
-# Through Alpaca the strategy keeps its shipped windows (5/20): Alpaca's rate limit (200 requests a
-# minute) counts wall-clock minutes, and at x600 the jumpy windows ask for more: orders queue behind
-# HTTP 429s for simulated hours and cancels fail (see BENCHMARKS.md, "Soak").
+
+def config_text(speed: float, broker: str) -> str:
+    """The soak's steadyhand.toml. A jumpy strategy (2/3), so orders are in flight whenever it
+    kills; the supervisor and the heartbeat keep their defaults (a soak must see what production
+    would). Two limits are set for the speed: the order rate limit counts wall-clock minutes (at
+    x1000 a session lasts 23 s), and risk's stale-data window (180 simulated seconds) would be 0.18 s
+    of wall time: any scheduling hiccup of a busy machine would deny the day's orders as "feed
+    stale". Through Alpaca the strategy keeps its shipped windows (5/20): Alpaca's rate limit (200
+    requests a wall minute) cannot carry the jumpy ones at x600; orders queue behind HTTP 429s for
+    simulated hours and cancels fail (BENCHMARKS.md, "Soak")."""
+    fast, slow = (5, 20) if broker == "alpaca" else (2, 3)
+    return (f"[strategy]\nfast = {fast}\nslow = {slow}\n\n[risk]\nmax_orders_per_minute = 1000000\n"
+            f"stale_after_s = {max(180.0, STALE_WALL_S * speed):g}\n")
+
+
 KINDS = ("actor", "power_cut", "crash_point")
 KIND_WEIGHTS = (6, 2, 2)
 EVENING = timedelta(minutes=30)  # after the close: the day's last fills, reconciliation, summary
@@ -340,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir = Path(args.data_dir or tempfile.mkdtemp(prefix="steadyhand-soak-")).resolve() / "var"
     config = data_dir.parent / "soak.toml"
     data_dir.mkdir(parents=True, exist_ok=True)
-    config.write_text(CONFIG)
+    config.write_text(config_text(args.speed, args.broker))
     soak = Soak(args, data_dir, config)
     started = time.monotonic()
     result: dict[str, Any] = {"seed": seed, "broker": args.broker, "speed": args.speed, "nights": args.nights,
@@ -381,7 +384,7 @@ def _start_exchange(soak: Soak) -> None:
     exchange_config = soak.data_dir.parent / "exchange.toml"
     exchange_config.write_text(f"[sim]\nspeed = {soak.args.speed:g}\n")
     soak.exchange = exchange = Exchange(soak.data_dir, exchange_config)
-    soak.config.write_text('broker = "alpaca"\n' + CONFIG.replace("fast = 2\nslow = 3", "fast = 5\nslow = 20")
+    soak.config.write_text('broker = "alpaca"\n' + config_text(soak.args.speed, "alpaca")
                            + "\n[alpaca]\npaper = true\n"
                            + "".join(f'{k} = "{v}"\n' for k, v in exchange.urls.items()))
     soak.env = dict(ALPACA_ENV)
