@@ -61,10 +61,11 @@ def config_text(speed: float, broker: str) -> str:
     of wall time: any scheduling hiccup of a busy machine would deny the day's orders as "feed
     stale". Through Alpaca the strategy keeps its shipped windows (5/20): Alpaca's rate limit (200
     requests a wall minute) cannot carry the jumpy ones at x600; orders queue behind HTTP 429s for
-    simulated hours and cancels fail (BENCHMARKS.md, "Soak")."""
+    simulated hours and cancels fail (BENCHMARKS.md, "Soak"). The loss breakers are off: a jumpy
+    strategy loses money, and a bot halted by its daily loss (as it must be) trades no more days."""
     fast, slow = (5, 20) if broker == "alpaca" else (2, 3)
     return (f"[strategy]\nfast = {fast}\nslow = {slow}\n\n[risk]\nmax_orders_per_minute = 1000000\n"
-            f"stale_after_s = {max(180.0, STALE_WALL_S * speed):g}\n")
+            f"stale_after_s = {max(180.0, STALE_WALL_S * speed):g}\nmax_daily_loss = 1e12\nmax_drawdown = 1e12\n")
 
 
 KINDS = ("actor", "power_cut", "crash_point")
@@ -345,6 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     data_dir.mkdir(parents=True, exist_ok=True)
     config.write_text(config_text(args.speed, args.broker))
     soak = Soak(args, data_dir, config)
+    signal.signal(signal.SIGTERM, _stopped)  # stopped from outside: clean up and report what ran
     started = time.monotonic()
     result: dict[str, Any] = {"seed": seed, "broker": args.broker, "speed": args.speed, "nights": args.nights,
                               "start": args.start.isoformat(), "days_planned": args.days,
@@ -377,6 +379,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep and not args.data_dir and result["ok"]:
         shutil.rmtree(data_dir.parent, ignore_errors=True)
     return 0 if result["ok"] else 1
+
+
+def _stopped(signum: int, frame: Any) -> None:
+    raise DrillError(f"stopped by signal {signum}")
 
 
 def _start_exchange(soak: Soak) -> None:
