@@ -60,6 +60,7 @@ class SteadyActor(Actor):
         self._slow: dict[str, tuple[float, Callable[[], bool]]] = {}  # name -> (slow period, when)
         self._generation: dict[str, int] = {}  # name -> current chain of a periodic timer
         self._sleeping_slow: set[str] = set()  # periodic timers now waiting out a slow period
+        self.timer_late_s = 0.0  # how late the running periodic timer fired after its slot
         self._crashed = False
         self._last_alive = 0.0
         self._wired_once = False
@@ -229,9 +230,11 @@ class SteadyActor(Actor):
         if name is None or name not in self.timers:
             return
         schedule = self._schedules.get(name) if isinstance(payload, tuple) else None
+        self.timer_late_s = 0.0
         if schedule is not None:
             t0, period, k = schedule
             now = time.time()
+            self.timer_late_s = max(0.0, now - (t0 + k * period))  # this run's slot, before skipping
             slow = self._slow.get(name)
             if slow is not None and slow[1]():
                 self._schedules[name] = (now + slow[0], period, 0)  # re-anchored when it speeds up

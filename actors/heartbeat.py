@@ -1,9 +1,10 @@
 """Heartbeat monitor: pings every actor on an absolute schedule and watches the feed's freshness.
 
-An actor whose last pong is older than the deadline is reported to the supervisor, which kills its
-process by pid and restarts it. During an open session (XNYS, on the simulated clock) a feed whose
-last bar is older than ``risk.stale_after_s`` makes risk deny new entries and raises an alert;
-both clear when bars flow again.
+An actor that has left a ping unanswered for longer than the deadline is reported to the
+supervisor, which kills its process by pid and restarts it (the rule, and why: liveness.py).
+During an open session (XNYS, on the simulated clock) a feed whose last bar is older than
+``risk.stale_after_s`` makes risk deny new entries and raises an alert; both clear when bars flow
+again.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 from steadyhand import market_hours
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import ActorUnresponsive, FeedFresh, FeedStale, Ping, Pong, Severity
+from steadyhand.liveness import PingLedger
 from thespian.actors import ActorAddress
 
 NOT_PINGED = ("heartbeat", "supervisor")
@@ -27,10 +29,10 @@ class HeartbeatActor(SteadyActor):
     def setup(self) -> None:
         self.clock = self.run.clock
         self.seq = 0
-        self.last_pong: dict[str, float] = {}  # name -> monotonic time of its last pong
+        settings = self.run.settings.heartbeat
+        self.ledger = PingLedger(settings.deadline_s, settings.startup_deadline_s)  # monotonic times
         self.pids: dict[str, int] = {}
-        self.reported: set[tuple[str, int]] = set()  # (name, pid) already reported as hung
-        self.answered: set[str] = set()  # actors that have ponged since their (re)start
+        self.last_beat: float | None = None  # monotonic time of the previous beat
         self.feed_last_bar: datetime | None = None
         self.feed_stale = False
         self.replay_done = False
@@ -38,8 +40,8 @@ class HeartbeatActor(SteadyActor):
         self.timers = {"beat": self.beat, "deadman": self.deadman}
 
     def on_first_wiring(self) -> None:
-        now = time.monotonic()
-        self.last_pong = {name: now for name in self._watched()}
+        for name in self._watched():
+            self.ledger.restarted(name)  # a new monitor gives everyone the startup allowance
         interval = self.run.settings.heartbeat.interval_s
         self.every("beat", interval, first_in=0.0, slow_period_s=interval * CLOSED_SLOWDOWN,
                    slow_when=self._market_closed)
@@ -47,12 +49,12 @@ class HeartbeatActor(SteadyActor):
             self.every("deadman", self.run.settings.alerts.deadman_interval_s)
 
     def on_peers_changed(self, names: set[str]) -> None:
-        now = time.monotonic()
-        for name in names:  # a restarted actor gets a fresh deadline
-            self.last_pong[name] = now
+        for name in names - set(NOT_PINGED):  # a restarted actor: a clean slate, the startup allowance
             self.pids.pop(name, None)
-            self.answered.discard(name)
-            self.reported = {r for r in self.reported if r[0] != name}
+            if self.peers.get(name) is None:
+                self.ledger.forget(name)
+            else:
+                self.ledger.restarted(name)
         if "feed" in names and self.feed_stale:
             self.tell_peer("risk", FeedStale(self.feed_last_bar, 0.0))  # a new risk must know too
 
@@ -60,11 +62,10 @@ class HeartbeatActor(SteadyActor):
         return [n for n, address in self.peers.items() if n not in NOT_PINGED and address is not None]
 
     def healthy(self) -> bool:
-        """Every actor is up and answered within its deadline."""
-        now = time.monotonic()
-        deadline = self.run.settings.heartbeat.deadline_s
+        """Every actor is up and none has left a ping unanswered beyond its deadline (the same rule
+        as the beat's, judged as of when the running timer was due)."""
         everyone_up = all(address is not None for address in self.peers.values())
-        return everyone_up and all(now - self.last_pong.get(n, 0.0) <= deadline for n in self._watched())
+        return everyone_up and not self.ledger.overdue(time.monotonic() - self.timer_late_s)
 
     def deadman(self) -> None:
         """The dead-man's switch: ping the configured URL only while all is well, so that silence
@@ -79,48 +80,47 @@ class HeartbeatActor(SteadyActor):
         return not market_hours.is_open(self.clock.now())
 
     def beat(self) -> None:
-        self.seq += 1
         now = time.monotonic()
-        settings = self.run.settings.heartbeat
-        # While the market is closed the beat is slower; a pong can then be that much older.
-        deadline = max(settings.deadline_s, 2.5 * settings.interval_s * CLOSED_SLOWDOWN) \
-            if self._market_closed() else settings.deadline_s
+        late = self.timer_late_s
+        if late > self.ledger.deadline_s:  # the monitor itself was starved or stopped: blame no one
+            self.event("heartbeat_late", level="warning", late_s=round(late, 2))
+        for hung in self.ledger.judge(now, late):  # before this beat's pings: only older ones count
+            pid = self.pids.get(hung.name, 0)  # pid 0 (never answered): the supervisor knows it
+            self.event("unresponsive", level="warning", actor_name=hung.name, pid=pid,
+                       silent_s=round(hung.silent_s, 2))
+            self.tell_peer("supervisor", ActorUnresponsive(hung.name, pid, hung.silent_s))
+        self.seq += 1
         for name in self._watched():
-            self.tell_peer(name, Ping(self.seq))
-            silent = now - self.last_pong.get(name, now)
-            pid = self.pids.get(name, 0)
-            limit = deadline if name in self.answered else max(deadline, settings.startup_deadline_s)
-            if silent > limit and (name, pid) not in self.reported:  # pid 0: the supervisor knows it
-                self.reported.add((name, pid))
-                self.event("unresponsive", level="warning", actor_name=name, pid=pid,
-                           silent_s=round(silent, 2))
-                self.tell_peer("supervisor", ActorUnresponsive(name, pid, silent))
-        self._check_feed()
+            if self.tell_peer(name, Ping(self.seq)):
+                self.ledger.sent(name, self.seq, now)
+        gap = now - self.last_beat if self.last_beat is not None else 0.0
+        self.last_beat = now
+        self._check_feed(gap)
 
     def on_pong(self, message: Pong, sender: ActorAddress) -> None:
         if self.peers.get(message.name) != sender:
             return  # from a process that has since been replaced
-        self.last_pong[message.name] = time.monotonic()
         self.pids[message.name] = message.pid
-        self.answered.add(message.name)
+        if self.ledger.answered(message.name, message.seq, time.monotonic()):  # news: a first answer
+            self.event("responsive", actor_name=message.name, pid=message.pid)
         if message.name == "feed":
             self.feed_last_bar = message.info.get("last_bar_at") or self.feed_last_bar
             self.replay_done = bool(message.info.get("replay_done"))
 
-    def _check_feed(self) -> None:
+    def _check_feed(self, gap_s: float) -> None:
         now = self.clock.now()
-        # The monitor sees the feed's last bar only as of the previous pong, one beat ago; on an
-        # accelerated clock a beat is many simulated seconds, so allow for it.
+        # The monitor sees the feed's last bar only as of the previous pong, one beat ago (``gap_s``
+        # real seconds: five normal beats while the market was closed, more if the monitor itself
+        # was late); on an accelerated clock a beat is many simulated seconds, so allow for it.
         settings = self.run.settings
-        limit = settings.risk.stale_after_s + 2 * settings.heartbeat.interval_s * self.clock.speed
-        if not market_hours.is_open(now) or self.replay_done:
+        beat_s = max(settings.heartbeat.interval_s, gap_s)
+        limit = settings.risk.stale_after_s + 2 * beat_s * self.clock.speed
+        session = market_hours.session_at(now)
+        if session is None or self.replay_done:
             stale, since = False, 0.0
-        elif self.feed_last_bar is None:
-            session = market_hours.session_at(now)
-            since = (now - session[0]).total_seconds() if session else 0.0
-            stale = since > limit
-        else:
-            since = (now - self.feed_last_bar).total_seconds()
+        else:  # only this session's silence counts: the last bar before the open is hours old
+            seen = session[0] if self.feed_last_bar is None else max(self.feed_last_bar, session[0])
+            since = (now - seen).total_seconds()
             stale = since > limit
         if stale and not self.feed_stale:
             self.feed_stale = True

@@ -8,6 +8,8 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
+from steadyhand.actors import base
 from steadyhand.actors.base import SteadyActor
 
 
@@ -67,3 +69,34 @@ def test_a_one_shot_run_of_a_periodic_timer_does_not_start_a_second_chain() -> N
     actor.after(0, "poll")
     actor.fire(actor.wakeups[-1])  # the one-shot
     assert actor.runs == 1 and len(actor.wakeups) == 2  # it ran, and scheduled nothing more
+
+
+def test_a_periodic_timer_knows_how_late_it_fired_after_its_slot(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The heartbeat judges no one for its own lateness (liveness.py): it needs each run's lateness
+    # against that run's slot, at the normal and at the slow period alike.
+    wall = [1000.0]
+    monkeypatch.setattr(base.time, "time", lambda: wall[0])
+    actor = TimedActor()
+    actor.idle = False
+    actor.every("poll", 1.0, first_in=0.0, slow_period_s=5.0, slow_when=lambda: actor.idle)
+    wall[0] = 1000.25
+    actor.fire(actor.wakeups[-1])
+    assert actor.timer_late_s == 0.25
+    wall[0] = 1003.5  # the slot was 1001: late 2.5 s; missed slots are skipped (next: 1004)
+    actor.fire(actor.wakeups[-1])
+    assert actor.timer_late_s == 2.5 and actor.wakeups[-1][0] == 0.5
+    actor.idle = True
+    wall[0] = 1004.0
+    actor.fire(actor.wakeups[-1])  # on time; idle, so the next run is the slow period away (1009)
+    assert actor.timer_late_s == 0.0 and actor.wakeups[-1][0] == 5.0
+    actor.idle = False
+    wall[0] = 1010.0
+    actor.fire(actor.wakeups[-1])
+    assert actor.timer_late_s == 1.0  # against the slow slot, not the normal period
+    wall[0] = 1010.5  # fired before its slot (1011): not late
+    actor.fire(actor.wakeups[-1])
+    assert actor.timer_late_s == 0.0
+    actor.after(0, "poll")
+    wall[0] = 1020.0
+    actor.fire(actor.wakeups[-1])  # a one-shot has no slot: never late
+    assert actor.timer_late_s == 0.0 and actor.runs == 6
