@@ -30,24 +30,36 @@ _PID_IN_DETAIL = re.compile(r"pid (\d+)")
 
 def processes_by_role(data_dir: Path, run_pid: int | None,
                       exchange_pid: int | None = None) -> dict[str, psutil.Process]:
-    """Every process of the run, named: ``run`` (``steadyhand run``), each actor by name, Thespian's
-    ``admin`` (a child of the run) and the ``supervisor`` (the other one); ``exchange`` with Alpaca."""
+    """Every process of the run, named: ``run`` (``steadyhand run``), each actor by name, the
+    ``supervisor`` (the actors' parent), Thespian's ``admin`` (the supervisor's parent) and its
+    ``logger`` (the admin's other child); ``exchange`` with Alpaca. Anything else: ``other:<pid>``."""
     actors = {pid: name for name, pid in actor_pids(data_dir).items()}
-    found: dict[str, psutil.Process] = {}
-    for proc in procs.run_processes(data_dir):
+    found: dict[int, psutil.Process] = {p.pid: p for p in procs.run_processes(data_dir)}
+    parent: dict[int, int] = {}
+    for pid, proc in found.items():
         with contextlib.suppress(psutil.Error):
-            if proc.pid == run_pid:
-                found["run"] = proc
-            elif proc.pid in actors:
-                found[actors[proc.pid]] = proc
-            elif proc.ppid() == run_pid:
-                found["admin"] = proc
-            else:
-                found[f"supervisor{'' if 'supervisor' not in found else ':' + str(proc.pid)}"] = proc
+            parent[pid] = proc.ppid()
+    supervisor = next((parent[p] for p in actors if p in parent and parent[p] not in actors), None)
+    admin = parent.get(supervisor) if supervisor is not None else None
+    named: dict[str, psutil.Process] = {}
+    for pid, proc in found.items():
+        if pid == run_pid:
+            role = "run"
+        elif pid in actors:
+            role = actors[pid]
+        elif pid == supervisor:
+            role = "supervisor"
+        elif pid == admin:
+            role = "admin"
+        elif admin is not None and parent.get(pid) == admin:
+            role = "logger"
+        else:
+            role = f"other:{pid}"
+        named[role] = proc
     if exchange_pid is not None:
         with contextlib.suppress(psutil.Error):
-            found["exchange"] = psutil.Process(exchange_pid)
-    return found
+            named["exchange"] = psutil.Process(exchange_pid)
+    return named
 
 
 @dataclass
