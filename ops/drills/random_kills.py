@@ -31,6 +31,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -71,6 +72,7 @@ ARM_TIMEOUT_S = 6.0  # a crash point that needs open orders may not fire: give u
 # at a cancel-all) are reached less often: arm the order-path points more often.
 POINT_WEIGHTS = {"oms.after_journal": 3, "oms.after_submit": 3, "oms.after_fill_received": 3,
                  "oms.mid_reconcile": 2, "oms.mid_cancel_all": 1}
+STOP = threading.Event()  # set by SIGTERM: a long drill stopped early still checks and reports
 # The Alpaca keys the bot and verify use; the local exchange accepts any non-empty pair.
 ALPACA_ENV = {"ALPACA_API_KEY": "drill-key", "ALPACA_SECRET_KEY": "drill-secret"}
 
@@ -124,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                               "points_fired": Counter(), "starts": 0}
     started = time.monotonic()
     setup.watch = RecoveryWatch(data_dir)
+    signal.signal(signal.SIGTERM, lambda *_: STOP.set())  # stop killing; the final check still runs
     code = 0
     try:
         if args.broker == "alpaca":
@@ -183,7 +186,7 @@ def _stop_exchange(exchange: Exchange, totals: dict[str, Any]) -> bool:
 def _drill(count: int, rng: random.Random, setup: Setup, totals: dict[str, Any]) -> None:
     data_dir = setup.data_dir
     run: Run | None = None
-    while totals["kills"] < count:
+    while totals["kills"] < count and not STOP.is_set():
         setup.check_exchange(totals)
         kind = rng.choices(["actor", "power_cut", "crash_point"], weights=[6, 2, 2])[0]
         if kind == "crash_point":
@@ -210,6 +213,8 @@ def _drill(count: int, rng: random.Random, setup: Setup, totals: dict[str, Any])
         else:
             setup.power_cut(run)
             _count(totals, "power_cut")
+    if STOP.is_set():
+        totals["stopped_early"] = f"SIGTERM after {totals['kills']} of {count} kills"
     if run is not None and run.alive:
         setup.power_cut(run)
     setup.check_exchange(totals)
@@ -301,6 +306,8 @@ def _print(totals: dict[str, Any], as_json: bool) -> None:
         print(f"  recovery (s): {totals['recovery_s']}")
     if "verify_stopped" in totals:
         print(f"  verify: running {totals['verify_running']}, stopped {totals['verify_stopped']}")
+    if "stopped_early" in totals:
+        print(f"  stopped early: {totals['stopped_early']}")
     print(f"  violations: {totals.get('violations', 'n/a')}"
           + (f"  ERROR: {totals['error']}" if "error" in totals else "")
           + (f"  LEFTOVER PROCESSES: {totals['leftover_processes']}" if "leftover_processes" in totals else ""))

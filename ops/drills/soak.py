@@ -62,10 +62,15 @@ def config_text(speed: float, broker: str) -> str:
     stale". Through Alpaca the strategy keeps its shipped windows (5/20): Alpaca's rate limit (200
     requests a wall minute) cannot carry the jumpy ones at x600; orders queue behind HTTP 429s for
     simulated hours and cancels fail (BENCHMARKS.md, "Soak"). The loss breakers are off: a jumpy
-    strategy loses money, and a bot halted by its daily loss (as it must be) trades no more days."""
+    strategy loses money, and a bot halted by its daily loss (as it must be) trades no more days.
+    Positions are capped at 100 shares and the account holds $10M: at x1000 a fill reaches the
+    strategy several bars after its order (the OMS polls every 0.2 s of wall time, a bar is 0.06 s),
+    so it targets from a stale position and positions drift (AAPL 1,140 shares with qty 10 by day
+    5 of a run) until the broker rejects for buying power and the circuit stops every order."""
     fast, slow = (5, 20) if broker == "alpaca" else (2, 3)
-    return (f"[strategy]\nfast = {fast}\nslow = {slow}\n\n[risk]\nmax_orders_per_minute = 1000000\n"
-            f"stale_after_s = {max(180.0, STALE_WALL_S * speed):g}\nmax_daily_loss = 1e12\nmax_drawdown = 1e12\n")
+    return (f"[strategy]\nfast = {fast}\nslow = {slow}\n\n[sim]\nstart_cash = 10000000.0\n\n"
+            f"[risk]\nmax_orders_per_minute = 1000000\nstale_after_s = {max(180.0, STALE_WALL_S * speed):g}\n"
+            "max_daily_loss = 1e12\nmax_drawdown = 1e12\nmax_position_qty = 100\n")
 
 
 KINDS = ("actor", "power_cut", "crash_point")
@@ -388,7 +393,7 @@ def _stopped(signum: int, frame: Any) -> None:
 def _start_exchange(soak: Soak) -> None:
     """``steadyhand exchange serve`` on the soak's data dir (the clock already anchored there)."""
     exchange_config = soak.data_dir.parent / "exchange.toml"
-    exchange_config.write_text(f"[sim]\nspeed = {soak.args.speed:g}\n")
+    exchange_config.write_text(f"[sim]\nspeed = {soak.args.speed:g}\nstart_cash = 10000000.0\n")  # as the bot's
     soak.exchange = exchange = Exchange(soak.data_dir, exchange_config)
     soak.config.write_text('broker = "alpaca"\n' + config_text(soak.args.speed, "alpaca")
                            + "\n[alpaca]\npaper = true\n"
