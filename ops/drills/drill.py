@@ -216,6 +216,19 @@ def leftovers(data_dir: Path) -> list[int]:
     return [p.pid for p in procs.run_processes(data_dir)]
 
 
+def fired_pid(data_dir: Path) -> int | None:
+    """The pid a crash point fired in (``crashpoint.fired`` reads ``name:N pid P``). The file is
+    created first and written just after: a look in between sees it empty, so wait a moment."""
+    def read() -> int | None:
+        try:
+            text = crashpoints.fired_path(data_dir).read_text()
+        except OSError:
+            return None
+        return int(text.rsplit("pid ", 1)[1].split()[0]) if "pid " in text and text.endswith("\n") else None
+
+    return procs.wait_until(read, 2.0)
+
+
 class RecoveryWatch:
     """How long each kill took to recover from, watched by a thread (every 20 ms) so the drill's
     rhythm -- and its kills during a recovery -- stay as they are:

@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -45,6 +46,7 @@ from drill import (
     RecoveryWatch,
     Run,
     actor_pids,
+    fired_pid,
     leftovers,
     report_count,
     verify_now,
@@ -138,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     except DrillError as exc:
         print(f"drill failed: {exc}", file=sys.stderr)
         totals["error"] = str(exc)
+        code = 1
+    except Exception as exc:  # a bug of the drill itself: still clean up and report what ran
+        traceback.print_exc()
+        totals["error"] = f"drill crashed: {exc!r}"
         code = 1
     finally:
         left = leftovers(data_dir)
@@ -239,8 +245,9 @@ def _start_armed(rng: random.Random, setup: Setup, totals: dict[str, Any]) -> Ru
         wait_for(lambda: not run.alive, 10, "the power cut at the crash point")
         wait_for(lambda: not leftovers(data_dir), 10, "every process of the run gone")
     else:  # the OMS died at the point: the supervisor restarts it
-        fired = crashpoints.fired_path(data_dir).read_text()
-        setup.watch.actor_killed("oms", int(fired.rsplit("pid ", 1)[1].split()[0]))
+        pid = fired_pid(data_dir)
+        if pid is not None:
+            setup.watch.actor_killed("oms", pid)
     return run
 
 

@@ -37,6 +37,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -44,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import soak_metrics as metrics
-from drill import DrillError, Exchange, Run, actor_pids, leftovers, verify_now, violations, wait_for
+from drill import DrillError, Exchange, Run, actor_pids, fired_pid, leftovers, verify_now, violations, wait_for
 from random_kills import ACTORS, ALPACA_ENV, POINT_WEIGHTS
 from steadyhand import crashpoints, market_hours, procs
 from steadyhand.brokers.sim import anchor_clock, jump_clock, stored_clock
@@ -204,9 +205,10 @@ class Soak:
             raise DrillError(f"the exchange (pid {self.exchange.pid}) went down")
 
     def _crash_point_fired(self) -> None:
-        text = crashpoints.fired_path(self.data_dir).read_text()
-        if "pid " in text:
-            self.victims.add(int(text.rsplit("pid ", 1)[1].split()[0]))
+        pid = fired_pid(self.data_dir)
+        if pid is None:
+            raise DrillError(f"{crashpoints.fired_path(self.data_dir)} names no pid")
+        self.victims.add(pid)
         self.armed_fired = True
         self.kills["crash_point"] += 1
 
@@ -370,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         _final(soak, result)
     except DrillError as exc:
         soak.failures.append(f"drill failed: {exc}")
+    except Exception as exc:  # a bug of the drill itself: still clean up and report what ran
+        traceback.print_exc()
+        soak.failures.append(f"drill crashed: {exc!r}")
     finally:
         _clean_up(soak, result)
     result.update(days=soak.days, kills=dict(soak.kills), starts=len(soak.starts), drift=drift(soak.days),
