@@ -136,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         _drill(args.count, rng, setup, totals)
         final = _final_check(setup, totals)
         totals["violations"] = final
-        code = 1 if final else 0
+        code = 1 if final or totals.get("start_failures") else 0
     except DrillError as exc:
         print(f"drill failed: {exc}", file=sys.stderr)
         totals["error"] = str(exc)
@@ -256,7 +256,13 @@ def _start(setup: Setup, env: dict[str, str], totals: dict[str, Any]) -> Run:
     if setup.exchange is None:  # the exchange process keeps its own clock: its night is not skipped
         _skip_the_night(setup.data_dir, totals)
     spawned, reports = time.monotonic(), report_count(setup.data_dir)
-    run = Run(setup.data_dir, setup.run_args, {**setup.env, **env})
+    try:
+        run = Run(setup.data_dir, setup.run_args, {**setup.env, **env})
+    except DrillError as exc:  # not up in 60 s (Run has power-cut it): as systemd would, start again
+        totals.setdefault("start_failures", []).append({"crash_at": env.get(crashpoints.ENV, ""),
+                                                        "error": str(exc)[-300:]})
+        spawned = time.monotonic()
+        run = Run(setup.data_dir, setup.run_args, dict(setup.env))  # unarmed; a second failure ends the drill
     if setup.watch is not None:
         setup.watch.run_started(spawned, reports)
     return run
@@ -313,6 +319,8 @@ def _print(totals: dict[str, Any], as_json: bool) -> None:
         print(f"  recovery (s): {totals['recovery_s']}")
     if "verify_stopped" in totals:
         print(f"  verify: running {totals['verify_running']}, stopped {totals['verify_stopped']}")
+    if totals.get("start_failures"):
+        print(f"  START FAILURES (not up in 60 s, started again): {totals['start_failures']}")
     if "stopped_early" in totals:
         print(f"  stopped early: {totals['stopped_early']}")
     print(f"  violations: {totals.get('violations', 'n/a')}"
