@@ -33,7 +33,10 @@ class DrillError(RuntimeError):
 class Run:
     """One ``steadyhand run`` process in a session of its own."""
 
-    def __init__(self, data_dir: Path, args: list[str], env: dict[str, str] | None = None) -> None:
+    def __init__(self, data_dir: Path, args: list[str], env: dict[str, str] | None = None,
+                 may_die: bool = False) -> None:
+        """Start it and wait until it is running. ``may_die``: a crash point armed with ``:group``
+        may kill the whole run while it starts; then return with the run dead (``alive`` False)."""
         self.data_dir = data_dir
         cmd = [sys.executable, "-m", "steadyhand.cli", "run", "--data-dir", str(data_dir), *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -41,9 +44,16 @@ class Run:
         self.output: list[str] = []
         self.started = threading.Event()
         threading.Thread(target=self._read, daemon=True).start()
-        if not self.started.wait(START_TIMEOUT_S):
-            self.power_cut()
-            raise DrillError("steadyhand run did not start:\n" + "".join(self.output[-20:]))
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.started.wait(0.2):
+            if self.proc.poll() is not None:  # dead before it was running: not worth a minute's wait
+                if may_die:
+                    return
+                raise DrillError(f"steadyhand run exited with {self.proc.returncode} before it was running:\n"
+                                 + "".join(self.output[-20:]))
+            if time.monotonic() > deadline:
+                self.power_cut()
+                raise DrillError("steadyhand run did not start:\n" + "".join(self.output[-20:]))
 
     def _read(self) -> None:
         assert self.proc.stdout is not None

@@ -232,7 +232,7 @@ def _start_armed(rng: random.Random, setup: Setup, totals: dict[str, Any]) -> Ru
     spec = f"{point}:{rng.choice([1, 1, 2])}" + (":group" if rng.random() < 0.5 else "")
     crashpoints.fired_path(data_dir).unlink(missing_ok=True)
     totals["points_armed"][point] += 1
-    run = _start(setup, {crashpoints.ENV: spec}, totals)
+    run = _start(setup, {crashpoints.ENV: spec}, totals, may_die=spec.endswith(":group"))
     try:
         wait_for(lambda: crashpoints.fired_path(data_dir).exists(), ARM_TIMEOUT_S, spec, interval=0.05)
     except DrillError:
@@ -251,18 +251,19 @@ def _start_armed(rng: random.Random, setup: Setup, totals: dict[str, Any]) -> Ru
     return run
 
 
-def _start(setup: Setup, env: dict[str, str], totals: dict[str, Any]) -> Run:
+def _start(setup: Setup, env: dict[str, str], totals: dict[str, Any], may_die: bool = False) -> Run:
     totals["starts"] += 1
     if setup.exchange is None:  # the exchange process keeps its own clock: its night is not skipped
         _skip_the_night(setup.data_dir, totals)
     spawned, reports = time.monotonic(), report_count(setup.data_dir)
     try:
-        run = Run(setup.data_dir, setup.run_args, {**setup.env, **env})
+        run = Run(setup.data_dir, setup.run_args, {**setup.env, **env}, may_die=may_die)
     except DrillError as exc:  # not up in 60 s (Run has power-cut it): as systemd would, start again
         totals.setdefault("start_failures", []).append({"crash_at": env.get(crashpoints.ENV, ""),
                                                         "error": str(exc)[-300:]})
         spawned = time.monotonic()
-        run = Run(setup.data_dir, setup.run_args, dict(setup.env))  # unarmed; a second failure ends the drill
+        crashpoints.fired_path(setup.data_dir).unlink(missing_ok=True)  # unarmed now: nothing can fire
+        run = Run(setup.data_dir, setup.run_args, dict(setup.env))  # a second failure ends the drill
     if setup.watch is not None:
         setup.watch.run_started(spawned, reports)
     return run
