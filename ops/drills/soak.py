@@ -199,8 +199,7 @@ class Soak:
         """One look (about once a second): CPU, a crash point that fired, a run that died, the exchange."""
         assert self.run is not None
         self.cpu.sample(self._processes())
-        if self.armed and not self.armed_fired and crashpoints.fired_path(self.data_dir).exists():
-            self._crash_point_fired()
+        self._look_for_fired()
         if not self.run.alive:
             if not (self.armed.endswith(":group") and self.armed_fired):
                 self.failures.append(f"the run exited by itself at {self.clock.now():%Y-%m-%d %H:%M} (sim): "
@@ -209,6 +208,10 @@ class Soak:
             self.start()
         if self.exchange is not None and not self.exchange.up:
             raise DrillError(f"the exchange (pid {self.exchange.pid}) went down")
+
+    def _look_for_fired(self) -> None:
+        if self.armed and not self.armed_fired and crashpoints.fired_path(self.data_dir).exists():
+            self._crash_point_fired()
 
     def _crash_point_fired(self) -> None:
         pid = fired_pid(self.data_dir)
@@ -273,6 +276,7 @@ class Soak:
         self.idle_until(closes + EVENING)
         self.step()
         checked = verify_now(self.data_dir, self.config, self.env)
+        self._look_for_fired()  # a point may fire at the evening's reconciliation, during verify
         restarts = metrics.restarts_since(self.data_dir, first_id, self.victims, self.clock)
         self.restart_mark = restarts["last_id"]
         wall_s = time.monotonic() - wall_before
