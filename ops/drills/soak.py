@@ -178,6 +178,7 @@ class Soak:
     # --- the bot ------------------------------------------------------------------------------
 
     def start(self, crash_at: str = "") -> None:
+        self._look_for_fired()  # the last run's point, before this start forgets it
         run_args = ["--speed", f"{self.args.speed:g}", "--config", str(self.config)]
         env = dict(self.env)
         if crash_at:
