@@ -35,7 +35,9 @@ import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
+import traceback
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -46,9 +48,11 @@ from drill import (
     START_HELP,
     DrillError,
     Exchange,
+    RecoveryWatch,
     Run,
     TwsFace,
     actor_pids,
+    fired_pid,
     leftovers,
     report_count,
     start_args,
@@ -78,6 +82,7 @@ ARM_TIMEOUT_S = 6.0  # a crash point that needs open orders may not fire: give u
 # at a cancel-all) are reached less often: arm the order-path points more often.
 POINT_WEIGHTS = {"oms.after_journal": 3, "oms.after_submit": 3, "oms.after_fill_received": 3,
                  "oms.mid_reconcile": 2, "oms.mid_cancel_all": 1}
+STOP = threading.Event()  # set by SIGTERM: a long drill stopped early still checks and reports
 # The Alpaca keys the bot and verify use; the local exchange accepts any non-empty pair.
 ALPACA_ENV = {"ALPACA_API_KEY": "drill-key", "ALPACA_SECRET_KEY": "drill-secret"}
 
@@ -91,6 +96,12 @@ class Setup:
     run_args: list[str]
     env: dict[str, str] = field(default_factory=dict)
     exchange: Exchange | None = None
+    watch: RecoveryWatch | None = None  # recovery times of every kill
+
+    def power_cut(self, run: Run) -> None:
+        if self.watch is not None:
+            self.watch.power_cut()
+        run.power_cut()
 
     def check_exchange(self, totals: dict[str, Any]) -> None:
         """The bot was killed: the broker must not have noticed (same process, still serving)."""
@@ -125,6 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                               "by_kind": Counter(), "actors_killed": Counter(), "points_armed": Counter(),
                               "points_fired": Counter(), "starts": 0}
     started = time.monotonic()
+    setup.watch = RecoveryWatch(data_dir)
+    signal.signal(signal.SIGTERM, lambda *_: STOP.set())  # stop killing; the final check still runs
     code = 0
     try:
         if args.broker in ("alpaca", "ibkr"):
@@ -132,10 +145,14 @@ def main(argv: list[str] | None = None) -> int:
         _drill(args.count, rng, setup, totals)
         final = _final_check(setup, totals)
         totals["violations"] = final
-        code = 1 if final else 0
+        code = 1 if final or totals.get("start_failures") else 0
     except DrillError as exc:
         print(f"drill failed: {exc}", file=sys.stderr)
         totals["error"] = str(exc)
+        code = 1
+    except Exception as exc:  # a bug of the drill itself: still clean up and report what ran
+        traceback.print_exc()
+        totals["error"] = f"drill crashed: {exc!r}"
         code = 1
     finally:
         left = leftovers(data_dir)
@@ -145,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
             code = 1
         if setup.exchange is not None and not _stop_exchange(setup.exchange, totals):
             code = 1
+        totals["recovery_s"] = setup.watch.close()
     totals["elapsed_s"] = round(time.monotonic() - started, 1)
     _print(totals, args.json)
     if not args.keep and not args.data_dir and code == 0:
@@ -188,12 +206,12 @@ def _stop_exchange(exchange: Exchange, totals: dict[str, Any]) -> bool:
 def _drill(count: int, rng: random.Random, setup: Setup, totals: dict[str, Any]) -> None:
     data_dir = setup.data_dir
     run: Run | None = None
-    while totals["kills"] < count:
+    while totals["kills"] < count and not STOP.is_set():
         setup.check_exchange(totals)
         kind = rng.choices(["actor", "power_cut", "crash_point"], weights=[6, 2, 2])[0]
         if kind == "crash_point":
             if run is not None and run.alive:
-                run.power_cut()  # the point is armed through the environment: a fresh start
+                setup.power_cut(run)  # the point is armed through the environment: a fresh start
                 _count(totals, "power_cut")
             run = _start_armed(rng, setup, totals)
             continue
@@ -208,13 +226,17 @@ def _drill(count: int, rng: random.Random, setup: Setup, totals: dict[str, Any])
                     os.kill(pids[name], signal.SIGKILL)
                 except ProcessLookupError:
                     continue  # it was being restarted already; pick again
+                assert setup.watch is not None
+                setup.watch.actor_killed(name, pids[name])
                 totals["actors_killed"][name] += 1
                 _count(totals, "actor")
         else:
-            run.power_cut()
+            setup.power_cut(run)
             _count(totals, "power_cut")
+    if STOP.is_set():
+        totals["stopped_early"] = f"SIGTERM after {totals['kills']} of {count} kills"
     if run is not None and run.alive:
-        run.power_cut()
+        setup.power_cut(run)
     setup.check_exchange(totals)
 
 
@@ -224,24 +246,41 @@ def _start_armed(rng: random.Random, setup: Setup, totals: dict[str, Any]) -> Ru
     spec = f"{point}:{rng.choice([1, 1, 2])}" + (":group" if rng.random() < 0.5 else "")
     crashpoints.fired_path(data_dir).unlink(missing_ok=True)
     totals["points_armed"][point] += 1
-    run = _start(setup, {crashpoints.ENV: spec}, totals)
+    run = _start(setup, {crashpoints.ENV: spec}, totals, may_die=spec.endswith(":group"))
     try:
         wait_for(lambda: crashpoints.fired_path(data_dir).exists(), ARM_TIMEOUT_S, spec, interval=0.05)
     except DrillError:
         return run  # not reached this time (no open orders, say): the run goes on, armed
     totals["points_fired"][point] += 1
     _count(totals, "crash_point")
+    assert setup.watch is not None
     if spec.endswith(":group"):
+        setup.watch.power_cut()
         wait_for(lambda: not run.alive, 10, "the power cut at the crash point")
         wait_for(lambda: not leftovers(data_dir), 10, "every process of the run gone")
+    else:  # the OMS died at the point: the supervisor restarts it
+        pid = fired_pid(data_dir)
+        if pid is not None:
+            setup.watch.actor_killed("oms", pid)
     return run
 
 
-def _start(setup: Setup, env: dict[str, str], totals: dict[str, Any]) -> Run:
+def _start(setup: Setup, env: dict[str, str], totals: dict[str, Any], may_die: bool = False) -> Run:
     totals["starts"] += 1
     if setup.exchange is None:  # the exchange process keeps its own clock: its night is not skipped
         _skip_the_night(setup.data_dir, totals)
-    return Run(setup.data_dir, setup.run_args, {**setup.env, **env})
+    spawned, reports = time.monotonic(), report_count(setup.data_dir)
+    try:
+        run = Run(setup.data_dir, setup.run_args, {**setup.env, **env}, may_die=may_die)
+    except DrillError as exc:  # not up in 60 s (Run has power-cut it): as systemd would, start again
+        totals.setdefault("start_failures", []).append({"crash_at": env.get(crashpoints.ENV, ""),
+                                                        "error": str(exc)[-300:]})
+        spawned = time.monotonic()
+        crashpoints.fired_path(setup.data_dir).unlink(missing_ok=True)  # unarmed now: nothing can fire
+        run = Run(setup.data_dir, setup.run_args, dict(setup.env))  # a second failure ends the drill
+    if setup.watch is not None:
+        setup.watch.run_started(spawned, reports)
+    return run
 
 
 def _skip_the_night(data_dir: Path, totals: dict[str, Any]) -> None:
@@ -291,8 +330,14 @@ def _print(totals: dict[str, Any], as_json: bool) -> None:
         f"{p} {totals['points_fired'][p]}/{n}" for p, n in sorted(totals["points_armed"].items())))
     if "exchange" in totals:
         print(f"  exchange: {totals['exchange']}")
+    if "recovery_s" in totals:
+        print(f"  recovery (s): {totals['recovery_s']}")
     if "verify_stopped" in totals:
         print(f"  verify: running {totals['verify_running']}, stopped {totals['verify_stopped']}")
+    if totals.get("start_failures"):
+        print(f"  START FAILURES (not up in 60 s, started again): {totals['start_failures']}")
+    if "stopped_early" in totals:
+        print(f"  stopped early: {totals['stopped_early']}")
     print(f"  violations: {totals.get('violations', 'n/a')}"
           + (f"  ERROR: {totals['error']}" if "error" in totals else "")
           + (f"  LEFTOVER PROCESSES: {totals['leftover_processes']}" if "leftover_processes" in totals else ""))
