@@ -45,11 +45,22 @@ from pathlib import Path
 from typing import Any
 
 import soak_metrics as metrics
-from drill import DrillError, Exchange, Run, actor_pids, fired_pid, leftovers, verify_now, violations, wait_for
+from drill import (
+    DrillError,
+    Exchange,
+    Run,
+    actor_pids,
+    fired_pid,
+    leftovers,
+    start_args,
+    verify_now,
+    violations,
+    wait_for,
+)
 from random_kills import ACTORS, ALPACA_ENV, POINT_WEIGHTS
 from steadyhand.domain import market_hours
 from steadyhand.runtime import crashpoints, procs
-from steadyhand.sim.clock import SimClock, anchor_clock, jump_clock, stored_clock
+from steadyhand.sim.clock import SimClock, jump_clock, stored_clock
 
 STALE_WALL_S = 2.0  # wall seconds without a bar before risk calls the feed stale, at any speed
 
@@ -137,12 +148,11 @@ def day_note(previous: tuple[datetime, datetime] | None, session: tuple[datetime
     return ", ".join(notes)
 
 
-def pin_start(data_dir: Path, speed: float, at: datetime) -> SimClock:
-    """Anchor the simulated clock at ``at`` before the first start (a restarted run reuses the
-    stored anchor). The one place to switch to ``steadyhand run --start`` / ``[sim] start`` once
-    they exist."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    return anchor_clock(data_dir / "exchange.db", speed=speed, start=at)
+def pin_start(first_open: datetime, speed: float) -> str:
+    """``--start`` for every ``steadyhand run`` (and ``exchange serve``) of the soak: the simulated
+    clock starts ``FIRST_LEAD_S`` of wall time before the first open, so the bot is up when the
+    market opens. The first start anchors the clock in exchange.db; later starts reuse the anchor."""
+    return (first_open - timedelta(seconds=FIRST_LEAD_S * speed)).isoformat()
 
 
 @dataclass
@@ -164,6 +174,7 @@ class Soak:
     cpu: metrics.CpuMeter = field(default_factory=metrics.CpuMeter)
     failures: list[str] = field(default_factory=list)
     days: list[dict[str, Any]] = field(default_factory=list)
+    start_at: str = ""  # --start of every run: where the simulated clock starts (see pin_start)
     restart_mark: int = 0  # the supervisor's restarts journal up to this id is accounted for
 
     def __post_init__(self) -> None:
@@ -179,7 +190,7 @@ class Soak:
 
     def start(self, crash_at: str = "") -> None:
         self._look_for_fired()  # the last run's point, before this start forgets it
-        run_args = ["--speed", f"{self.args.speed:g}", "--config", str(self.config)]
+        run_args = ["--speed", f"{self.args.speed:g}", "--config", str(self.config), *start_args(self.start_at)]
         env = dict(self.env)
         if crash_at:
             crashpoints.fired_path(self.data_dir).unlink(missing_ok=True)
@@ -370,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
                               "start": args.start.isoformat(), "days_planned": args.days,
                               "data_dir": str(data_dir), "load_avg_start": [round(x, 2) for x in os.getloadavg()]}
     try:
-        pin_start(data_dir, args.speed, sessions[0][0] - timedelta(seconds=FIRST_LEAD_S * args.speed))
+        soak.start_at = pin_start(sessions[0][0], args.speed)
         if args.broker == "alpaca":
             _start_exchange(soak)
         soak.start()
@@ -410,7 +421,7 @@ def _start_exchange(soak: Soak) -> None:
     """``steadyhand exchange serve`` on the soak's data dir (the clock already anchored there)."""
     exchange_config = soak.data_dir.parent / "exchange.toml"
     exchange_config.write_text(f"[sim]\nspeed = {soak.args.speed:g}\nstart_cash = 10000000.0\n")  # as the bot's
-    soak.exchange = exchange = Exchange(soak.data_dir, exchange_config)
+    soak.exchange = exchange = Exchange(soak.data_dir, exchange_config, start=soak.start_at)
     soak.config.write_text('broker = "alpaca"\n' + config_text(soak.args.speed, "alpaca")
                            + "\n[alpaca]\npaper = true\n"
                            + "".join(f'{k} = "{v}"\n' for k, v in exchange.urls.items()))
