@@ -48,7 +48,10 @@ def test_alpaca_random_kills_drill_zero_violations_exchange_stays_up(tmp_path: P
     assert exchange["stayed_up"] and exchange["checks"] >= totals["kills"]
     assert exchange["exit_code"] == 0 and exchange["port_closed"] and exchange["process_gone"]
     assert totals["verify_running"]["ok"] and totals["verify_stopped"]["ok"]
-    assert totals["verify_stopped"]["counts"]["broker_fills"] >= 10  # it traded through Alpaca's API
+    # It traded through Alpaca's API across the kills. How many orders 12 kills leave room for depends on
+    # the machine's load and the simulated day (6 to 19 fills seen; an early close trades less): the
+    # invariants above are the point, so this only proves that trading happened.
+    assert totals["verify_stopped"]["counts"]["broker_fills"] >= 3
 
 
 @pytest.fixture
