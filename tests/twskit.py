@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from crashkit import ManualClock, last_session
-from harness import REPO, poll
+from harness import REPO, poll, start_args
 from steadyhand.config import Settings, SimSettings
 from steadyhand.runtime import procs
 from steadyhand.sim.server.tws import TwsServer, TwsServerThread
@@ -68,7 +68,7 @@ def tws_process(data_dir: Path, speed: str) -> Iterator[dict[str, Any]]:
     config = data_dir.parent / "face.toml"
     config.write_text(f"[sim]\nspeed = {speed}\n")
     proc = subprocess.Popen([sys.executable, "-m", "steadyhand.sim.server.tws", "--port", "0",
-                             "--data-dir", str(data_dir), "--config", str(config)],
+                             "--data-dir", str(data_dir), "--config", str(config), *start_args()],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO,
                             start_new_session=True)
     info_file = data_dir / "tws.json"
