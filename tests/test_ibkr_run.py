@@ -14,7 +14,7 @@ from harness import poll, steadyhand
 from steadyhand.runtime import procs
 from twskit import ibkr_config, tws_process
 
-SPEED = "600"
+SPEED = "120"  # even an early close (3.5 h) stays open for 105 s of wall time
 
 
 @pytest.fixture
