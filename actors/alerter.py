@@ -39,8 +39,8 @@ class AlerterActor(SteadyActor):
         self.timers = {"checkpoint": self.checkpoint_wal}
 
     def on_first_wiring(self) -> None:
-        self.start_retention({"alerts": lambda now: retention.prune_alerts(
-            self.db.conn, now, self.run.settings.retention.alerts_days)})
+        days = self.run.settings.retention.alerts_days  # as read at start: `reload` leaves [retention] alone
+        self.start_retention({"alerts": lambda now: retention.prune_alerts(self.db.conn, now, days)})
         interval = self.run.settings.retention.checkpoint_interval_s
         if interval:
             self.every("checkpoint", interval)

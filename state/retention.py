@@ -40,8 +40,8 @@ from pathlib import Path
 
 from steadyhand.state.store import iso
 
-BATCH_ROWS = 500  # rows per transaction: a few milliseconds, even on a slow disk
-EXPIRED_PREFIX = "expired: "  # alerting.EXPIRED_PREFIX (an undelivered alert given up on)
+BATCH_ROWS = 500  # rows per transaction: 2-50 ms measured (on 2 cores under a load of 10)
+EXPIRED_PREFIX = "expired: "  # alerts.outbox.EXPIRED_PREFIX (an undelivered alert given up on)
 
 
 def cutoff(now: datetime, days: float) -> str | None:

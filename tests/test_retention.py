@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from steadyhand.actors.portfolio import PortfolioActor
+from steadyhand.alerts import outbox
 from steadyhand.config import ConfigError, RetentionSettings, parse_settings
 from steadyhand.orders.journal import journal_positions
 from steadyhand.state import retention, store
@@ -178,6 +179,7 @@ def test_alerts_never_an_undelivered_one_nor_an_unacknowledged_critical(db: Any)
     assert retention.prune_alerts(db.conn, MON + 10 * DAY, days=1) == 4
     kept = {r[0] for r in db.execute("SELECT key FROM alerts")}
     assert kept == {"pending", "unacked-critical", "unacked-critical-expired", "pending-reminder", "young"}
+    assert retention.EXPIRED_PREFIX == outbox.EXPIRED_PREFIX  # the outbox's mark of a given-up alert
 
 
 # --- what retention never touches ---------------------------------------------------------------------
