@@ -34,6 +34,7 @@ from steadyhand.control.client import (
     running_info,
     write_run_file,
 )
+from steadyhand.control.commands import SecretError
 from steadyhand.runtime import procs
 from steadyhand.state import store
 
@@ -258,6 +259,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         reply = None
         if not args.json:
             print(exc, file=sys.stderr)
+    except SecretError as exc:  # a live run, but no usable secret to ask it with
+        reply = None
+        print(f"steadyhand: {exc}", file=sys.stderr)
     if reply is not None and reply.ok:
         status = reply.result
         result.update(running=True, trading_state=status["trading_state"], halt_reason=status["halt_reason"],
