@@ -74,7 +74,7 @@ def prepare_bars(bars: pd.DataFrame) -> pd.DataFrame:
     if missing:
         raise ValueError(f"bars lack column(s) {', '.join(missing)}")
     df = bars.loc[:, list(BAR_COLUMNS)].copy()
-    df["ts"] = pd.to_datetime(df["ts"], utc=True)
+    df["ts"] = pd.to_datetime(df["ts"], utc=True).dt.as_unit("ns")  # one unit: ts_ns below counts ns
     # Same rule as the live feed: a bar not newer than its symbol's previous one is ignored.
     df = df.sort_values(["symbol", "ts"], kind="stable").drop_duplicates(["symbol", "ts"], keep="first")
     return df.sort_values(["ts", "symbol"], kind="stable").reset_index(drop=True)
@@ -94,12 +94,13 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy, start_cash: float = 100
     trades: list[Trade] = []
     refused: list[tuple[str, str, str]] = []
     last_close: dict[str, float] = {}
+    ts_ns = merged["ts"].array.asi8  # int64 ns UTC: datetimes are made only for the rows used
     bounds = np.flatnonzero(np.r_[True, merged["symbol"].to_numpy()[1:] != merged["symbol"].to_numpy()[:-1], True])
     for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
         series = merged.iloc[lo:hi]
         symbol = str(series["symbol"].iat[0])
         last_close[symbol] = float(series["close"].iat[-1])
-        _run_symbol(name, symbol, series, fills, signals, trades, refused)
+        _run_symbol(name, symbol, series, ts_ns[lo:hi], fills, signals, trades, refused)
     # The book applies fills in time order across symbols: the same float sums whatever the layout.
     book = _Book(start_cash)
     for _, symbol, qty, price in sorted(fills, key=lambda f: (f[0], f[1])):
@@ -113,11 +114,24 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy, start_cash: float = 100
         final_equity=equity, refused=tuple(refused), strategy=name)
 
 
-def _aware(values: np.ndarray) -> list[datetime]:
-    return list(pd.DatetimeIndex(values).tz_convert(UTC).to_pydatetime())
+class _Stamps:
+    """A symbol's bar times (int64 ns UTC) as aware datetimes, converted on first use only."""
+
+    def __init__(self, ns: np.ndarray) -> None:
+        self.ns = ns
+        self._cache: dict[int, datetime] = {}
+
+    def __getitem__(self, i: int) -> datetime:
+        got = self._cache.get(i)
+        if got is None:
+            got = self._cache[i] = pd.Timestamp(int(self.ns[i]), tz=UTC).to_pydatetime()
+        return got
+
+    def __len__(self) -> int:
+        return len(self.ns)
 
 
-def _run_symbol(name: str, symbol: str, series: pd.DataFrame, fills: list, signals: list[Signal],
+def _run_symbol(name: str, symbol: str, series: pd.DataFrame, ts_ns: np.ndarray, fills: list, signals: list[Signal],
                 trades: list[Trade], refused: list[tuple[str, str, str]]) -> None:
     """One symbol's targets, in time order, through its own bars."""
     target = series["target"].to_numpy(dtype=np.float64)
@@ -125,7 +139,7 @@ def _run_symbol(name: str, symbol: str, series: pd.DataFrame, fills: list, signa
     if events.size == 0:
         return
     whole = np.isfinite(target[events]) & (target[events] == np.round(target[events]))
-    stamps = _aware(series["ts"].to_numpy())
+    stamps = _Stamps(ts_ns)
     for e in events[~whole]:
         refused.append((symbol, stamps[e].isoformat(), f"target {target[e]!r} is not a whole number of shares"))
     events = events[whole]
@@ -151,7 +165,7 @@ def _signal(name: str, symbol: str, ts: datetime, qty: int, close: float, row: p
                   qty=abs(qty), bar_ts=ts, ref_price=float(close), reason=reason, **extra)  # type: ignore[arg-type]
 
 
-def _market_only(name: str, symbol: str, series: pd.DataFrame, events: np.ndarray, stamps: list[datetime],
+def _market_only(name: str, symbol: str, series: pd.DataFrame, events: np.ndarray, stamps: _Stamps,
                  fills: list, signals: list[Signal], trades: list[Trade]) -> None:
     """Every order fills at the next open: the position before a target is the previous target."""
     tgt = series["target"].to_numpy(dtype=np.float64)[events].astype(np.int64)
@@ -161,23 +175,30 @@ def _market_only(name: str, symbol: str, series: pd.DataFrame, events: np.ndarra
     closes = series["close"].to_numpy(dtype=np.float64)
     reasons = series["reason"].to_numpy()
     n = len(series)
-    for e, d in zip(events[delta != 0].tolist(), delta[delta != 0].tolist(), strict=True):
-        signal = _signal(name, symbol, stamps[e], d, closes[e], None, _text(reasons[e]))
+    acted = events[delta != 0]
+    at, after = _aware(stamps.ns[acted]), _aware(stamps.ns[np.minimum(acted + 1, n - 1)])
+    for i, (e, d) in enumerate(zip(acted.tolist(), delta[delta != 0].tolist(), strict=True)):
+        signal = _signal(name, symbol, at[i], d, closes[e], None, _text(reasons[e]))
         signals.append(signal)
         if e + 1 < n:  # no next bar: the order never fills
-            fills.append((stamps[e], symbol, d, float(opens[e + 1])))
-            trades.append(Trade(stamps[e + 1], symbol, signal.side, abs(d), float(opens[e + 1]), signal.intent_id))
+            fills.append((at[i], symbol, d, float(opens[e + 1])))
+            trades.append(Trade(after[i], symbol, signal.side, abs(d), float(opens[e + 1]), signal.intent_id))
+
+
+def _aware(ns: np.ndarray) -> list[datetime]:
+    """int64 ns UTC as aware datetimes, in one vectorized conversion."""
+    return list(pd.DatetimeIndex(ns, tz=UTC).to_pydatetime()) if len(ns) else []
 
 
 def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
-def _with_orders(name: str, symbol: str, series: pd.DataFrame, events: np.ndarray, stamps: list[datetime],
+def _with_orders(name: str, symbol: str, series: pd.DataFrame, events: np.ndarray, stamps: _Stamps,
                  fills: list, signals: list[Signal], trades: list[Trade]) -> None:
     """Orders that may rest: each works from the next bar until filled, replaced or expired."""
     o, h, lo_, c = (series[k].to_numpy(dtype=np.float64).tolist() for k in ("open", "high", "low", "close"))
-    days = [ts.date() for ts in stamps]
+    days = (stamps.ns // 86_400_000_000_000).tolist()  # UTC day numbers: a DAY order's lifetime
     n = len(series)
     ev = events.tolist()
     position = 0

@@ -97,16 +97,23 @@ def check_targets(frame: Any, strategy: str) -> pd.DataFrame:
         out["target"] = pd.to_numeric(out["target"], errors="raise").astype(np.float64)
     except (TypeError, ValueError) as exc:
         raise TargetError(f"{strategy}: target column is not numeric ({exc})") from None
-    out["ts"] = pd.to_datetime(out["ts"], utc=True)
-    out["order_type"] = out["order_type"].fillna("market").astype(str) if "order_type" in out else "market"
-    bad = sorted(set(out["order_type"]) - set(ORDER_TYPES))
-    if bad:
-        raise TargetError(f"{strategy}: order_type {bad[0]!r} is not one of {', '.join(ORDER_TYPES)}")
+    if not isinstance(out["ts"].dtype, pd.DatetimeTZDtype) or str(out["ts"].dt.tz) != "UTC":
+        out["ts"] = pd.to_datetime(out["ts"], utc=True)
+    out["ts"] = out["ts"].dt.as_unit("ns")  # the bars' unit, so rows match them exactly
+    _choice(out, "order_type", "market", ORDER_TYPES, strategy)
     for col in ("limit_price", "stop_price"):
         out[col] = pd.to_numeric(out[col], errors="coerce").astype(np.float64) if col in out else np.nan
-    out["time_in_force"] = out["time_in_force"].fillna("day").astype(str) if "time_in_force" in out else "day"
-    bad = sorted(set(out["time_in_force"]) - set(TIME_IN_FORCE))
-    if bad:
-        raise TargetError(f"{strategy}: time_in_force {bad[0]!r} is not one of {', '.join(TIME_IN_FORCE)}")
-    out["reason"] = out["reason"].fillna("").astype(str) if "reason" in out else ""
+    _choice(out, "time_in_force", "day", TIME_IN_FORCE, strategy)
+    out["reason"] = out["reason"].where(out["reason"].notna(), "") if "reason" in out else ""
     return out
+
+
+def _choice(out: pd.DataFrame, col: str, default: str, allowed: tuple[str, ...], strategy: str) -> None:
+    """Fill ``col`` with ``default`` where missing; TargetError naming a value not in ``allowed``."""
+    if col not in out:
+        out[col] = default
+        return
+    out[col] = out[col].where(out[col].notna(), default)
+    bad = sorted(str(v) for v in set(out[col].unique()) - set(allowed))
+    if bad:
+        raise TargetError(f"{strategy}: {col} {bad[0]!r} is not one of {', '.join(allowed)}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -199,7 +200,7 @@ class SmaCross(Strategy):
         wide = closes.pivot(index="k", columns="symbol", values="close")
         sig = sma_crossover(wide, self.fast, self.slow).to_numpy()
         col = wide.columns.get_indexer(bars["symbol"])
-        return self._frame(bars["ts"].to_numpy(), bars["symbol"].to_numpy(), sig[k, col])
+        return self._frame(bars["ts"].array, bars["symbol"].to_numpy(), sig[k, col])
 
     def latest(self, bars: pd.DataFrame) -> pd.DataFrame:
         """Only the newest crossing per symbol: the last ``slow + 1`` closes, counted from the end."""
@@ -214,13 +215,14 @@ class SmaCross(Strategy):
         fast, slow = self.fast, self.slow
         sig = _crossings(_window_sums(values, fast, 2) / fast, _window_sums(values, slow, 2) / slow)[-1]
         last_ts = grouped["ts"].max().reindex(wide.columns)
-        return self._frame(last_ts.to_numpy(), np.asarray(wide.columns, dtype=object), sig)
+        return self._frame(last_ts.array, np.asarray(wide.columns, dtype=object), sig)
 
-    def _frame(self, ts: np.ndarray, symbols: np.ndarray, sig: np.ndarray) -> pd.DataFrame:
+    def _frame(self, ts: Any, symbols: np.ndarray, sig: np.ndarray) -> pd.DataFrame:
         short = -self.qty if self.allow_short else 0
         target = np.where(sig > 0, float(self.qty), np.where(sig < 0, float(short), np.nan))
-        kind = np.where(sig > 0, "golden cross", np.where(sig < 0, "death cross", ""))
-        reason = np.where(sig != 0, np.char.add(f"sma {self.fast}/{self.slow} ", kind.astype(str)), "")
+        reason = np.full(len(sig), "", dtype=object)
+        reason[sig > 0] = f"sma {self.fast}/{self.slow} golden cross"
+        reason[sig < 0] = f"sma {self.fast}/{self.slow} death cross"
         return pd.DataFrame({"ts": ts, "symbol": symbols, "target": target, "reason": reason})
 
 
