@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from steadyhand.brokers import BROKERS
-from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides
+from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides, with_strategy
 from steadyhand.control.client import (
     ASK_TIMEOUT_S,
     RUN_FILE,
@@ -41,6 +41,8 @@ from steadyhand.state import store
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 START_TIMEOUT_S = 60.0
 LIVE_VIEW_PERIOD_S = 3.0
+STRATEGY_HELP = ('the strategy class: "path/to/file.py:ClassName", "package.module:ClassName" or a shipped '
+                 "name (see `steadyhand strategies`); overrides [strategy] class, keeps [strategy.params]")
 START_HELP = ("where a new simulated clock starts: YYYY-MM-DD (that day's session open, or the next "
               "session's) or an ISO timestamp with offset; default the latest session's open")
 
@@ -118,6 +120,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     finally:
         _shutdown(system, data_dir, port)
     return code
+
+
+def _checked_for_run(settings: Settings, config_path: str | None) -> Settings:
+    """The strategy loads and the replay file is usable (ConfigError otherwise), before anything starts."""
+    from steadyhand.data.bar_files import with_replay_symbols
+    from steadyhand.strategies.loader import load_strategy
+
+    settings = with_replay_symbols(settings, config_path)
+    load_strategy(settings.strategy)
+    return settings
 
 
 def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
@@ -367,34 +379,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    import pandas as pd
-    from steadyhand.backtest.engine import backtest
-    from steadyhand.data.bar_checks import BarValidator
-    from steadyhand.sim.replay import ReplayMarket
-
-    replay = ReplayMarket(args.replay)
-    good, rejected = BarValidator().validate(replay.rows())
-    frame = pd.DataFrame([{"ts": b.ts, "symbol": b.symbol, "open": b.open, "high": b.high, "low": b.low,
-                           "close": b.close, "volume": b.volume} for b in good])
-    if frame.empty:
-        print("backtest: no valid bars in the replay file", file=sys.stderr)
-        return EXIT_FAIL
-    result = backtest(frame, settings.strategy, start_cash=settings.sim.start_cash)
-    trades = [{"ts": t.ts.isoformat(), "symbol": t.symbol, "side": str(t.side), "qty": t.qty,
-               "price": t.price, "intent_id": t.intent_id} for t in result.trades]
-    if args.json:
-        print(json.dumps({"trades": trades, "bars": result.bars, "rejected_bars": len(rejected),
-                          "realized_pnl": result.realized_pnl, "final_positions": result.final_positions}))
-    else:
-        for t in trades:
-            print(f"{t['ts']} {t['side']:<4} {t['qty']:>5} {t['symbol']:<6} @ {t['price']:.2f}  "
-                  f"{t['intent_id']}")
-        print(f"{len(trades)} trades over {result.bars} bars ({len(rejected)} bad bars rejected); "
-              f"realized P&L {result.realized_pnl:.2f}; positions {result.final_positions}")
-    return EXIT_OK
-
-
 # --- argument parsing ---------------------------------------------------------------------------
 
 
@@ -415,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="seed of the synthetic market")
     run.add_argument("--replay", help="CSV of bars to replay instead of the synthetic market")
     run.add_argument("--start", help=START_HELP)
+    run.add_argument("--strategy", help=STRATEGY_HELP)
     common(sub.add_parser("status", help="state of the running bot"))
     common(sub.add_parser("orders", help="the order journal"))
     common(sub.add_parser("fills", help="every fill"))
@@ -424,6 +409,12 @@ def build_parser() -> argparse.ArgumentParser:
     backtest = sub.add_parser("backtest", help="the strategy's trades on a replay file")
     common(backtest, config=True)
     backtest.add_argument("--replay", required=True, help="CSV of bars: ts,symbol,open,high,low,close,volume")
+    backtest.add_argument("--strategy", help=STRATEGY_HELP)
+    backtest.add_argument("--check-lookahead", action="store_true",
+                          help="recompute targets on cut histories; exit 1 if any row changes with later bars")
+    backtest.add_argument("--lookahead-cutoffs", type=int, default=0,
+                          help="number of history cuts for --check-lookahead (default 0: every bar time)")
+    common(sub.add_parser("strategies", help="the shipped strategies, their parameters and defaults"))
     for name, text in (("pause", "no new entries (reducing orders still allowed)"),
                        ("resume", "back to normal trading"),
                        ("halt", "kill switch: cancel every open order, state HALTED"),
@@ -464,15 +455,22 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
             return cmd_serve(args, with_overrides(settings, start=args.start))
         if args.command in ("run", "backtest"):
-            settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
+            config_path = args.config or os.environ.get("STEADYHAND_CONFIG")
+            settings = with_strategy(load_settings(config_path), args.strategy)
             if args.command == "run":
                 settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay,
                                           start=args.start)
                 if settings.broker not in BROKERS:
                     known = " or ".join(repr(name) for name in BROKERS)
                     raise ConfigError(f"broker: {settings.broker!r} is not available in this version yet ({known})")
-                return cmd_run(args, settings)
+                return cmd_run(args, _checked_for_run(settings, config_path))
+            from steadyhand.backtest.command import cmd_backtest
+
             return cmd_backtest(args, settings)
+        if args.command == "strategies":
+            from steadyhand.strategies.listing import cmd_strategies
+
+            return cmd_strategies(args)
     except ConfigError as exc:
         print(f"steadyhand: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
