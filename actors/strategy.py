@@ -35,6 +35,9 @@ class StrategyActor(SteadyActor):
     def strategy_warm(self) -> bool:
         return getattr(self, "_warm", False)
 
+    def step_ready(self) -> bool:
+        return self.strategy_warm  # lock-step: history first
+
     def on_history(self, message: HistoryReply, sender: ActorAddress) -> None:
         self.strategy.warm_up(message.bars)
         self._warm = True
