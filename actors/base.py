@@ -25,6 +25,7 @@ from steadyhand.actors.messages import (
     DebugHang,
     Ping,
     Pong,
+    Rewind,
     Step,
     TradingStateChanged,
     Wiring,
@@ -97,6 +98,9 @@ class SteadyActor(Actor):
             self._on_timer(message.payload)
         elif isinstance(message, Step) and message.route:
             self._pass_step(message)
+        elif isinstance(message, Rewind):
+            self.setup()  # as a restart would, in this process (lock-step sends it to the strategy only)
+            self.on_first_wiring()
         elif isinstance(message, Ping):
             self.send(sender, Pong(self.name, os.getpid(), message.seq, self.pong_info()))
         elif isinstance(message, Configure):

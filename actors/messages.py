@@ -19,7 +19,7 @@ Who sends what (-> receiver):
                 BrokerSnapshot -> portfolio
     Portfolio   PositionsSnapshot -> strategy, risk; PnlUpdate -> risk
     Heartbeat   Ping -> every actor; ActorUnresponsive -> supervisor; FeedStale/FeedFresh -> risk
-    Feed        Step -> along its route and back (lock-step replay only, sim/lockstep.py)
+    Feed        Step -> along its route and back, Rewind -> strategy (lock-step replay only, sim/lockstep.py)
     Supervisor  Configure, Wiring, TradingStateChanged -> children; replies to operator requests
     anyone      Alert -> alerter
 """
@@ -155,6 +155,13 @@ class Step:
     busy: dict[str, float] = field(default_factory=dict)  # actor -> wall seconds in handlers
     not_ready: tuple[str, ...] = ()
     open_orders: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """Feed -> strategy, lock-step only: start over as just restarted (fresh state, history up to
+    the tick in flight), so a tick run again after a crash yields its intents again; the OMS's
+    journal drops those it already has."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ class StrategyActor(SteadyActor):
         settings = self.run.settings
         self.strategy = SmaCrossover(settings.strategy, settings.symbols)
         self.positions: dict[str, int] = {}
+        self._warm = False
         self.handlers = {
             Bars: self.on_bars,
             HistoryReply: self.on_history,

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from steadyhand.actors.messages import Bars, RequestShutdown, Step
+from steadyhand.actors.messages import Bars, RequestShutdown, Rewind, Step
 from steadyhand.config import ConfigError, Settings, with_overrides
 
 if TYPE_CHECKING:
@@ -49,7 +49,8 @@ WATCH_EVERY_S = 0.25
 # Who has finished with a tick, in the order the token visits them (the feed is the last hop).
 FILLS_ROUTE = ("oms", "portfolio", "feed")
 BARS_ROUTE = ("strategy", "risk", "oms", "feed")
-PROBE_ROUTE = ("oms", "risk", "portfolio", "strategy", "feed")
+# The strategy twice: first behind a Rewind (same hop), last behind the portfolio's positions.
+PROBE_ROUTE = ("strategy", "oms", "risk", "portfolio", "strategy", "feed")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PAIR = struct.Struct("<qq")  # the time twice: a reader retries a torn write
 
@@ -199,7 +200,13 @@ class LockstepFeed:
         if self.ls_phase in ("", "done") or not names & {"oms", "risk", "portfolio", "strategy"}:
             return
         self.event("lockstep_rerun", restarted=sorted(names))  # type: ignore[attr-defined]
+        self._ls_rerun()
+
+    def _ls_rerun(self) -> None:
+        """Run the tick in flight again from its start: the strategy rewound to just before it (so
+        intents lost with a crashed actor are made again), once everyone is ready."""
         self.ls_stats.reruns += 1
+        self.tell_peer("strategy", Rewind())  # type: ignore[attr-defined]
         self._ls_probe()
 
     # --- the token ---------------------------------------------------------------------------
@@ -242,8 +249,10 @@ class LockstepFeed:
         limit = PROBE_TIMEOUT_S if self.ls_phase == "probe" else STEP_TIMEOUT_S
         if self.ls_phase not in ("", "done") and time.perf_counter() - self.ls_sent_at > limit:
             self.event("lockstep_step_timeout", level="warning", phase=self.ls_phase)  # type: ignore[attr-defined]
-            self.ls_stats.reruns += 1
-            self._ls_probe()
+            if self.ls_phase == "probe":
+                self._ls_probe()
+            else:
+                self._ls_rerun()
 
     # --- ticks -------------------------------------------------------------------------------
 
@@ -265,7 +274,7 @@ class LockstepFeed:
                 self.ls_tick, self.ls_bars = (start, stop, ts), tuple(good)
             else:
                 self.replay_index = stop  # nothing to release on this tick
-        self.clock.set(self.ls_tick[2] + MINUTE)
+        self.clock.set(max(self.ls_tick[2] + MINUTE, self.clock.now()))  # never backwards (a late row)
         if self.ls_open_orders:
             self._send_step("fills", FILLS_ROUTE, poll=True)
         else:
