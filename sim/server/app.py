@@ -38,7 +38,7 @@ Test knobs, loopback only (the whole server is), no authentication:
   connections (no close handshake, as a network failure would).
 - ``GET /_admin/status``: connections, pending faults, request counts, the simulated now.
 
-Not implemented (404): assets, watchlists, portfolio history, replace (PATCH), crypto and options.
+Not implemented (404): assets, watchlists, portfolio history, crypto and options.
 Server-side rejections (the ``reject`` knob) live in memory only and are gone after a restart.
 """
 
