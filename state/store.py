@@ -188,6 +188,8 @@ def _m6_order_replace(db: sqlite_utils.Database) -> None:
     # links between an order and the new one a broker made for it (Alpaca, the sim), by client id.
     for column in ("replace_state", "replace_intent", "replaces", "replaced_by"):
         db["orders"].add_column(column, str)
+    # The poll looks for pending intents every cycle: an index of just those keeps it O(pending).
+    db.execute("CREATE INDEX orders_replace_pending ON orders (replace_state) WHERE replace_state = 'pending'")
 
 
 # Numbered migrations: append, never edit a released one.
