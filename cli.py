@@ -464,6 +464,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = exchange_sub.add_parser("serve", help="serve an Alpaca-compatible paper exchange on 127.0.0.1")
     common(serve, config=True, json_flag=False)
     serve.add_argument("--port", type=int, default=0, help="TCP port (0: a free one, printed)")
+    serve.add_argument("--tws-port", type=int, default=None,
+                       help="also serve the TWS socket protocol (IBKR) on this port, same book and clock "
+                            "(0: a free one, printed)")
     serve.add_argument("--start", help=START_HELP)
     return parser
 

@@ -43,6 +43,7 @@ from steadyhand.actors.messages import (
     BrokerSnapshot,
     CancelAll,
     CancelAllCompleted,
+    CancelOrder,
     Fills,
     Flatten,
     FlattenCompleted,
@@ -50,6 +51,7 @@ from steadyhand.actors.messages import (
     OrderRequests,
     ReconcileCompleted,
     ReconcileStarted,
+    ReplaceOrder,
     RequestHalt,
     Step,
     SubmitBacklog,
@@ -77,6 +79,7 @@ from steadyhand.domain import (
     TradingState,
     market_hours,
 )
+from steadyhand.orders import amend
 from steadyhand.orders import reconcile as reconciliation
 from steadyhand.orders.circuit import Circuit
 from steadyhand.orders.journal import OrderJournal, is_store_fault, spec_from_row
@@ -112,6 +115,7 @@ class OmsActor(SteadyActor):
         self.trading_state = TradingState.ACTIVE
         self.handlers = {OrderRequests: self.on_order_requests, SubmitBacklog: self.on_submit_backlog,
                          CancelAll: self.on_cancel_all, Flatten: self.on_flatten,
+                         ReplaceOrder: self.on_replace, CancelOrder: self.on_cancel_order,
                          TradingStateChanged: self.on_trading_state}
         self.reconcile_reason = "retry"
         self.timers = {"poll": self.poll, "reconcile": lambda: self.reconcile(self.reconcile_reason)}
@@ -159,11 +163,14 @@ class OmsActor(SteadyActor):
     def on_trading_state(self, message: TradingStateChanged, sender: ActorAddress) -> None:
         self.trading_state = message.state
 
+    def _why_not(self) -> str:
+        """Why nothing may go to the broker now ("" when it may)."""
+        return ("halted" if self.trading_state is TradingState.HALTED
+                else "reconciling" if not self.reconciled else "broker circuit open" if self.circuit.open
+                else "store fault" if self.store_fault else "stopping" if self.stopping else "")
+
     def on_order_requests(self, message: OrderRequests, sender: ActorAddress) -> None:
-        # HALTED: defence in depth, risk denies these already.
-        why_not = ("halted" if self.trading_state is TradingState.HALTED
-                   else "reconciling" if not self.reconciled else "broker circuit open" if self.circuit.open
-                   else "store fault" if self.store_fault else "stopping" if self.stopping else "")
+        why_not = self._why_not()  # HALTED: defence in depth, risk denies these already
         if why_not:
             self.event("requests_dropped", level="warning", reason=why_not, count=len(message.requests))
             return
@@ -191,6 +198,28 @@ class OmsActor(SteadyActor):
             self.send(self.myAddress, SubmitBacklog(rest, bar_sent_at))
         if requests:
             self.tell_peer("risk", self._open_orders())
+
+    def on_replace(self, message: ReplaceOrder, sender: ActorAddress) -> None:
+        """A strategy's replace, checked by risk: write-ahead journaled, then the broker (orders/amend.py)."""
+        why_not = self._why_not() or ("" if amend.owned_by(message.strategy, message.client_order_id)
+                                      else f"not an order of strategy {message.strategy!r}")
+        if why_not:
+            self.event("replace_refused", level="warning", client_order_id=message.client_order_id, reason=why_not)
+            return
+        amend.replace(self, message.client_order_id, message.qty, message.limit_price, message.stop_price,
+                      message.reason)
+        self.tell_peer("risk", self._open_orders())
+        self.hurry("poll")
+
+    def on_cancel_order(self, message: CancelOrder, sender: ActorAddress) -> None:
+        """A strategy's cancel of one of its orders (a cancel goes out even while halted)."""
+        if not amend.owned_by(message.strategy, message.client_order_id) or self.store_fault or not self.reconciled:
+            self.event("cancel_refused", level="warning", client_order_id=message.client_order_id,
+                       reason="reconciling" if not self.reconciled else "store fault" if self.store_fault
+                       else f"not an order of strategy {message.strategy!r}")
+            return
+        amend.cancel(self, message.client_order_id, message.reason)
+        self.hurry("poll")
 
     def on_submit_backlog(self, message: SubmitBacklog, sender: ActorAddress) -> None:
         self._submit_some(message.requests, message.bar_sent_at)
@@ -344,6 +373,7 @@ class OmsActor(SteadyActor):
             return
         if not self.circuit.open:
             self._retry_pending()
+            self._settle_replaces()
             self._sweep_stale()
         if time.monotonic() - self.last_snapshot > SNAPSHOT_EVERY_S:
             self._send_snapshot()
@@ -383,6 +413,14 @@ class OmsActor(SteadyActor):
                 order = self._send_to_broker(spec_from_row(row), looked_up=True)
             if order is not None:
                 self.apply_order(order)
+
+    def _settle_replaces(self) -> None:
+        """A replace whose outcome was unknown is settled from the broker once it is a moment old."""
+        cutoff = store.iso(datetime.now(UTC) - timedelta(seconds=PENDING_RETRY_AFTER_S))
+        try:
+            amend.settle_pending(self, older_than=cutoff)
+        except BrokerError as exc:
+            self.event("replace_settle_failed", level="warning", error=repr(exc))
 
     def _sweep_stale(self) -> None:
         """Open orders older than ``stale_order_age_s`` (broker time) are cancelled while running

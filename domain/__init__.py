@@ -63,6 +63,7 @@ class OrderStatus(enum.StrEnum):
     EXPIRED = "expired"
     REJECTED = "rejected"
     NEVER_SUBMITTED = "never_submitted"
+    REPLACED = "replaced"  # replaced by a new order (Alpaca's shape, the sim's): see ``BrokerOrder.replaced_by``
 
     @property
     def is_terminal(self) -> bool:
@@ -80,6 +81,7 @@ TERMINAL_STATUSES = frozenset(
         OrderStatus.EXPIRED,
         OrderStatus.REJECTED,
         OrderStatus.NEVER_SUBMITTED,
+        OrderStatus.REPLACED,
     }
 )
 
@@ -192,6 +194,8 @@ class BrokerOrder:
     submitted_at: datetime
     updated_at: datetime
     reason: str = ""  # rejection / cancel reason when the broker gives one
+    replaces: str = ""  # the broker order id this order replaced ("" when none)
+    replaced_by: str = ""  # the broker order id that replaced this one (status REPLACED)
 
 
 @dataclass(frozen=True, slots=True)

@@ -183,6 +183,15 @@ def _m5_retention(db: sqlite_utils.Database) -> None:
         db[table].add_column("clock_ts", str)
 
 
+def _m6_order_replace(db: sqlite_utils.Database) -> None:
+    # A replace (orders/amend.py): the write-ahead intent and its outcome on the amended row, and the
+    # links between an order and the new one a broker made for it (Alpaca, the sim), by client id.
+    for column in ("replace_state", "replace_intent", "replaces", "replaced_by"):
+        db["orders"].add_column(column, str)
+    # The poll looks for pending intents every cycle: an index of just those keeps it O(pending).
+    db.execute("CREATE INDEX orders_replace_pending ON orders (replace_state) WHERE replace_state = 'pending'")
+
+
 # Numbered migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _m1_initial),
@@ -190,6 +199,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (3, "alert acknowledgement and escalation", _m3_alert_acknowledgement),
     (4, "portfolio key/value state", _m4_portfolio_state),
     (5, "retention: daily equity roll-up, run-clock stamps", _m5_retention),
+    (6, "order replace: intent, outcome, links", _m6_order_replace),
 ]
 
 

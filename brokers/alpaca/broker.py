@@ -32,6 +32,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import requests
@@ -43,6 +44,7 @@ from alpaca.trading.requests import (
     GetOrdersRequest,
     LimitOrderRequest,
     MarketOrderRequest,
+    ReplaceOrderRequest,
     StopLimitOrderRequest,
     StopOrderRequest,
 )
@@ -57,6 +59,7 @@ from steadyhand.brokers.base import (
     OrderRejected,
     TransientBrokerError,
     UnknownOutcome,
+    replacement_client_id,
 )
 from steadyhand.config import AlpacaSettings, Settings
 from steadyhand.domain import Account, BrokerOrder, Fill, MarketClock, OrderSpec, OrderStatus, OrderType, Position
@@ -513,6 +516,38 @@ class AlpacaBroker:
             if isinstance(cause, APIError) and cause.status_code == 422:
                 raise NotCancelable(str(exc)) from cause
             raise
+
+    def replace(self, broker_order_id: str, qty: int | None = None, limit_price: Decimal | None = None,
+                stop_price: Decimal | None = None) -> BrokerOrder:
+        """PATCH /v2/orders/{id} (alpaca-py ``replace_order_by_id``): Alpaca makes a new order for what
+        is left to trade (``qty`` is the new total: what the old order filled is subtracted), with the
+        derived client id :func:`replacement_client_id`, so an attempt that landed although its reply
+        was lost is found again instead of replaced twice. Raises as :meth:`Broker.replace`."""
+        old = self._get_order(broker_order_id)
+        new_cid = replacement_client_id(old.client_order_id)
+        if old.status.is_terminal:
+            found = self.get_by_client_id(new_cid) if old.status is OrderStatus.REPLACED else None
+            if found is not None and found.replaces == broker_order_id:
+                return found  # an earlier attempt of this replace got there
+            raise NotCancelable(f"alpaca: order {broker_order_id} is {old.status.value}: not replaceable")
+        if qty is not None and qty <= old.filled_qty:
+            raise OrderRejected(f"alpaca: qty {qty} is not above the {old.filled_qty} already filled")
+        request = ReplaceOrderRequest(
+            qty=None if qty is None else qty - old.filled_qty, client_order_id=new_cid,
+            limit_price=None if limit_price is None else float(limit_price),
+            stop_price=None if stop_price is None else float(stop_price))
+        try:
+            order = wire.order_from_alpaca(self._call(
+                lambda: self._client.replace_order_by_id(broker_order_id, request), submit=True))
+        except (DuplicateClientOrderId, OrderRejected) as exc:
+            found = self.get_by_client_id(new_cid)
+            if found is not None and found.replaces == broker_order_id:
+                return found  # our own earlier attempt (a retry after a lost reply) replaced it
+            cause = exc.__cause__
+            if isinstance(cause, APIError) and cause.status_code == 422 and "not open" in str(exc):
+                raise NotCancelable(str(exc)) from cause  # it filled or ended first
+            raise
+        return self._watch(order)
 
     def cancel_all(self) -> int:
         """DELETE /v2/orders: Alpaca cancels every open order at once (207, one status per order)."""
