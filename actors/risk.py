@@ -33,7 +33,7 @@ from steadyhand.actors.messages import (
 )
 from steadyhand.actors.oms import is_store_fault
 from steadyhand.domain import OrderSpec, Severity, market_hours
-from steadyhand.risk.checks import Decision, RiskBook, breaker_check
+from steadyhand.risk.checks import Decision, RiskBook, breaker_check, order_spec, signal_problem
 from steadyhand.state import retention, store
 from thespian.actors import ActorAddress
 
@@ -92,10 +92,9 @@ class RiskActor(SteadyActor):
         approved: list[OrderSpec] = []
         rows: list[DecisionRow] = []
         for signal in message.signals:
-            request = OrderSpec(client_order_id=signal.intent_id, symbol=signal.symbol,
-                                side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
-                                bar_ts=signal.bar_ts)
-            decision = self.book.decide(request, now_wall, now_sim)
+            problem = signal_problem(signal)
+            request = order_spec(signal, whole=problem is None)
+            decision = Decision.deny("signal", problem) if problem else self.book.decide(request, now_wall, now_sim)
             if decision.approved and (self.broker_down or self.store_fault):
                 decision = Decision.deny("broker" if self.broker_down else "store",
                                          f"broker unavailable: {self.broker_down}" if self.broker_down
@@ -149,6 +148,7 @@ class RiskActor(SteadyActor):
     def on_open_orders(self, message: OpenOrders, sender: ActorAddress) -> None:
         self.book.open_orders = dict(message.by_symbol)
         self.book.pending_qty = dict(message.pending_qty)
+        self.tell_peer("strategy", message)  # what still works, so a repeated target does not order twice
 
     def on_fills(self, message: Fills, sender: ActorAddress) -> None:
         for fill in message.fills:  # positions move now; the portfolio snapshot confirms later
