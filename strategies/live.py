@@ -21,6 +21,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,17 @@ class Amend:
     qty: int
     limit_price: float | None
     stop_price: float | None
+    reason: str
+
+
+class Row(NamedTuple):
+    """One target row of the strategy's result (after ``check_targets``)."""
+
+    target: float
+    order_type: str
+    limit_price: float
+    stop_price: float
+    time_in_force: str
     reason: str
 
 
@@ -75,8 +87,7 @@ class LiveStrategy:
 
     def warm_up(self, bars: Iterable[Bar]) -> None:
         """Fill the windows from history (any order); emits nothing."""
-        for bar in sorted(bars, key=lambda b: b.ts):
-            self._append(bar)
+        self._append_all(sorted(bars, key=lambda b: b.ts))
 
     def on_open_orders(self, pending: Mapping[str, int]) -> None:
         """The OMS's view of what still works; an order of ours no longer pending has ended."""
@@ -87,30 +98,33 @@ class LiveStrategy:
 
     def on_bars(self, bars: Sequence[Bar], positions: Mapping[str, int]) -> TickResult:
         """Intents for this tick's bars (the newest target of each symbol that got a bar)."""
-        fresh = [bar for bar in bars if self._append(bar)]
+        fresh = self._append_all(bars)
         result = TickResult()
         if not fresh:
             return result
         rows = check_targets(self.strategy.latest(self.frame()), self.name)
         # Only rows with an opinion, at a bar of this tick; the last row of a symbol wins.
         rows = rows[rows["target"].notna().to_numpy()]
-        at = dict(zip(rows["symbol"].tolist(), zip(rows["ts"].array.asi8.tolist(), range(len(rows)), strict=True),
-                      strict=True))
+        # Plain Python rows (a pandas row lookup per symbol costs more than the strategy).
+        cols = [rows[c].tolist() for c in ("target", "order_type", "limit_price", "stop_price", "time_in_force",
+                                           "reason")]
+        at = {symbol: (ns, row) for symbol, ns, *row in zip(rows["symbol"].tolist(), rows["ts"].array.asi8.tolist(),
+                                                            *cols, strict=True)}
         for bar in fresh:
             hit = at.get(bar.symbol)
             if hit is None or hit[0] != _ns(bar.ts):
                 continue
-            self._act(bar, rows.iloc[hit[1]], int(positions.get(bar.symbol, 0)), result)
+            self._act(bar, Row(*hit[1]), int(positions.get(bar.symbol, 0)), result)
         return result
 
     # -- deciding ------------------------------------------------------------------------------
 
-    def _act(self, bar: Bar, row: pd.Series, position: int, result: TickResult) -> None:
-        symbol, target = bar.symbol, float(row["target"])
-        kind = OrderType(row["order_type"])
-        limit = None if math.isnan(row["limit_price"]) else float(row["limit_price"])
-        stop = None if math.isnan(row["stop_price"]) else float(row["stop_price"])
-        reason = row["reason"] or f"{self.name} target {target:g}"
+    def _act(self, bar: Bar, row: Row, position: int, result: TickResult) -> None:
+        symbol, target = bar.symbol, float(row.target)
+        kind = OrderType(row.order_type)
+        limit = None if math.isnan(row.limit_price) else float(row.limit_price)
+        stop = None if math.isnan(row.stop_price) else float(row.stop_price)
+        reason = row.reason or f"{self.name} target {target:g}"
         working = self.working.get(symbol)
         if working is not None:  # our resting order: amend or cancel it rather than add another
             want = target - position
@@ -135,7 +149,7 @@ class LiveStrategy:
         signal = Signal(intent_id=intent_id(self.name, symbol, bar.ts, side), strategy=self.name, symbol=symbol,
                         side=side, qty=int(qty) if qty == int(qty) else qty,  # a fraction: risk refuses it
                         bar_ts=bar.ts, ref_price=float(bar.close), reason=reason, order_type=kind,
-                        limit_price=limit, stop_price=stop, time_in_force=TimeInForce(row["time_in_force"]))
+                        limit_price=limit, stop_price=stop, time_in_force=TimeInForce(row.time_in_force))
         result.signals.append(signal)
         if isinstance(signal.qty, int):
             self.sent[symbol] = self.sent.get(symbol, 0) + side.sign * signal.qty
@@ -144,22 +158,35 @@ class LiveStrategy:
 
     # -- windows -------------------------------------------------------------------------------
 
-    def _append(self, bar: Bar) -> bool:
-        i = self._index.get(bar.symbol)
-        if i is None:
-            self.ignored_unknown += 1
-            return False
-        ns = _ns(bar.ts)
-        if ns <= self._last_ns[i]:  # replayed history or a duplicate: count once
-            self.ignored_old += 1
-            return False
-        self._last_ns[i] = ns
-        self._values[:, i, :-1] = self._values[:, i, 1:]
-        self._values[:, i, -1] = (bar.open, bar.high, bar.low, bar.close, bar.volume)
-        self._ts[i, :-1] = self._ts[i, 1:]
-        self._ts[i, -1] = ns
-        self._count[i] = min(self._count[i] + 1, self.window)
-        return True
+    def _append_all(self, bars: Iterable[Bar]) -> list[Bar]:
+        """Shift the new bars into the windows, one vectorized shift per tick; returns the bars taken."""
+        taken: list[Bar] = []
+        for group in _by_ts(bars):
+            ns = _ns(group[0].ts)
+            rows: list[int] = []
+            seen: set[int] = set()
+            for bar in group:
+                i = self._index.get(bar.symbol)
+                if i is None:
+                    self.ignored_unknown += 1
+                elif ns <= self._last_ns[i] or i in seen:  # replayed history or a duplicate: count once
+                    self.ignored_old += 1
+                else:
+                    rows.append(i)
+                    seen.add(i)
+                    taken.append(bar)
+            if not rows:
+                continue
+            idx = np.asarray(rows, dtype=np.intp)
+            new = np.array([(b.open, b.high, b.low, b.close, b.volume) for b in taken[-len(rows):]],
+                           dtype=np.float64).T
+            self._last_ns[idx] = ns
+            self._values[:, idx, :-1] = self._values[:, idx, 1:]
+            self._values[:, idx, -1] = new
+            self._ts[idx, :-1] = self._ts[idx, 1:]
+            self._ts[idx, -1] = ns
+            self._count[idx] = np.minimum(self._count[idx] + 1, self.window)
+        return taken
 
     def frame(self) -> pd.DataFrame:
         """The windows as the long ``bars`` frame of the contract, sorted by ``ts`` then ``symbol``."""
@@ -176,3 +203,17 @@ class LiveStrategy:
 def _ns(ts: datetime) -> int:
     ts = ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts
     return int(pd.Timestamp(ts).value)
+
+
+def _by_ts(bars: Iterable[Bar]) -> list[list[Bar]]:
+    """Bars grouped by ts, ascending (one group per tick; usually exactly one)."""
+    batch = list(bars)
+    if not batch:
+        return []
+    first = batch[0].ts
+    if all(bar.ts == first for bar in batch):  # the usual tick: one group
+        return [batch]
+    groups: dict[datetime, list[Bar]] = {}
+    for bar in batch:
+        groups.setdefault(bar.ts, []).append(bar)
+    return [groups[ts] for ts in sorted(groups)]
