@@ -1,7 +1,7 @@
 """The strategy plug-in API: live per-tick cost, and the backtest side by side with backtrader.
 
     python bench/bench_plugin.py live [--symbols 500] [--ticks 60]
-    python bench/bench_plugin.py backtest [--symbols 100] [--days 252] [--bt-days 10]
+    python bench/bench_plugin.py backtest [--symbols 100] [--days 252] [--bt-days 10] [--skip-backtrader]
 
 ``live``: ``LiveStrategy.on_bars`` (the strategy actor's whole tick: the trailing windows as a
 long frame, the strategy's ``latest``, the intents) for each shipped strategy, 500 symbols, after
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,10 +25,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))  # noqa: E402 (run as a script)
-from steadyhand.domain import Bar, market_hours  # noqa: E402
-from steadyhand.strategies.loader import SHIPPED, resolve_class  # noqa: E402
+from steadyhand.domain import Bar, market_hours
+from steadyhand.strategies.loader import SHIPPED, resolve_class
 
 FIRST_DAY = datetime(2025, 11, 17, tzinfo=UTC)
 
