@@ -87,3 +87,12 @@ def test_a_strategy_raising_on_every_bar_is_escalated_naming_it(make_bot: Any, t
     status = bot.status()
     assert status["trading_state"] == "halted" and not status["actors"]["strategy"]["alive"]
     assert bot.stop() == 0
+
+
+def test_a_shipped_strategy_rests_limit_orders_through_the_real_actors(make_bot: Any, tmp_path: Path) -> None:
+    replay = Path(__file__).parent / "data" / "sma_parity.csv"
+    bot = make_bot(args=("--replay", str(replay), "--speed", "600", "--strategy", "bollinger")).start()
+    limits = "SELECT client_order_id, type, limit_price FROM orders WHERE type = 'limit'"
+    rows = poll(lambda: query(bot.data_dir, limits), timeout=60, what="a resting limit order")
+    assert all(cid.startswith("boll-") and price is not None and float(price) > 0 for cid, _, price in rows)
+    assert bot.stop() == 0
