@@ -75,20 +75,39 @@ def prepare_bars(bars: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"bars lack column(s) {', '.join(missing)}")
     df = bars.loc[:, list(BAR_COLUMNS)].copy()
     df["ts"] = pd.to_datetime(df["ts"], utc=True).dt.as_unit("ns")  # one unit: ts_ns below counts ns
+    # Sorting on integer codes, not on the strings: a year of minute bars is millions of rows.
+    codes, _ = pd.factorize(df["symbol"].to_numpy(dtype=object), sort=True)
+    ns = df["ts"].array.asi8
+    by_symbol = np.lexsort((ns, codes))  # stable: file order among equal (symbol, ts)
+    c, t = codes[by_symbol], ns[by_symbol]
     # Same rule as the live feed: a bar not newer than its symbol's previous one is ignored.
-    df = df.sort_values(["symbol", "ts"], kind="stable").drop_duplicates(["symbol", "ts"], keep="first")
-    return df.sort_values(["ts", "symbol"], kind="stable").reset_index(drop=True)
+    first = np.r_[True, (c[1:] != c[:-1]) | (t[1:] != t[:-1])]
+    kept = by_symbol[first]
+    order = kept[np.lexsort((codes[kept], ns[kept]))]
+    return df.iloc[order].reset_index(drop=True)
+
+
+def _attach(df: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
+    """The bars with the target columns of their (ts, symbol) row; NaN where the strategy gave none."""
+    extra = [c for c in targets.columns if c not in BAR_COLUMNS]
+    aligned = (len(targets) == len(df) and np.array_equal(targets["ts"].array.asi8, df["ts"].array.asi8)
+               and np.array_equal(targets["symbol"].to_numpy(dtype=object), df["symbol"].to_numpy(dtype=object)))
+    if aligned:  # the usual case: one row per bar, in the bars' order (no join of millions of rows)
+        merged = df.copy()
+        for column in extra:
+            merged[column] = targets[column].to_numpy()
+        return merged
+    targets = targets.dropna(subset=["target"]).drop_duplicates(["symbol", "ts"], keep="last")
+    return df.merge(targets.loc[:, ["ts", "symbol", *extra]], on=["ts", "symbol"], how="left", sort=False)
 
 
 def run_backtest(bars: pd.DataFrame, strategy: Strategy, start_cash: float = 100_000.0) -> BacktestResult:
     """Run ``strategy`` over long-format bars (see the module docstring for the fill model)."""
     name = strategy.strategy_id()
     df = prepare_bars(bars)
-    targets = check_targets(strategy.targets(df.copy()), name)
-    targets = targets.dropna(subset=["target"]).drop_duplicates(["symbol", "ts"], keep="last")
-    merged = df.merge(targets.drop(columns=[c for c in BAR_COLUMNS if c not in ("ts", "symbol")], errors="ignore"),
-                      on=["ts", "symbol"], how="left", sort=False)
-    merged = merged.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+    merged = _attach(df, check_targets(strategy.targets(df.copy()), name))
+    codes, _ = pd.factorize(merged["symbol"].to_numpy(dtype=object), sort=True)
+    merged = merged.iloc[np.lexsort((merged["ts"].array.asi8, codes))].reset_index(drop=True)  # by symbol, then ts
     fills: list[tuple[datetime, str, int, float]] = []  # (signal bar ts, symbol, signed qty, price)
     signals: list[Signal] = []
     trades: list[Trade] = []
