@@ -40,6 +40,7 @@ from steadyhand.actors.messages import (
     ChildReady,
     CommandResult,
     Configure,
+    CrashReport,
     DebugToActor,
     FlattenCompleted,
     OperatorCommand,
@@ -110,6 +111,7 @@ class Child:
     recent: deque[float] | None = None  # monotonic times of restarts within the period
     down_reason: str = ""
     operator_restart: bool = False  # killed on an operator's `restart`: not a crash
+    last_error: str = ""  # the child's own CrashReport: why it crashed last
 
     @property
     def alive(self) -> bool:
@@ -135,6 +137,7 @@ class Supervisor(OperatorControl, SteadyActor):
             Start: self.on_start,
             ChildReady: self.on_child_ready,
             ActorUnresponsive: self.on_unresponsive,
+            CrashReport: self.on_crash_report,
             RequestHalt: self.on_request_halt,
             RequestShutdown: self.on_shutdown,
             DebugToActor: self.on_debug,
@@ -282,9 +285,15 @@ class Supervisor(OperatorControl, SteadyActor):
         self._journal_restart(name, "escalated", child.down_reason)
         self._broadcast_wiring()  # peers learn it is gone
         self._set_trading_state(TradingState.HALTED, f"{name} left down: {child.down_reason}")
+        why = f" Last error: {child.last_error}" if child.last_error else ""
         self.alert(f"escalation:{name}", Severity.CRITICAL, f"steadyhand HALTED: {name} keeps crashing",
-                   f"{name} crashed {child.down_reason}; it is left down and trading is halted.")
+                   f"{name} crashed {child.down_reason}; it is left down and trading is halted.{why}")
         self._answer_starter()
+
+    def on_crash_report(self, message: CrashReport, sender: ActorAddress) -> None:
+        child = self.children.get(message.name)
+        if child is not None:
+            child.last_error = message.error
 
     def on_unresponsive(self, message: ActorUnresponsive, sender: ActorAddress) -> None:
         child = self.children.get(message.name)

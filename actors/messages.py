@@ -14,7 +14,7 @@ Who sends what (-> receiver):
 
     Feed        Bars -> strategy, risk, portfolio; HistoryReply -> strategy
     Strategy    Signals, ReplaceOrder, CancelOrder -> risk; HistoryRequest -> feed
-    Risk        OrderRequests, ReplaceOrder, CancelOrder -> oms; RequestHalt -> supervisor
+    Risk        OrderRequests, ReplaceOrder, CancelOrder -> oms; OpenOrders -> strategy; RequestHalt -> supervisor
     OMS         Fills -> portfolio, risk; OpenOrders -> risk; ReconcileStarted/Completed -> risk;
                 BrokerSnapshot -> portfolio
     Portfolio   PositionsSnapshot -> strategy, risk; PnlUpdate -> risk
@@ -105,6 +105,14 @@ class CancelOrder:
     client_order_id: str
     reason: str = ""
     strategy: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CrashReport:
+    """Any actor -> supervisor, just before it crashes: why, so an escalation's alert can say it."""
+
+    name: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ from steadyhand.actors.oms import is_store_fault
 from steadyhand.domain import OrderSpec, OrderStatus, OrderType, Severity, Side, TimeInForce, market_hours
 from steadyhand.orders import amend
 from steadyhand.orders.journal import OrderJournal
-from steadyhand.risk.checks import Decision, RiskBook, breaker_check
+from steadyhand.risk.checks import Decision, RiskBook, breaker_check, order_spec, signal_problem
 from steadyhand.sim.lockstep import is_lockstep
 from steadyhand.state import retention, store
 from thespian.actors import ActorAddress
@@ -106,10 +106,9 @@ class RiskActor(SteadyActor):
         approved: list[OrderSpec] = []
         rows: list[DecisionRow] = []
         for signal in message.signals:
-            request = OrderSpec(client_order_id=signal.intent_id, symbol=signal.symbol,
-                                side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
-                                bar_ts=signal.bar_ts)
-            decision = self.book.decide(request, now_wall, now_sim)
+            problem = signal_problem(signal)
+            request = order_spec(signal, whole=problem is None)
+            decision = Decision.deny("signal", problem) if problem else self.book.decide(request, now_wall, now_sim)
             if decision.approved and (self.broker_down or self.store_fault):
                 decision = Decision.deny("broker" if self.broker_down else "store",
                                          f"broker unavailable: {self.broker_down}" if self.broker_down
@@ -206,6 +205,7 @@ class RiskActor(SteadyActor):
     def on_open_orders(self, message: OpenOrders, sender: ActorAddress) -> None:
         self.book.open_orders = dict(message.by_symbol)
         self.book.pending_qty = dict(message.pending_qty)
+        self.tell_peer("strategy", message)  # what still works, so a repeated target does not order twice
 
     def on_fills(self, message: Fills, sender: ActorAddress) -> None:
         for fill in message.fills:  # positions move now; the portfolio snapshot confirms later
