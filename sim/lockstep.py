@@ -223,13 +223,17 @@ class LockstepFeed:
         if message.seq != self.ls_seq:
             return  # a token from before a re-run
         took = time.perf_counter() - self.ls_sent_at
-        for name, busy in message.busy.items():
-            self.ls_stats.busy_s[name] = self.ls_stats.busy_s.get(name, 0.0) + busy
+        if message.phase != "probe":  # a probe's busy times include start-up and reconciliation
+            for name, busy in message.busy.items():
+                self.ls_stats.busy_s[name] = self.ls_stats.busy_s.get(name, 0.0) + busy
         if message.phase == "probe":
             if message.not_ready:
                 self.after(PROBE_RETRY_S, "ls_probe")  # type: ignore[attr-defined]
                 return
             self.ls_open_orders = True  # after a restart nobody knows: look
+            if not self.ls_stats.ticks and self.ls_tick is None:
+                self._busy_s = 0.0  # type: ignore[attr-defined]  # the feed's start-up is not a tick's
+                self.ls_stats.started = time.perf_counter()
             self._ls_run_tick()
         elif message.phase == "fills":
             self.ls_stats.phase_s["fills"] += took
