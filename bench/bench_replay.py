@@ -218,7 +218,8 @@ def run_lockstep(csv: Path, names: list[str], data_dir: Path) -> dict[str, Any]:
     finally:
         db.close()
     ticks = max(1, result["ticks"])
-    per_tick = {f"{k}_phase": v * 1000 / ticks for k, v in result["phase_s"].items()}
+    per_tick = {"wall": result["elapsed_s"] * 1000 / ticks}
+    per_tick.update({f"{k}_phase": v * 1000 / ticks for k, v in result["phase_s"].items()})
     per_tick.update({f"{k}_busy": v * 1000 / ticks for k, v in result["busy_s"].items()})
     return {"engine": "steadyhand lock-step", "bars": result["bars"], "seconds": result["elapsed_s"],
             "bars_per_s": result["bars"] / result["elapsed_s"], "orders": orders, "fills": len(trades),
@@ -229,12 +230,14 @@ def run_lockstep(csv: Path, names: list[str], data_dir: Path) -> dict[str, Any]:
 def _time_per_tick(run: dict[str, Any]) -> str:
     """Where a lock-step tick's wall time goes: the two phases, each actor's handlers, the rest."""
     ms = run["ms_per_tick"]
-    phases = ms.get("fills_phase", 0.0) + ms.get("bars_phase", 0.0)
-    hops = sum(v for k, v in ms.items() if k.endswith("_busy") and k != "feed_busy")
+    parts = ("fills", "bars", "prepare", "publish")
+    rest = ms["wall"] - sum(ms.get(f"{k}_phase", 0.0) for k in parts)
     actors = ", ".join(f"{k[:-5]} {v:.2f}" for k, v in ms.items() if k.endswith("_busy"))
-    return (f"per tick {phases + ms.get('feed_busy', 0.0):.2f} ms: fills phase {ms.get('fills_phase', 0.0):.2f} "
-            f"(on {run['fill_steps']} of {run['ticks']} ticks), bars phase {ms.get('bars_phase', 0.0):.2f}; "
-            f"handlers: {actors}; transport and waiting {max(0.0, phases - hops):.2f}")
+    return (f"per tick {ms['wall']:.2f} ms wall = fills round {ms.get('fills_phase', 0.0):.2f} (on "
+            f"{run['fill_steps']} of {run['ticks']} ticks) + bars round {ms.get('bars_phase', 0.0):.2f} + feed "
+            f"prepare {ms.get('prepare_phase', 0.0):.2f} + feed publish (3 Bars sends) "
+            f"{ms.get('publish_phase', 0.0):.2f} + other {rest:.2f}; handler time per actor (overlapping: the "
+            f"portfolio and risk take their Bars while the strategy works): {actors}")
 
 
 def _matched(backtest: list[tuple[Any, ...]], lockstep: list[tuple[Any, ...]]) -> tuple[int, int]:
@@ -353,7 +356,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             row["backtest"] = run_steadyhand_backtest(names, minutes, closes)
             if "lockstep" not in skip:
                 with common.data_dir("lockstep") as ls_dir:
-                    row["lockstep"] = run_lockstep(csv, names, ls_dir)
+                    if args.tmpfs:  # the bot's data dir too: the journal's fsyncs cost nothing there
+                        ls_dir = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="steadyhand-lockstep-")) / "var"
+                    try:
+                        row["lockstep"] = run_lockstep(csv, names, ls_dir)
+                    finally:
+                        if args.tmpfs:
+                            import shutil
+
+                            shutil.rmtree(ls_dir.parent, ignore_errors=True)
             if "backtrader" not in skip:
                 row["backtrader"] = run_backtrader(names, minutes, closes)
             if "nautilus" not in skip:

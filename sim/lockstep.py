@@ -158,7 +158,10 @@ class _Stats:
     fill_steps: int = 0
     reruns: int = 0
     started: float = 0.0
-    phase_s: dict[str, float] = dataclasses.field(default_factory=lambda: {"fills": 0.0, "bars": 0.0})
+    # Wall time of the two token rounds, and the feed's own share: reading and validating a tick
+    # (prepare) and handing its Bars to the transport (publish).
+    phase_s: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"fills": 0.0, "bars": 0.0, "prepare": 0.0, "publish": 0.0})
     busy_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -264,6 +267,7 @@ class LockstepFeed:
         """The current tick from its start: the clock to its close, then fills, then bars."""
         replay = self.replay
         assert replay is not None
+        began = time.perf_counter()
         while self.ls_tick is None or self.ls_tick[0] != self.replay_index:
             if self.replay_index >= len(replay):
                 self._ls_finish()
@@ -279,6 +283,7 @@ class LockstepFeed:
             else:
                 self.replay_index = stop  # nothing to release on this tick
         self.clock.set(max(self.ls_tick[2] + MINUTE, self.clock.now()))  # never backwards (a late row)
+        self.ls_stats.phase_s["prepare"] += time.perf_counter() - began
         if self.ls_open_orders:
             self._send_step("fills", FILLS_ROUTE, poll=True)
         else:
@@ -286,10 +291,12 @@ class LockstepFeed:
 
     def _ls_bars(self) -> None:
         assert self.ls_tick is not None
+        began = time.perf_counter()
         batch = Bars(ts=self.ls_tick[2], bars=self.ls_bars)
         self.last_bar_at = self.ls_tick[2] + MINUTE
         for peer in ("risk", "portfolio", "strategy"):  # risk knows the bar before the signal on it
             self.tell_peer(peer, batch)  # type: ignore[attr-defined]
+        self.ls_stats.phase_s["publish"] += time.perf_counter() - began
         self._send_step("bars", BARS_ROUTE)
 
     def _ls_tick_done(self) -> None:
