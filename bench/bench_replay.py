@@ -383,11 +383,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                           flush=True)
             if row.get("lockstep"):
                 same, priced = _matched(trades["backtest"], trades["lockstep"])
-                total = len(trades["backtest"])
-                row["lockstep"].update(trades_equal=same, trades_equal_priced=priced, backtest_trades=total)
-                parity.add(100.0 * same / max(1, total))
+                n_trades = len(trades["backtest"])
+                row["lockstep"].update(trades_equal=same, trades_equal_priced=priced, backtest_trades=n_trades)
+                parity.add(100.0 * same / max(1, n_trades))
                 print(f"  lock-step {_time_per_tick(row['lockstep'])}", flush=True)
-                print(f"  lock-step trades equal to backtest(): {same} of {total} (id, side, qty; "
+                print(f"  lock-step trades equal to backtest(): {same} of {n_trades} (id, side, qty; "
                       f"{priced} also at the same price in cents; lock-step made {len(trades['lockstep'])})",
                       flush=True)
                 if row.get("backtrader"):
