@@ -8,9 +8,13 @@ back to it through every actor that must have finished with it (DESIGN "Lock-ste
 2. fills (only while an order is open): ``Step`` feed -> oms (drains the broker: orders placed on
    the symbol's previous bar fill at this bar's open, the first quote of the path in [prev, now))
    -> portfolio (applies the fills, sends positions to strategy and risk) -> feed;
-3. bars: ``Bars`` to risk, portfolio and strategy, then ``Step`` feed -> strategy (its signals are
-   on their way to risk before the token) -> risk (decisions journaled, requests on their way to
-   the OMS) -> oms (journaled and submitted) -> feed.
+3. bars: ``Step`` feed -> risk -> portfolio -> strategy (each of these three handles the tick's
+   ``Bars``, read by row index from its own copy of the file; the strategy's signals are on their
+   way to risk before the token) -> risk (decisions journaled, requests on their way to the OMS)
+   -> oms (journaled and submitted) -> feed.
+
+After an actor restart the tick in flight runs again: the strategy is rewound to just before it,
+a probe waits until everyone is ready, and the OMS's journal drops the intents it already has.
 
 Thespian delivers the messages of one sender to one receiver in order, so a token behind a
 message on the same hop proves that message handled. The clock is a shared 16-byte file every
