@@ -489,7 +489,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "run":
                 settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay,
                                           start=args.start)
-                if args.lockstep:
+                if args.lockstep or settings.sim.lockstep:
                     from steadyhand.sim.lockstep import lockstep_settings
 
                     settings = lockstep_settings(settings)

@@ -84,6 +84,7 @@ from steadyhand.orders import reconcile as reconciliation
 from steadyhand.orders.circuit import Circuit
 from steadyhand.orders.journal import OrderJournal, is_store_fault, spec_from_row
 from steadyhand.runtime.crashpoints import crash_point
+from steadyhand.sim.lockstep import is_lockstep
 from steadyhand.state import store
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from thespian.actors import ActorAddress
@@ -227,6 +228,10 @@ class OmsActor(SteadyActor):
     def _journal_pending(self, requests: tuple[OrderSpec, ...]) -> list[OrderSpec]:
         """Step 3: durable PENDING_SUBMIT rows, one transaction per batch; duplicates dropped."""
         fresh, duplicates = self.journal.insert_pending(requests)
+        if duplicates and is_lockstep(self.run.clock):  # a tick run again after a crash (sim/lockstep.py)
+            revived = self.journal.revive_never_submitted(duplicates)
+            fresh += [r for r in requests if r.client_order_id in revived]
+            duplicates = [cid for cid in duplicates if cid not in revived]
         for cid in duplicates:
             self.event("duplicate_intent", level="warning", client_order_id=cid)
         return fresh

@@ -153,6 +153,23 @@ class OrderJournal:
                     duplicates.append(r.client_order_id)
         return fresh, duplicates
 
+    def revive_never_submitted(self, cids: list[str]) -> set[str]:
+        """Those of ``cids`` that reconciliation settled as never submitted, back to PENDING_SUBMIT
+        (lock-step only: its clock has not moved, so the intent is still due; live, it is final)."""
+        if not cids:
+            return set()
+        marks = ",".join("?" * len(cids))
+        with store.transaction(self.db):
+            rows = self.db.execute(
+                f"SELECT client_order_id FROM orders WHERE status = ? AND client_order_id IN ({marks})",
+                [OrderStatus.NEVER_SUBMITTED.value, *cids]).fetchall()
+            revived = {r[0] for r in rows}
+            for cid in revived:
+                self.db.execute(
+                    "UPDATE orders SET status = ?, reason = ?, updated_at = ? WHERE client_order_id = ?",
+                    [OrderStatus.PENDING_SUBMIT.value, "lock-step: its tick ran again", store.now_iso(), cid])
+        return revived
+
     def mark(self, cid: str, status: OrderStatus, reason: str) -> None:
         with store.transaction(self.db):
             self.db["orders"].update(cid, {"status": status.value, "reason": reason,

@@ -31,6 +31,8 @@ def test_replay_bench_produces_bars_per_second(tmp_path: Path) -> None:
     figures = _values(_bench("replay", tmp_path, "--skip", "backtrader,nautilus"))
     assert figures["replay_steadyhand_live_path"][0] > 0
     assert figures["replay_steadyhand_backtest_fn"][0] > 0
+    assert figures["replay_steadyhand_lockstep"][0] > 0  # a real `run --lockstep`, side by side
+    assert figures["lockstep_trades_equal_to_backtest"] == [100.0]
 
 
 def test_recovery_bench_measures_a_real_crash_and_leaves_nothing(tmp_path: Path) -> None:
