@@ -414,6 +414,7 @@ def build_parser() -> argparse.ArgumentParser:
     common(sub.add_parser("status", help="state of the running bot"))
     common(sub.add_parser("orders", help="the order journal"))
     common(sub.add_parser("fills", help="every fill"))
+    common(sub.add_parser("runs", help="the run ledger: every run, newest last"))
     logs = sub.add_parser("logs", help="recent log events, readable")
     common(logs)
     logs.add_argument("-n", "--lines", type=int, default=50)
@@ -472,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"steadyhand: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "runs":
+        from steadyhand.reports.runs import cmd_runs
+
+        return cmd_runs(args)
     commands = {"status": cmd_status, "orders": cmd_orders, "fills": cmd_fills, "logs": cmd_logs}
     return commands.get(args.command, cmd_operator)(args)
 

@@ -42,6 +42,7 @@ TABLE_OWNERS: dict[str, str] = {
     "alerts": "alerter",  # the alert outbox
     "operator_commands": "supervisor",  # every operator command: who, when, what, result
     "portfolio_state": "portfolio",  # e.g. the last session summarized
+    "runs": "supervisor",  # the run ledger: one row per `steadyhand run` (state/runs.py)
 }
 
 
@@ -183,6 +184,30 @@ def _m5_retention(db: sqlite_utils.Database) -> None:
         db[table].add_column("clock_ts", str)
 
 
+def _m6_runs(db: sqlite_utils.Database) -> None:
+    # One row per `steadyhand run`; ended_by stays 'running' until the run stops, and the next start
+    # turns a 'running' row it finds into 'crash' (state/runs.py).
+    db["runs"].create(
+        {
+            "run_id": int,
+            "started_at": str,
+            "ended_at": str,
+            "last_seen_at": str,  # refreshed while running: a crashed run's best-known end
+            "broker": str,
+            "strategies": str,  # JSON list of names
+            "start_equity": str,
+            "end_equity": str,
+            "fills": int,
+            "ended_by": str,  # stop | crash | halt | running
+            "clock_start": str,  # the run clock's time at start and at the last refresh (simulated on the sim)
+            "clock_end": str,
+            "pid": int,
+        },
+        pk="run_id",
+        not_null={"started_at", "ended_by"},
+    )
+
+
 # Numbered migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _m1_initial),
@@ -190,6 +215,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (3, "alert acknowledgement and escalation", _m3_alert_acknowledgement),
     (4, "portfolio key/value state", _m4_portfolio_state),
     (5, "retention: daily equity roll-up, run-clock stamps", _m5_retention),
+    (6, "run ledger", _m6_runs),
 ]
 
 
