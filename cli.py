@@ -415,6 +415,12 @@ def build_parser() -> argparse.ArgumentParser:
     common(sub.add_parser("orders", help="the order journal"))
     common(sub.add_parser("fills", help="every fill"))
     common(sub.add_parser("runs", help="the run ledger: every run, newest last"))
+    report = sub.add_parser("report", help="reports read from the state store: execution, parity")
+    report_sub = report.add_subparsers(dest="report_command", required=True)
+    execution = report_sub.add_parser("execution", help="slippage split, limit fill rate, latency")
+    common(execution)
+    execution.add_argument("--since", help="only orders of this day (YYYY-MM-DD) and later")
+    execution.add_argument("--html", help="also write a standalone HTML file with charts")
     logs = sub.add_parser("logs", help="recent log events, readable")
     common(logs)
     logs.add_argument("-n", "--lines", type=int, default=50)
@@ -477,6 +483,10 @@ def main(argv: list[str] | None = None) -> int:
         from steadyhand.reports.runs import cmd_runs
 
         return cmd_runs(args)
+    if args.command == "report":
+        from steadyhand.reports import cmd_report
+
+        return cmd_report(args)
     commands = {"status": cmd_status, "orders": cmd_orders, "fills": cmd_fills, "logs": cmd_logs}
     return commands.get(args.command, cmd_operator)(args)
 

@@ -12,6 +12,7 @@ import json
 import sqlite3
 from collections import Counter
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -110,20 +111,23 @@ class OrderJournal:
 
     # --- writes ---------------------------------------------------------------------------------
 
-    def insert_pending(self, requests: tuple[OrderSpec, ...]) -> tuple[list[OrderSpec], list[str]]:
+    def insert_pending(self, requests: tuple[OrderSpec, ...],
+                       signal_at: float = 0.0) -> tuple[list[OrderSpec], list[str]]:
         """Durable PENDING_SUBMIT rows, one transaction per batch: (the fresh ones, the client order
-        ids already journaled -- duplicate intents, dropped)."""
+        ids already journaled -- duplicate intents, dropped). ``signal_at``: wall time (epoch) the
+        bar behind these requests reached the bot; the signal's time (0: unknown)."""
         fresh, duplicates = [], []
         now = store.now_iso()
+        signal = _epoch_iso(signal_at)
         with store.transaction(self.db):
             for r in requests:
                 cursor = self.db.execute(
                     "INSERT OR IGNORE INTO orders (client_order_id, symbol, side, qty, type, time_in_force,"
-                    " limit_price, stop_price, status, filled_qty, bar_ts, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    " limit_price, stop_price, status, filled_qty, bar_ts, created_at, updated_at,"
+                    " ref_price, signal_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
                     [r.client_order_id, r.symbol, r.side.value, r.qty, r.type.value, r.time_in_force.value,
                      _text(r.limit_price), _text(r.stop_price), OrderStatus.PENDING_SUBMIT.value,
-                     store.iso(r.bar_ts), now, now],
+                     store.iso(r.bar_ts), now, now, repr(float(r.ref_price)) if r.ref_price else None, signal],
                 )
                 if cursor.rowcount == 1:
                     fresh.append(r)
@@ -155,6 +159,19 @@ class OrderJournal:
                  row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(),
                  order.reason or row["reason"], order.client_order_id])
         return old
+
+    def record_submit(self, order: BrokerOrder, sent_at: float, acked_at: float) -> None:
+        """When the submit call went out and came back (wall epoch), and the quote the broker gave
+        with its reply; the first submission's are kept (a retry after a lookup does not move them)."""
+        q = order.quote
+        self.db.execute(
+            "UPDATE orders SET sent_at = coalesce(sent_at, ?), acked_at = coalesce(acked_at, ?),"
+            " bid_at_submit = coalesce(bid_at_submit, ?), ask_at_submit = coalesce(ask_at_submit, ?),"
+            " quote_ts = coalesce(quote_ts, ?), quote_source = coalesce(quote_source, ?)"
+            " WHERE client_order_id = ?",
+            [_epoch_iso(sent_at), _epoch_iso(acked_at), None if q is None else repr(q.bid),
+             None if q is None else repr(q.ask), None if q is None else store.iso(q.ts),
+             None if q is None else q.source, order.client_order_id])
 
     def record_fills(self, fills: tuple[Fill, ...] | list[Fill]) -> list[Fill]:
         """Each fill of one of our orders, once; the ones that were new."""
@@ -215,6 +232,10 @@ def spec_from_row(row: dict[str, Any]) -> OrderSpec:
         limit_price=Decimal(row["limit_price"]) if row["limit_price"] else None,
         stop_price=Decimal(row["stop_price"]) if row["stop_price"] else None,
     )
+
+
+def _epoch_iso(epoch: float) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch else None
 
 
 def _text(value: Decimal | None) -> str | None:

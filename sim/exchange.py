@@ -21,6 +21,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -45,6 +46,7 @@ from steadyhand.domain import (
     Position,
     Side,
     TimeInForce,
+    TopOfBook,
     market_hours,
 )
 from steadyhand.sim.book_reads import OPEN_IN as _OPEN_IN
@@ -343,8 +345,9 @@ class SimExchange(BookReads):
                 "SELECT 1 FROM orders WHERE client_order_id = ?", (spec.client_order_id,)
             ).fetchone():
                 raise DuplicateClientOrderId(spec.client_order_id)
+            quote = self._reference_quote(spec.symbol, now)  # in memory: costs no round trip
             if side is Side.BUY:
-                self._check_buying_power(spec, otype, now)
+                self._check_buying_power(spec, otype, quote)
             # A day order belongs to the session it is submitted in, or (submitted while closed)
             # to the next one.
             expires_at = market_hours.next_close(now) if tif is TimeInForce.DAY else None
@@ -378,12 +381,15 @@ class SimExchange(BookReads):
             self._hook("submit:before_commit")
             row = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))[0]
         self._hook("submit:after_commit")
-        return _row_to_order(row)
+        order = _row_to_order(row)
+        if quote is None:
+            return order
+        # The quote the order met at submission (the execution report's bid/ask/mid at submit).
+        return replace(order, quote=TopOfBook(spec.symbol, quote.ts, quote.bid, quote.ask, "sim"))
 
-    def _check_buying_power(self, spec: OrderSpec, otype: OrderType, now: datetime) -> None:
+    def _check_buying_power(self, spec: OrderSpec, otype: OrderType, q: Quote | None) -> None:
         # What the order may cost at most: a limit buy never pays more than its limit (as real
         # brokers reserve it); otherwise the current ask (a stop buy: the higher of ask and stop).
-        q = self._reference_quote(spec.symbol, now)
         ask = None if q is None else cents(q.ask)
         if otype in LIMIT_TYPES:
             price = spec.limit_price

@@ -43,6 +43,7 @@ TABLE_OWNERS: dict[str, str] = {
     "operator_commands": "supervisor",  # every operator command: who, when, what, result
     "portfolio_state": "portfolio",  # e.g. the last session summarized
     "runs": "supervisor",  # the run ledger: one row per `steadyhand run` (state/runs.py)
+    "bars": "feed",  # every good bar the feed sent, per run (the parity report's backtest input)
 }
 
 
@@ -208,6 +209,20 @@ def _m6_runs(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m7_execution_data(db: sqlite_utils.Database) -> None:
+    # Where each order came from and what it met (issue 15 §2, DESIGN §5): the strategy's reference
+    # price (bar close), wall times of the signal, the submit call and its acknowledgement, and the
+    # broker's top of book at submission (NULL where the broker gives none).
+    for column in ("ref_price", "signal_at", "sent_at", "acked_at", "bid_at_submit", "ask_at_submit",
+                   "quote_ts", "quote_source"):
+        db["orders"].add_column(column, str)
+    db["bars"].create(
+        {"run_id": int, "symbol": str, "ts": str, "open": float, "high": float, "low": float,
+         "close": float, "volume": int, "kind": str},  # kind: live | history (the warm-up window)
+        pk=("run_id", "symbol", "ts"),
+    )
+
+
 # Numbered migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _m1_initial),
@@ -216,6 +231,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (4, "portfolio key/value state", _m4_portfolio_state),
     (5, "retention: daily equity roll-up, run-clock stamps", _m5_retention),
     (6, "run ledger", _m6_runs),
+    (7, "execution data on orders, journaled bars", _m7_execution_data),
 ]
 
 
