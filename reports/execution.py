@@ -31,7 +31,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from steadyhand.control.client import data_dir_of
 from steadyhand.state import store
 
 COMPONENTS = ("delay", "spread", "execution", "total")
@@ -295,6 +294,8 @@ def write_html(report: dict[str, Any], path: Path) -> None:
 
 
 def cmd_report_execution(args: argparse.Namespace) -> int:
+    from steadyhand.control.client import data_dir_of
+
     if args.since:
         try:
             datetime.strptime(args.since, "%Y-%m-%d")
