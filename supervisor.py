@@ -20,6 +20,7 @@ half of it, the trading state and the operator's commands, is ``control/operator
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -182,8 +183,9 @@ class Supervisor(OperatorControl, SteadyActor):
         if crashed:
             self.event("runs_crashed", run_ids=crashed, level="warning")
         strategies = [str(getattr(self.run.settings.strategy, "name", "strategy"))]
+        config = {"strategy": _plain(self.run.settings.strategy), "start_cash": self.run.settings.sim.start_cash}
         self.run_id = runs.open_run(self.db, self.run.settings.broker, strategies,
-                                    store.iso(self.run.clock.now()), os.getpid())
+                                    store.iso(self.run.clock.now()), os.getpid(), config)
         self.every("run_ledger", RUN_LEDGER_S)
 
     def _refresh_ledger(self) -> None:
@@ -412,6 +414,11 @@ class Supervisor(OperatorControl, SteadyActor):
             return False
         self.send(child.address, message)
         return True
+
+
+def _plain(settings: Any) -> Any:
+    """A settings dataclass as plain data for the run ledger (whatever its shape)."""
+    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else str(settings)
 
 
 def _setup_log(run: RunSettings) -> Any:

@@ -155,11 +155,12 @@ class FeedActor(SteadyActor):
         batch on the NORMAL connection; a bar already journaled for this run is kept as it was."""
         if self.run_id is None or not bars:
             return
+        sent_at = store.now_iso()
         with store.transaction(self.db):
             self.db.conn.executemany(
-                "INSERT OR IGNORE INTO bars (run_id, symbol, ts, open, high, low, close, volume, kind)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(self.run_id, b.symbol, store.iso(b.ts), b.open, b.high, b.low, b.close, b.volume, kind)
+                "INSERT OR IGNORE INTO bars (run_id, symbol, ts, open, high, low, close, volume, kind, sent_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(self.run_id, b.symbol, store.iso(b.ts), b.open, b.high, b.low, b.close, b.volume, kind, sent_at)
                  for b in bars])
 
     def _journal_rejected(self, rejected: list[tuple[Bar, str]]) -> None:

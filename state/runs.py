@@ -32,14 +32,16 @@ def mark_crashed(db: Any) -> list[int]:
     return ids
 
 
-def open_run(db: Any, broker: str, strategies: Sequence[str], clock_now: str, pid: int) -> int:
-    """A new 'running' row; its id."""
+def open_run(db: Any, broker: str, strategies: Sequence[str], clock_now: str, pid: int,
+             config: dict[str, Any] | None = None) -> int:
+    """A new 'running' row; its id. ``config``: what a backtest of this run needs (strategy settings)."""
     now = store.now_iso()
     with store.transaction(db):
         cursor = db.execute(
             "INSERT INTO runs (started_at, last_seen_at, broker, strategies, fills, ended_by, clock_start,"
-            " clock_end, pid) VALUES (?, ?, ?, ?, 0, 'running', ?, ?, ?)",
-            [now, now, broker, json.dumps(list(strategies)), clock_now, clock_now, pid])
+            " clock_end, pid, config) VALUES (?, ?, ?, ?, 0, 'running', ?, ?, ?, ?)",
+            [now, now, broker, json.dumps(list(strategies)), clock_now, clock_now, pid,
+             store.to_json(config or {})])
         run_id = int(cursor.lastrowid)
         _refresh(db, run_id)
     return run_id

@@ -203,6 +203,7 @@ def _m6_runs(db: sqlite_utils.Database) -> None:
             "clock_start": str,  # the run clock's time at start and at the last refresh (simulated on the sim)
             "clock_end": str,
             "pid": int,
+            "config": str,  # JSON: the strategy settings and start cash the run traded with (parity backtest)
         },
         pk="run_id",
         not_null={"started_at", "ended_by"},
@@ -216,9 +217,11 @@ def _m7_execution_data(db: sqlite_utils.Database) -> None:
     for column in ("ref_price", "signal_at", "sent_at", "acked_at", "bid_at_submit", "ask_at_submit",
                    "quote_ts", "quote_source"):
         db["orders"].add_column(column, str)
+    db["risk_decisions"].add_column("rule", str)  # the check that decided (risk/checks.py Decision.check)
     db["bars"].create(
         {"run_id": int, "symbol": str, "ts": str, "open": float, "high": float, "low": float,
-         "close": float, "volume": int, "kind": str},  # kind: live | history (the warm-up window)
+         "close": float, "volume": int, "kind": str,  # kind: live | history (the warm-up window)
+         "sent_at": str},  # wall time the feed sent it on (the parity report: what the bot knew by then)
         pk=("run_id", "symbol", "ts"),
     )
 
