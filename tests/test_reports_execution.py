@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from harness import poll
+from test_alpaca_run import SPEED as ALPACA_SPEED
+from test_alpaca_run import exchange  # noqa: F401 (the fixture: `steadyhand exchange serve` as a process)
 
 FAST = ("--speed", "600")
 ORDER_KEYS = {"client_order_id", "symbol", "side", "qty", "ref_price", "bid_at_submit", "ask_at_submit",
@@ -105,3 +107,40 @@ def test_bad_since_is_a_clear_error(make_bot: Any, data_dir: Path) -> None:
     assert result.returncode == 2 and "YYYY-MM-DD" in result.stderr
     empty = json.loads(steadyhand("report", "execution", "--json", data_dir=data_dir).stdout)
     assert empty["orders"] == [] and empty["summary"]["orders"] == 0
+
+
+def test_alpaca_quotes_at_submit_come_from_the_data_api(make_bot: Any, exchange: dict[str, Any]) -> None:  # noqa: F811
+    """On Alpaca the quote is the data API's latest quote (the local exchange serves it)."""
+    urls = {k: v for k, v in exchange.items() if k.endswith("_url")}
+    config = ('broker = "alpaca"\n' f"[sim]\nspeed = {ALPACA_SPEED}\n"
+              "[alpaca]\npaper = true\n" + "".join(f'{k} = "{v}"\n' for k, v in urls.items()))
+    env = {"ALPACA_API_KEY": "dev-key", "ALPACA_SECRET_KEY": "dev-secret-4f1c"}
+    bot = make_bot(config=config, env=env).start()
+    poll(lambda: bot.status()["fills"] >= 2, timeout=90, what="fills through Alpaca's API")
+    assert bot.stop(signal.SIGINT) == 0
+    report = json.loads(bot.cli("report", "execution", "--json").stdout)
+    filled = [o for o in report["orders"] if o["filled_qty"]]
+    assert len(filled) >= 2
+    for o in filled:
+        assert o["quote_source"] == "alpaca" and 0 < o["bid_at_submit"] < o["ask_at_submit"]
+        bps = o["slippage_bps"]
+        assert bps["total"] == pytest.approx(bps["delay"] + bps["spread"] + bps["execution"], abs=1e-9)
+    assert report["summary"]["orders_without_quote"] == 0
+
+
+def test_orders_without_a_quote_say_so_and_keep_their_total() -> None:
+    from steadyhand.reports.execution import order_record, summarize
+
+    row = {"client_order_id": "sma-X-20261120T1431Z-B0", "symbol": "X", "side": "buy", "qty": 10,
+           "type": "market", "status": "filled", "bar_ts": "2026-11-20T14:31:00+00:00", "ref_price": "100.0",
+           "bid_at_submit": None, "ask_at_submit": None, "quote_source": None, "fill_qty": 10, "fill_value": 1001.0}
+    record = order_record(row)
+    assert record["slippage_bps"] == {"delay": None, "spread": None, "execution": None,
+                                      "total": pytest.approx(10.0)}
+    assert record["slippage_cash"] == pytest.approx(1.0)  # 0.10 a share on 10 shares
+    summary = summarize([record])
+    assert summary["orders_without_quote"] == 1 and "no quote" in summary["quotes"]
+    assert summary["slippage_bps_total_all"] == pytest.approx(10.0)
+    sell = order_record(row | {"side": "sell", "bid_at_submit": "99.98", "ask_at_submit": "100.02"})
+    # a sell filled at 100.10 above a 100.00 reference gained: negative cost, split still adds up
+    assert sell["slippage_bps"]["total"] == pytest.approx(-10.0) and sell["slippage_bps"]["spread"] > 0
