@@ -404,7 +404,7 @@ class OmsActor(SteadyActor):
         with self.journal.transaction():  # joins the caller's: the ack and its times in one commit
             old = self.journal.apply(order)
             if times is not None:
-                self.journal.record_submit(order, *times)
+                self.journal.record_submit(order, *times, broker=self.broker.name)
         if old is None:
             return False
         if order.status != old:

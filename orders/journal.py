@@ -160,9 +160,10 @@ class OrderJournal:
                  order.reason or row["reason"], order.client_order_id])
         return old
 
-    def record_submit(self, order: BrokerOrder, sent_at: float, acked_at: float) -> None:
+    def record_submit(self, order: BrokerOrder, sent_at: float, acked_at: float, broker: str = "") -> None:
         """When the submit call went out and came back (wall epoch), and the quote the broker gave
-        with its reply; the first submission's are kept (a retry after a lookup does not move them)."""
+        with its reply (none: ``quote_source`` says ``none:<broker>``); the first submission's are
+        kept (a retry after a lookup does not move them)."""
         q = order.quote
         self.db.execute(
             "UPDATE orders SET sent_at = coalesce(sent_at, ?), acked_at = coalesce(acked_at, ?),"
@@ -171,7 +172,7 @@ class OrderJournal:
             " WHERE client_order_id = ?",
             [_epoch_iso(sent_at), _epoch_iso(acked_at), None if q is None else repr(q.bid),
              None if q is None else repr(q.ask), None if q is None else store.iso(q.ts),
-             None if q is None else q.source, order.client_order_id])
+             f"none:{broker}" if q is None else q.source, order.client_order_id])
 
     def record_fills(self, fills: tuple[Fill, ...] | list[Fill]) -> list[Fill]:
         """Each fill of one of our orders, once; the ones that were new."""

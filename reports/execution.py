@@ -164,14 +164,15 @@ def summarize(orders: list[dict[str, Any]]) -> dict[str, Any]:
     limit_filled = [o for o in limit_done if o["filled_qty"] >= o["qty"]]
     cash = {k: round(sum(o["slippage_cash_split"][k] or 0.0 for o in filled if o["slippage_cash_split"][k]
                          is not None), 4) for k in COMPONENTS}
-    no_quote = sorted({o["quote_source"] or "broker" for o in unquoted}) if unquoted else []
+    # quote_source 'none:<broker>': the broker gave no quote (NULL: an order from before quotes were kept)
+    no_quote = sorted({(o["quote_source"] or "none:unknown").removeprefix("none:") for o in unquoted})
     return {
         "orders": len(orders), "filled_orders": len(filled),
         "filled_qty": sum(o["filled_qty"] for o in filled),
         "orders_with_quote": len(filled) - len(unquoted), "orders_without_quote": len(unquoted),
         "quotes": ("every filled order has its quote at submit" if not unquoted else
-                   f"{len(unquoted)} filled order(s) have no quote at submit (the broker gave none): "
-                   "only their total slippage is known"),
+                   f"{len(unquoted)} filled order(s) have no quote at submit (none from "
+                   f"{', '.join(no_quote)}): only their total slippage is known"),
         "no_quote_from": no_quote,
         "slippage_bps": _weighted_bps(filled),
         "slippage_bps_total_all": (round(sum(o["slippage_cash"] for o in filled) / notional * 10_000, 4)

@@ -138,9 +138,11 @@ def test_orders_without_a_quote_say_so_and_keep_their_total() -> None:
     assert record["slippage_bps"] == {"delay": None, "spread": None, "execution": None,
                                       "total": pytest.approx(10.0)}
     assert record["slippage_cash"] == pytest.approx(1.0)  # 0.10 a share on 10 shares
-    summary = summarize([record])
-    assert summary["orders_without_quote"] == 1 and "no quote" in summary["quotes"]
+    summary = summarize([record, order_record(row | {"quote_source": "none:ibkr"})])
+    assert summary["orders_without_quote"] == 2 and summary["no_quote_from"] == ["ibkr", "unknown"]
+    assert "no quote at submit (none from ibkr, unknown)" in summary["quotes"]
     assert summary["slippage_bps_total_all"] == pytest.approx(10.0)
+    assert summary["slippage_bps"]["total"] is None  # no split without a quote
     sell = order_record(row | {"side": "sell", "bid_at_submit": "99.98", "ask_at_submit": "100.02"})
     # a sell filled at 100.10 above a 100.00 reference gained: negative cost, split still adds up
     assert sell["slippage_bps"]["total"] == pytest.approx(-10.0) and sell["slippage_bps"]["spread"] > 0
