@@ -400,11 +400,8 @@ class OmsActor(SteadyActor):
 
     def apply_order(self, order: BrokerOrder) -> bool:
         """Move the journal row to the broker's state; True when something changed."""
-        times = self.submit_times.pop(order.client_order_id, None)
-        with self.journal.transaction():  # joins the caller's: the ack and its times in one commit
-            old = self.journal.apply(order)
-            if times is not None:
-                self.journal.record_submit(order, *times, broker=self.broker.name)
+        times = self.submit_times.pop(order.client_order_id, None)  # a submit's reply: its times and quote too
+        old = self.journal.apply(order, None if times is None else (*times, self.broker.name))
         if old is None:
             return False
         if order.status != old:

@@ -140,9 +140,10 @@ class OrderJournal:
             self.db["orders"].update(cid, {"status": status.value, "reason": reason,
                                            "updated_at": store.now_iso()})
 
-    def apply(self, order: BrokerOrder) -> OrderStatus | None:
+    def apply(self, order: BrokerOrder, submit: tuple[float, float, str] | None = None) -> OrderStatus | None:
         """Move our row to the broker's state; the row's old status when something changed, else
-        None (not ours, nothing new, or not forward)."""
+        None (not ours, nothing new, or not forward). ``submit``: (sent, acked, broker) of the
+        submit call this order is the reply to, journaled with it (see :meth:`record_submit`)."""
         row = self.row(order.client_order_id)
         if row is None:
             return None  # not ours (reconciliation decides about unknown orders)
@@ -150,29 +151,29 @@ class OrderJournal:
         same = (old == order.status and row["filled_qty"] == order.filled_qty
                 and row["broker_order_id"] == order.broker_order_id)
         if same or not advances(old, order.status):
+            if submit is not None:
+                self.record_submit(order, *submit)
             return None
+        sql = ("UPDATE orders SET broker_order_id = ?, status = ?, filled_qty = ?, avg_fill_price = ?,"
+               " submitted_at = ?, updated_at = ?, reason = ?")
+        values = [order.broker_order_id, order.status.value, order.filled_qty, _text(order.avg_fill_price),
+                  row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(), order.reason or row["reason"]]
+        if submit is not None and row["sent_at"] is None:  # the first submission's times and quote only
+            sql += ", sent_at = ?, acked_at = ?, bid_at_submit = ?, ask_at_submit = ?, quote_ts = ?, quote_source = ?"
+            values += _submit_values(order, *submit)
         with store.transaction(self.db):
-            self.db.execute(
-                "UPDATE orders SET broker_order_id = ?, status = ?, filled_qty = ?, avg_fill_price = ?,"
-                " submitted_at = ?, updated_at = ?, reason = ? WHERE client_order_id = ?",
-                [order.broker_order_id, order.status.value, order.filled_qty, _text(order.avg_fill_price),
-                 row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(),
-                 order.reason or row["reason"], order.client_order_id])
+            self.db.execute(sql + " WHERE client_order_id = ?", [*values, order.client_order_id])
         return old
 
     def record_submit(self, order: BrokerOrder, sent_at: float, acked_at: float, broker: str = "") -> None:
         """When the submit call went out and came back (wall epoch), and the quote the broker gave
         with its reply (none: ``quote_source`` says ``none:<broker>``); the first submission's are
         kept (a retry after a lookup does not move them)."""
-        q = order.quote
-        self.db.execute(
-            "UPDATE orders SET sent_at = coalesce(sent_at, ?), acked_at = coalesce(acked_at, ?),"
-            " bid_at_submit = coalesce(bid_at_submit, ?), ask_at_submit = coalesce(ask_at_submit, ?),"
-            " quote_ts = coalesce(quote_ts, ?), quote_source = coalesce(quote_source, ?)"
-            " WHERE client_order_id = ?",
-            [_epoch_iso(sent_at), _epoch_iso(acked_at), None if q is None else repr(q.bid),
-             None if q is None else repr(q.ask), None if q is None else store.iso(q.ts),
-             f"none:{broker}" if q is None else q.source, order.client_order_id])
+        with store.transaction(self.db):
+            self.db.execute(
+                "UPDATE orders SET sent_at = ?, acked_at = ?, bid_at_submit = ?, ask_at_submit = ?, quote_ts = ?,"
+                " quote_source = ? WHERE client_order_id = ? AND sent_at IS NULL",
+                [*_submit_values(order, sent_at, acked_at, broker), order.client_order_id])
 
     def record_fills(self, fills: tuple[Fill, ...] | list[Fill]) -> list[Fill]:
         """Each fill of one of our orders, once; the ones that were new."""
@@ -233,6 +234,14 @@ def spec_from_row(row: dict[str, Any]) -> OrderSpec:
         limit_price=Decimal(row["limit_price"]) if row["limit_price"] else None,
         stop_price=Decimal(row["stop_price"]) if row["stop_price"] else None,
     )
+
+
+def _submit_values(order: BrokerOrder, sent_at: float, acked_at: float, broker: str) -> list[str | None]:
+    """sent_at, acked_at, bid, ask, quote_ts, quote_source for the journal."""
+    q = order.quote
+    if q is None:
+        return [_epoch_iso(sent_at), _epoch_iso(acked_at), None, None, None, f"none:{broker}"]
+    return [_epoch_iso(sent_at), _epoch_iso(acked_at), repr(q.bid), repr(q.ask), store.iso(q.ts), q.source]
 
 
 def _epoch_iso(epoch: float) -> str | None:
