@@ -16,12 +16,13 @@ import os
 import signal
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from steadyhand.brokers import BROKERS
-from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides
+from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides, with_strategy
 from steadyhand.control.client import (
     ASK_TIMEOUT_S,
     RUN_FILE,
@@ -34,12 +35,16 @@ from steadyhand.control.client import (
     running_info,
     write_run_file,
 )
+from steadyhand.control.commands import SecretError
 from steadyhand.runtime import procs
 from steadyhand.state import store
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 START_TIMEOUT_S = 60.0
 LIVE_VIEW_PERIOD_S = 3.0
+STRATEGY_HELP = ('the strategy class: "path/to/file.py:ClassName", "package.module:ClassName" or a shipped '
+                 "name (see `steadyhand strategies`); overrides [strategy] class, keeps [strategy.params]")
+LOCKSTEP_VIEW_PERIOD_S = 0.1  # a lock-step run stops by itself at the end of its file: notice it soon
 START_HELP = ("where a new simulated clock starts: YYYY-MM-DD (that day's session open, or the next "
               "session's) or an ISO timestamp with offset; default the latest session's open")
 
@@ -79,13 +84,22 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         load_secret(data_dir, create=True)  # so operator commands work from the first run
     except SecretError as exc:
         raise ConfigError(f"operator secret: {exc}") from None
-    clock = _anchor_clock(settings, data_dir)
+    lockstep = settings.sim.lockstep
+    if lockstep:  # the run's clock moves bar by bar (sim/lockstep.py)
+        from steadyhand.sim import lockstep as ls
+
+        (data_dir / ls.RESULT_FILE).unlink(missing_ok=True)
+        clock = ls.open_clock(data_dir, settings)
+        began = time.perf_counter()
+    else:
+        clock = _anchor_clock(settings, data_dir)
     _preload(clock)
     run = RunSettings(settings=settings, data_dir=str(data_dir), clock=clock,
                       test_hooks=os.environ.get("STEADYHAND_TEST_HOOKS") == "1",
                       config_path=str(Path(args.config).resolve()) if args.config else "",
                       cli_overrides={k: v for k, v in {"speed": args.speed, "seed": args.seed,
-                                                       "replay": args.replay, "start": args.start}.items()
+                                                       "replay": args.replay, "start": args.start,
+                                                       "lockstep": args.lockstep or None}.items()
                                      if v is not None})
     port = settings.admin_port or procs.free_port()
 
@@ -113,10 +127,25 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"steadyhand running: data dir {data_dir}, admin port {port} (127.0.0.1), "
                   f"pid {os.getpid()}, broker {settings.broker}, clock {_clock_text(clock)}", flush=True)
             print("  actors: " + ", ".join(f"{n}={p}" for n, p in started.children.items()), flush=True)
-            code = _live_view(Connection(system, supervisor, data_dir), data_dir, stop, clock)
+            code = _live_view(Connection(system, supervisor, data_dir), data_dir, stop, clock,
+                              period=LOCKSTEP_VIEW_PERIOD_S if lockstep else LIVE_VIEW_PERIOD_S)
     finally:
         _shutdown(system, data_dir, port)
+    if lockstep and code == EXIT_OK:
+        finished, line = ls.summary(data_dir, time.perf_counter() - began)
+        print(line, flush=True)
+        code = EXIT_OK if finished else EXIT_FAIL
     return code
+
+
+def _checked_for_run(settings: Settings, config_path: str | None) -> Settings:
+    """The strategy loads and the replay file is usable (ConfigError otherwise), before anything starts."""
+    from steadyhand.data.bar_files import with_replay_symbols
+    from steadyhand.strategies.loader import load_strategy
+
+    settings = with_replay_symbols(settings, config_path)
+    load_strategy(settings.strategy)
+    return settings
 
 
 def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
@@ -141,6 +170,8 @@ def _preload(clock: Any) -> None:
 
 
 def _clock_text(clock: Any) -> str:
+    if clock.speed == float("inf"):
+        return f"{clock.now():%Y-%m-%d %H:%M:%S} UTC lock-step"
     return f"{clock.now():%Y-%m-%d %H:%M:%S} UTC x{clock.speed:g}"
 
 
@@ -155,11 +186,13 @@ def _clean_leftovers(data_dir: Path) -> None:
         raise SystemExit(f"steadyhand: port {old['admin_port']} of an earlier run is still in use")
 
 
-def _live_view(connection: Connection, data_dir: Path, stop: threading.Event, clock: Any) -> int:
+def _live_view(connection: Connection, data_dir: Path, stop: threading.Event, clock: Any,
+               period: float = LIVE_VIEW_PERIOD_S) -> int:
     """A compact status line whenever something changes, until SIGINT/SIGTERM or `shutdown`."""
     failures = 0
     last_line = ""
-    while not stop.wait(LIVE_VIEW_PERIOD_S):
+    last_print = 0.0
+    while not stop.wait(period):
         reply = connection.command("status", timeout=ASK_TIMEOUT_S)
         if not reply.ok:
             failures += 1
@@ -170,10 +203,13 @@ def _live_view(connection: Connection, data_dir: Path, stop: threading.Event, cl
         failures = 0
         if reply.result.get("stopping"):
             break  # an operator's `shutdown`
+        if time.monotonic() - last_print < LIVE_VIEW_PERIOD_S:
+            continue  # polled faster (lock-step ends by itself), printed no more often
         line = _status_line(reply.result, data_dir, clock)
         if line != last_line:  # only when something changed
             print(f"[{datetime.now():%H:%M:%S}] {line}", flush=True)
             last_line = line
+            last_print = time.monotonic()
     print("steadyhand: stopping ...", flush=True)
     return EXIT_OK
 
@@ -258,6 +294,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         reply = None
         if not args.json:
             print(exc, file=sys.stderr)
+    except SecretError as exc:  # a live run, but no usable secret to ask it with
+        reply = None
+        print(f"steadyhand: {exc}", file=sys.stderr)
     if reply is not None and reply.ok:
         status = reply.result
         result.update(running=True, trading_state=status["trading_state"], halt_reason=status["halt_reason"],
@@ -363,34 +402,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    import pandas as pd
-    from steadyhand.backtest.engine import backtest
-    from steadyhand.data.bar_checks import BarValidator
-    from steadyhand.sim.replay import ReplayMarket
-
-    replay = ReplayMarket(args.replay)
-    good, rejected = BarValidator().validate(replay.rows())
-    frame = pd.DataFrame([{"ts": b.ts, "symbol": b.symbol, "open": b.open, "high": b.high, "low": b.low,
-                           "close": b.close, "volume": b.volume} for b in good])
-    if frame.empty:
-        print("backtest: no valid bars in the replay file", file=sys.stderr)
-        return EXIT_FAIL
-    result = backtest(frame, settings.strategy, start_cash=settings.sim.start_cash)
-    trades = [{"ts": t.ts.isoformat(), "symbol": t.symbol, "side": str(t.side), "qty": t.qty,
-               "price": t.price, "intent_id": t.intent_id} for t in result.trades]
-    if args.json:
-        print(json.dumps({"trades": trades, "bars": result.bars, "rejected_bars": len(rejected),
-                          "realized_pnl": result.realized_pnl, "final_positions": result.final_positions}))
-    else:
-        for t in trades:
-            print(f"{t['ts']} {t['side']:<4} {t['qty']:>5} {t['symbol']:<6} @ {t['price']:.2f}  "
-                  f"{t['intent_id']}")
-        print(f"{len(trades)} trades over {result.bars} bars ({len(rejected)} bad bars rejected); "
-              f"realized P&L {result.realized_pnl:.2f}; positions {result.final_positions}")
-    return EXIT_OK
-
-
 # --- argument parsing ---------------------------------------------------------------------------
 
 
@@ -411,6 +422,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="seed of the synthetic market")
     run.add_argument("--replay", help="CSV of bars to replay instead of the synthetic market")
     run.add_argument("--start", help=START_HELP)
+    run.add_argument("--strategy", help=STRATEGY_HELP)
+    run.add_argument("--lockstep", action="store_true",
+                     help="with --replay: each bar processed to quiescence before the next, filled at the "
+                          "next bar's open as the backtest assumes; exits at the end of the file")
     common(sub.add_parser("status", help="state of the running bot"))
     common(sub.add_parser("orders", help="the order journal"))
     common(sub.add_parser("fills", help="every fill"))
@@ -431,6 +446,12 @@ def build_parser() -> argparse.ArgumentParser:
     backtest = sub.add_parser("backtest", help="the strategy's trades on a replay file")
     common(backtest, config=True)
     backtest.add_argument("--replay", required=True, help="CSV of bars: ts,symbol,open,high,low,close,volume")
+    backtest.add_argument("--strategy", help=STRATEGY_HELP)
+    backtest.add_argument("--check-lookahead", action="store_true",
+                          help="recompute targets on cut histories; exit 1 if any row changes with later bars")
+    backtest.add_argument("--lookahead-cutoffs", type=int, default=0,
+                          help="number of history cuts for --check-lookahead (default 0: every bar time)")
+    common(sub.add_parser("strategies", help="the shipped strategies, their parameters and defaults"))
     for name, text in (("pause", "no new entries (reducing orders still allowed)"),
                        ("resume", "back to normal trading"),
                        ("halt", "kill switch: cancel every open order, state HALTED"),
@@ -471,15 +492,26 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
             return cmd_serve(args, with_overrides(settings, start=args.start))
         if args.command in ("run", "backtest"):
-            settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
+            config_path = args.config or os.environ.get("STEADYHAND_CONFIG")
+            settings = with_strategy(load_settings(config_path), args.strategy)
             if args.command == "run":
                 settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay,
                                           start=args.start)
+                if args.lockstep:
+                    from steadyhand.sim.lockstep import lockstep_settings
+
+                    settings = lockstep_settings(settings)
                 if settings.broker not in BROKERS:
                     known = " or ".join(repr(name) for name in BROKERS)
                     raise ConfigError(f"broker: {settings.broker!r} is not available in this version yet ({known})")
-                return cmd_run(args, settings)
+                return cmd_run(args, _checked_for_run(settings, config_path))
+            from steadyhand.backtest.command import cmd_backtest
+
             return cmd_backtest(args, settings)
+        if args.command == "strategies":
+            from steadyhand.strategies.listing import cmd_strategies
+
+            return cmd_strategies(args)
     except ConfigError as exc:
         print(f"steadyhand: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG

@@ -39,15 +39,23 @@ class SimSettings:
     slippage_bps: float = 1.0
     latency_ms: float = 50.0
     spread_bps: float = 2.0
+    # Lock-step replay (--lockstep): each bar processed to quiescence before the next, filled as
+    # the backtest assumes (sim/lockstep.py); needs ``replay``.
+    lockstep: bool = False
 
 
 @dataclass(frozen=True)
 class StrategySettings:
+    """``[strategy]``: ``class`` and ``[strategy.params]`` (the plug-in API, ``strategies/loader.py``),
+    or, without ``class``, the shipped SMA crossover with today's keys ``fast, slow, qty, allow_short``."""
+
     name: Literal["sma_crossover"] = "sma_crossover"
     fast: int = 5
     slow: int = 20
     qty: int = 10
     allow_short: bool = False
+    class_name: str = ""  # TOML key ``class``: "path/to/file.py:ClassName", "pkg.module:ClassName" or a shipped name
+    params: dict[str, Any] = field(default_factory=dict)  # [strategy.params]: the constructor's keyword arguments
 
 
 @dataclass(frozen=True)
@@ -257,8 +265,32 @@ def _check_start(key: str, value: Any) -> str:
     return value.strip()
 
 
+def _check_params(key: str, value: Any) -> dict[str, Any]:
+    """``strategy.params``: a table; each value is checked against the constructor by the loader."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: must be a table [{key}]")
+    return dict(value)
+
+
 # Keys whose values need more than a type check (called instead of _check_value).
-_SPECIAL: dict[str, typing.Callable[[str, Any], Any]] = {"sim.start": _check_start}
+_SPECIAL: dict[str, typing.Callable[[str, Any], Any]] = {"sim.start": _check_start, "strategy.params": _check_params}
+# The SMA's own keys, which mean nothing next to a ``class``.
+_SMA_KEYS = ("fast", "slow", "qty", "allow_short")
+
+
+def _strategy_table(data: dict[str, Any]) -> dict[str, Any]:
+    """``[strategy]`` with TOML's ``class`` (a Python keyword) as the field ``class_name``."""
+    table = data.get("strategy")
+    if not isinstance(table, dict) or "class" not in table:
+        return data
+    table = dict(table)
+    if "class_name" in table:
+        raise ConfigError("strategy.class: give class or class_name, not both")
+    table["class_name"] = table.pop("class")
+    given = [k for k in _SMA_KEYS if k in table]
+    if given:
+        raise ConfigError(f"strategy.{given[0]}: with strategy.class, parameters go in [strategy.params]")
+    return {**data, "strategy": table}
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -288,12 +320,14 @@ def _validate(settings: Settings) -> None:
         if not symbol.replace(".", "").isalnum() or symbol != symbol.upper():
             raise ConfigError(f"symbols: {symbol!r} is not an upper-case ticker")
     strategy = settings.strategy
-    if strategy.fast < 1 or strategy.slow <= strategy.fast:
+    if strategy.class_name:
+        pass  # the loader checks the class and its params (strategies/loader.py)
+    elif strategy.fast < 1 or strategy.slow <= strategy.fast:
         raise ConfigError(
             f"strategy.slow: must be greater than strategy.fast >= 1 "
             f"(got fast={strategy.fast}, slow={strategy.slow})"
         )
-    if strategy.qty < 1:
+    if strategy.qty < 1 and not strategy.class_name:
         raise ConfigError("strategy.qty: must be at least 1")
     if settings.sim.speed <= 0:
         raise ConfigError(f"sim.speed: must be positive, got {settings.sim.speed}")
@@ -309,6 +343,11 @@ def _validate(settings: Settings) -> None:
     interval = settings.retention.checkpoint_interval_s
     if 0 < interval < 1:  # a checkpoint every few milliseconds would compete with every commit
         raise ConfigError(f"retention.checkpoint_interval_s: must be 0 (off) or at least 1, got {interval}")
+
+
+def validate_settings(settings: Settings) -> None:
+    """The whole-file checks, for settings changed after loading (e.g. symbols taken from a replay)."""
+    _validate(settings)
 
 
 def required_secrets(settings: Settings) -> tuple[str, ...]:
@@ -336,9 +375,16 @@ def check_secrets(settings: Settings, environ: typing.Mapping[str, str] | None =
 
 def parse_settings(data: dict[str, Any]) -> Settings:
     """Settings from an already-parsed TOML document (validated)."""
-    settings = _build(Settings, data, "")
+    settings = _build(Settings, _strategy_table(data), "")
     _validate(settings)
     return settings
+
+
+def with_strategy(settings: Settings, spec: str | None) -> Settings:
+    """Settings with ``[strategy] class`` replaced (``--strategy``); ``[strategy.params]`` are kept."""
+    if not spec:
+        return settings
+    return dataclasses.replace(settings, strategy=dataclasses.replace(settings.strategy, class_name=spec))
 
 
 def load_settings(path: str | os.PathLike[str] | None) -> Settings:

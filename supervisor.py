@@ -39,6 +39,7 @@ from steadyhand.actors.messages import (
     CancelAll,
     CancelAllCompleted,
     ChildReady,
+    CommandResult,
     Configure,
     DebugToActor,
     FlattenCompleted,
@@ -141,7 +142,7 @@ class Supervisor(OperatorControl, SteadyActor):
             DebugToActor: self.on_debug,
             CancelAllCompleted: self.on_cancel_all_completed,
             FlattenCompleted: self.on_flatten_completed,
-            OperatorCommand: self.on_command,
+            OperatorCommand: self.on_command_unstarted,
         }
         self.timers = {"stop_deadline": self._stop_next_forced, "command_deadline": self._command_deadline,
                        "store_retry": self._retry_unsaved, "run_ledger": self._refresh_ledger}
@@ -149,6 +150,17 @@ class Supervisor(OperatorControl, SteadyActor):
         self.unsaved: dict[str, Any] = {}  # journal writes that failed (store fault), retried
 
     # --- start ------------------------------------------------------------------------------
+
+    def on_command_unstarted(self, command: OperatorCommand, sender: ActorAddress) -> None:
+        """Commands before ``Start``: this supervisor was created by a client's lookup of a run whose
+        supervisor is gone (Thespian's global names create what they do not find). Refuse, and exit
+        so that nothing is left behind."""
+        if self.run is not None:
+            self.on_command(command, sender)
+            return
+        self.send(sender, CommandResult(getattr(command, "command_id", ""), False,
+                                        error="steadyhand is not running (no started supervisor)"))
+        self.send(self.myAddress, ActorExitRequest())
 
     def on_start(self, message: Start, sender: ActorAddress) -> None:
         if self.run is not None:
@@ -182,7 +194,8 @@ class Supervisor(OperatorControl, SteadyActor):
         crashed = runs.mark_crashed(self.db)
         if crashed:
             self.event("runs_crashed", run_ids=crashed, level="warning")
-        strategies = [str(getattr(self.run.settings.strategy, "name", "strategy"))]
+        strategy = self.run.settings.strategy
+        strategies = [strategy.class_name or strategy.name]  # the [strategy] class, or the shipped SMA
         config = {"strategy": _plain(self.run.settings.strategy), "start_cash": self.run.settings.sim.start_cash}
         self.run_id = runs.open_run(self.db, self.run.settings.broker, strategies,
                                     store.iso(self.run.clock.now()), os.getpid(), config)

@@ -205,6 +205,14 @@ class PortfolioActor(SteadyActor):
                 "fill_rate": f"{filled / submitted:.0%}" if submitted else "n/a",
                 **execution.day_summary_text(self.db, day)}  # slippage split, limit fill rate, latency
 
+    def on_step(self, step: Any) -> dict[str, Any] | None:
+        if step.phase == "probe":
+            self._send_positions()  # lock-step: a rewound strategy has them before the tick again
+        return {}
+
+    def step_ready(self) -> bool:
+        return self.cash is not None  # lock-step: equity (hence P&L for risk) is known
+
     # --- comparison with the broker ---------------------------------------------------------
 
     def on_broker_snapshot(self, message: BrokerSnapshot, sender: ActorAddress) -> None:

@@ -18,6 +18,7 @@ class StrategyActor(SteadyActor):
         settings = self.run.settings
         self.strategy = SmaCrossover(settings.strategy, settings.symbols)
         self.positions: dict[str, int] = {}
+        self._warm = False
         self.handlers = {
             Bars: self.on_bars,
             HistoryReply: self.on_history,
@@ -34,6 +35,9 @@ class StrategyActor(SteadyActor):
     @property
     def strategy_warm(self) -> bool:
         return getattr(self, "_warm", False)
+
+    def step_ready(self) -> bool:
+        return self.strategy_warm  # lock-step: history first
 
     def on_history(self, message: HistoryReply, sender: ActorAddress) -> None:
         self.strategy.warm_up(message.bars)

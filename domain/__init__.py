@@ -127,6 +127,11 @@ class Signal:
     bar_ts: datetime
     ref_price: float
     reason: str = ""
+    # The order the strategy asks for (issue 13); the default is a market order for the day.
+    order_type: OrderType = OrderType.MARKET
+    limit_price: float | None = None
+    stop_price: float | None = None
+    time_in_force: TimeInForce = TimeInForce.DAY
 
 
 @dataclass(frozen=True, slots=True)

@@ -135,7 +135,8 @@ def _extra_reason(cid: str, order: dict[str, Any], unfilled: set[str], first_liv
 
 def parity_report(db: Any, run_id: int | None, settings: Any) -> dict[str, Any]:
     """``{"run_id", "matched", "missing": [{intent_id, reason}], "extra": [{client_order_id, reason}], ...}``."""
-    from steadyhand.backtest.engine import backtest
+    from steadyhand.backtest.engine import run_backtest
+    from steadyhand.strategies.loader import load_strategy
 
     run = _run_row(db, run_id)
     if run is None:
@@ -149,7 +150,7 @@ def parity_report(db: Any, run_id: int | None, settings: Any) -> dict[str, Any]:
     strategy = _strategy_settings(run, settings.strategy)
     trades, signals, curve, signal_bar = [], set(), [], {}
     if first_live is not None:
-        result = backtest(bars.drop(columns="kind"), strategy, start_cash=start_cash)
+        result = run_backtest(bars.drop(columns="kind"), load_strategy(strategy), start_cash=start_cash)
         signal_bar = {s.intent_id: str(store.iso(s.bar_ts)) for s in result.signals}
         signals = {cid for cid, ts in signal_bar.items() if ts >= first_live}
         trades = [t for t in result.trades if t.intent_id in signals]

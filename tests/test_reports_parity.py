@@ -73,3 +73,20 @@ def test_parity_counts_match_a_backtest_of_the_same_bars(make_bot: Any, data_dir
     assert f"{report['matched']} of {len(trades)} backtest trades matched" in text
     unknown = bot.cli("report", "parity", "--run", "99")
     assert unknown.returncode == 1 and "no such run" in unknown.stderr
+
+
+def test_a_lockstep_replay_is_fully_matched(make_bot: Any, tmp_path: Path) -> None:
+    """Issue 15 §3: a lock-step replay shows 100 % matched, nothing missing, nothing extra."""
+    from test_lockstep import CONFIG as LOCKSTEP_CONFIG
+    from test_lockstep import backtest_trades, wait_exit, write_replay
+
+    replay = write_replay(tmp_path / "bars.csv")
+    expected = backtest_trades(replay, tmp_path)
+    bot = make_bot(config=LOCKSTEP_CONFIG, args=("--replay", str(replay), "--lockstep")).start()
+    assert wait_exit(bot, 120) == 0, "".join(bot.output[-20:])
+    assert bot.config_path is not None
+    result = bot.cli("report", "parity", "--json", "--config", str(bot.config_path))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert (report["matched"], report["missing"], report["extra"]) == (len(expected), [], [])
+    assert report["matched_pct"] == 100.0
