@@ -26,9 +26,11 @@ def mark_crashed(db: Any) -> list[int]:
     ids = [int(r[0]) for r in db.execute("SELECT run_id FROM runs WHERE ended_by = 'running'").fetchall()]
     with store.transaction(db):
         for run_id in ids:
-            _refresh(db, run_id)
-            db.execute("UPDATE runs SET ended_by = 'crash', ended_at = coalesce(last_seen_at, started_at)"
-                       " WHERE run_id = ?", [run_id])
+            # Nothing of a newer run has been written yet (this runs before any actor starts), so the
+            # latest equity row and every fill since its start are the dead run's own; its end is
+            # the last sign of life it left in the journal.
+            _refresh(db, run_id, until=_last_sign_of_life(db, run_id))
+            db.execute("UPDATE runs SET ended_by = 'crash', ended_at = last_seen_at WHERE run_id = ?", [run_id])
     return ids
 
 
@@ -64,12 +66,26 @@ def close_run(db: Any, run_id: int, ended_by: str, clock_now: str | None = None)
         db.execute("UPDATE runs SET ended_by = ?, ended_at = last_seen_at WHERE run_id = ?", [ended_by, run_id])
 
 
-def _refresh(db: Any, run_id: int) -> None:
+def _last_sign_of_life(db: Any, run_id: int) -> str:
+    """The latest wall stamp a run wrote: its last refresh, or a later order, fill or risk decision."""
+    started, seen = db.execute("SELECT started_at, last_seen_at FROM runs WHERE run_id = ?", [run_id]).fetchone()
+    stamps = [seen or started]
+    for sql in ("SELECT max(updated_at) FROM orders WHERE updated_at >= ?",
+                "SELECT max(recorded_at) FROM fills WHERE recorded_at >= ?",
+                "SELECT max(ts) FROM risk_decisions WHERE ts >= ?"):
+        value = db.execute(sql, [started]).fetchone()[0]
+        if value:
+            stamps.append(value)
+    return max(stamps)
+
+
+def _refresh(db: Any, run_id: int, until: str | None = None) -> None:
+    """End equity (the latest equity row), fills and last-seen time up to ``until`` (default now)."""
     row = db.execute("SELECT started_at, clock_start, start_equity FROM runs WHERE run_id = ?", [run_id]).fetchone()
     if row is None:
         return
     started_at, clock_start, start_equity = row
-    now = store.now_iso()
+    now = until or store.now_iso()
     if start_equity is None:
         start_equity = _first_equity(db, clock_start)
     fills = db.execute("SELECT count(*) FROM fills WHERE recorded_at >= ? AND recorded_at <= ?",
