@@ -17,6 +17,7 @@ expected of the run.
 from __future__ import annotations
 
 import argparse
+import bisect
 import dataclasses
 import json
 import sys
@@ -82,13 +83,27 @@ def _restarts(db: Any, run: dict[str, Any]) -> list[str]:
     return [f"{r['actor']} restarted at {r['ts'][:19]}" for r in rows]
 
 
-def _lagging(orders: dict[str, dict[str, Any]], symbol: str, bar_ts: str, bar_sent_at: str | None) -> str:
+def _by_symbol(orders: dict[str, dict[str, Any]]) -> dict[str, tuple[list[str], list[dict[str, Any]]]]:
+    """Each symbol's orders sorted by their bar time, with those times (for bisect)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for o in orders.values():
+        groups[o["symbol"]].append(o)
+    out = {}
+    for symbol, rows in groups.items():
+        rows.sort(key=lambda o: o["bar_ts"] or "")
+        out[symbol] = ([o["bar_ts"] or "" for o in rows], rows)
+    return out
+
+
+def _lagging(by_symbol: dict[str, tuple[list[str], list[dict[str, Any]]]], symbol: str, bar_ts: str,
+             bar_sent_at: str | None) -> str:
     """The run's previous order of ``symbol`` when its fill was not known yet as the signal's bar came
     (the live position lagged the backtest's, which fills at once), else ""."""
-    earlier = [o for o in orders.values() if o["symbol"] == symbol and (o["bar_ts"] or "") < bar_ts]
-    if not earlier or not bar_sent_at:
+    times, rows = by_symbol.get(symbol, ([], []))
+    k = bisect.bisect_left(times, bar_ts)
+    if k == 0 or not bar_sent_at:
         return ""
-    last = max(earlier, key=lambda o: o["bar_ts"] or "")
+    last = rows[k - 1]
     if last["known_at"] is None or last["known_at"] > bar_sent_at:
         return (f"position lag: {last['client_order_id']} was not yet filled when the bar of {bar_ts[11:16]} came, "
                 "so the live strategy saw another position")
@@ -156,7 +171,7 @@ def parity_report(db: Any, run_id: int | None, settings: Any) -> dict[str, Any]:
         trades = [t for t in result.trades if t.intent_id in signals]
         curve = _backtest_curve(bars, result.trades, start_cash)
     orders = _run_orders(db, run)
-    denials, restarts = _denials(db), _restarts(db, run)
+    denials, restarts, by_symbol = _denials(db), _restarts(db, run), _by_symbol(orders)
     matched, missing = [], []
     diverged: dict[str, str] = {}  # symbol -> the first missing trade after which positions differ
     for t in sorted(trades, key=lambda t: (t.ts, t.symbol)):
@@ -165,7 +180,7 @@ def parity_report(db: Any, run_id: int | None, settings: Any) -> dict[str, Any]:
             matched.append(t.intent_id)
         else:
             bar_ts = signal_bar[t.intent_id]
-            lag = _lagging(orders, t.symbol, bar_ts, sent_at.get((t.symbol, bar_ts)))
+            lag = _lagging(by_symbol, t.symbol, bar_ts, sent_at.get((t.symbol, bar_ts)))
             reason = _missing_reason(t.intent_id, t.qty, order, denials.get(t.intent_id), restarts, lag)
             if reason == "not signalled live" and t.symbol in diverged:
                 reason = f"positions differ: the live position never got the missing {diverged[t.symbol]}"
@@ -191,12 +206,14 @@ def _backtest_curve(bars: Any, trades: Any, start_cash: float) -> list[tuple[str
     for t in trades:
         by_ts[store.iso(t.ts)].append(t)
     cash, positions, marks, curve = start_cash, defaultdict(int), {}, []
-    for ts, group in bars.groupby("ts", sort=True):
+    rows = sorted(zip(bars["ts"].tolist(), bars["symbol"].tolist(), bars["close"].tolist(), strict=True))
+    for k, (ts, symbol, close) in enumerate(rows):
         for t in by_ts.pop(ts, []):  # filled at this bar's open
             cash -= t.side.sign * t.qty * t.price
             positions[t.symbol] += t.side.sign * t.qty
-        marks.update(zip(group["symbol"], group["close"], strict=True))
-        curve.append((ts, round(cash + sum(q * marks.get(s, 0.0) for s, q in positions.items()), 2)))
+        marks[symbol] = close
+        if k + 1 == len(rows) or rows[k + 1][0] != ts:  # the tick's last bar: one point per tick
+            curve.append((ts, round(cash + sum(q * marks.get(s, 0.0) for s, q in positions.items()), 2)))
     return curve
 
 
