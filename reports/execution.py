@@ -313,7 +313,11 @@ def cmd_report_execution(args: argparse.Namespace) -> int:
         finally:
             db.close()
     if args.html:
-        write_html(report, Path(args.html))
+        try:
+            write_html(report, Path(args.html))
+        except OSError as exc:  # a directory that is not there or not writable: say so, print nothing half
+            print(f"steadyhand: cannot write {args.html}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
     if args.json:
         print(json.dumps(report))
     else:

@@ -107,6 +107,9 @@ def test_bad_since_is_a_clear_error(make_bot: Any, data_dir: Path) -> None:
     assert result.returncode == 2 and "YYYY-MM-DD" in result.stderr
     empty = json.loads(steadyhand("report", "execution", "--json", data_dir=data_dir).stdout)
     assert empty["orders"] == [] and empty["summary"]["orders"] == 0
+    refused = steadyhand("report", "execution", "--html", "/proc/x.html", data_dir=data_dir)
+    assert refused.returncode == 1 and "cannot write /proc/x.html" in refused.stderr
+    assert steadyhand("report", "parity", data_dir=data_dir).returncode == 1  # no run recorded: says so
 
 
 def test_alpaca_quotes_at_submit_come_from_the_data_api(make_bot: Any, exchange: dict[str, Any]) -> None:  # noqa: F811
