@@ -109,6 +109,7 @@ class OmsActor(SteadyActor):
         self.last_report: dict[str, Any] | None = None
         self.last_snapshot = 0.0
         self.queued: set[str] = set()  # journaled, waiting in a SubmitBacklog message
+        self.submit_times: dict[str, tuple[float, float]] = {}  # cid -> (sent, acked) wall times, until journaled
         self.circuit = Circuit()
         self.broker_calls = 0  # requests made to the broker by this process (reported per reconciliation)
         self.stopping = False
@@ -175,7 +176,7 @@ class OmsActor(SteadyActor):
         if why_not:
             self.event("requests_dropped", level="warning", reason=why_not, count=len(message.requests))
             return
-        fresh = self._journal_pending(message.requests)
+        fresh = self._journal_pending(message.requests, message.bar_sent_at)
         self.queued.update(r.client_order_id for r in fresh)
         self._submit_some(tuple(fresh), message.bar_sent_at)
 
@@ -225,9 +226,9 @@ class OmsActor(SteadyActor):
     def on_submit_backlog(self, message: SubmitBacklog, sender: ActorAddress) -> None:
         self._submit_some(message.requests, message.bar_sent_at)
 
-    def _journal_pending(self, requests: tuple[OrderSpec, ...]) -> list[OrderSpec]:
+    def _journal_pending(self, requests: tuple[OrderSpec, ...], signal_at: float = 0.0) -> list[OrderSpec]:
         """Step 3: durable PENDING_SUBMIT rows, one transaction per batch; duplicates dropped."""
-        fresh, duplicates = self.journal.insert_pending(requests)
+        fresh, duplicates = self.journal.insert_pending(requests, signal_at)
         if duplicates and is_lockstep(self.run.clock):  # a tick run again after a crash (sim/lockstep.py)
             revived = self.journal.revive_never_submitted(duplicates)
             fresh += [r for r in requests if r.client_order_id in revived]
@@ -249,6 +250,7 @@ class OmsActor(SteadyActor):
         journaled the row stays PENDING_SUBMIT, which is safe: a crash in between is the
         ``oms.after_submit`` case, settled by looking the id up at the broker."""
         cid = spec.client_order_id
+        sent_at = time.time()
         try:
             order = self._submit_with_retries(spec, looked_up)
         except OrderRejected as exc:
@@ -260,6 +262,7 @@ class OmsActor(SteadyActor):
         except BrokerError as exc:
             self.event("submit_uncertain", level="warning", client_order_id=cid, error=repr(exc))
             return None  # still PENDING_SUBMIT: the poll looks it up and retries it later
+        self.submit_times[cid] = (sent_at, time.time())  # journaled with the ack (execution report)
         crash_point("oms.after_submit")
         self.circuit.rejections = 0
         if self.circuit.kind == "rejecting":
@@ -441,7 +444,8 @@ class OmsActor(SteadyActor):
 
     def apply_order(self, order: BrokerOrder) -> bool:
         """Move the journal row to the broker's state; True when something changed."""
-        old = self.journal.apply(order)
+        times = self.submit_times.pop(order.client_order_id, None)  # a submit's reply: its times and quote too
+        old = self.journal.apply(order, None if times is None else (*times, self.broker.name))
         if old is None:
             return False
         if order.status != old:

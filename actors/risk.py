@@ -255,14 +255,14 @@ class RiskActor(SteadyActor):
         return not (self.book.reconciling or self.broker_down or self.store_fault)
 
 
-DecisionRow = tuple[str, str, str, str, str, int, int, str]
-INSERT_DECISION = ("INSERT INTO risk_decisions (ts, clock_ts, client_order_id, symbol, side, qty, approved, reason)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+DecisionRow = tuple[str, str, str, str, str, int, int, str, str]
+INSERT_DECISION = ("INSERT INTO risk_decisions (ts, clock_ts, client_order_id, symbol, side, qty, approved, reason,"
+                   " rule) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")  # rule: the check that decided (parity report)
 
 
 def _decision_row(ts: str, clock_ts: str, request: OrderSpec, decision: Decision, prefix: str = "") -> DecisionRow:
     return (ts, clock_ts, request.client_order_id, request.symbol, request.side.value, request.qty,
-            int(decision.approved), prefix + (decision.reason if not decision.approved else "ok"))
+            int(decision.approved), prefix + (decision.reason if not decision.approved else "ok"), decision.check)
 
 
 def _dec(text: str | None) -> Decimal | None:

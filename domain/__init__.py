@@ -196,6 +196,25 @@ class BrokerOrder:
     reason: str = ""  # rejection / cancel reason when the broker gives one
     replaces: str = ""  # the broker order id this order replaced ("" when none)
     replaced_by: str = ""  # the broker order id that replaced this one (status REPLACED)
+    # The top of book the broker saw when it accepted the order: only on a submit's reply, and only
+    # from brokers that know it at no extra cost (the sim); None otherwise (issue 15 §2). Not part of
+    # the order's identity: a lookup of the same order compares equal to the submit's reply.
+    quote: TopOfBook | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TopOfBook:
+    """Bid and ask of one symbol at ``ts`` (the broker's clock), and who said so (``source``)."""
+
+    symbol: str
+    ts: datetime
+    bid: float
+    ask: float
+    source: str = ""
+
+    @property
+    def mid(self) -> float:
+        return (self.bid + self.ask) / 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ import json
 import sqlite3
 from collections import Counter
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -132,20 +133,23 @@ class OrderJournal:
 
     # --- writes ---------------------------------------------------------------------------------
 
-    def insert_pending(self, requests: tuple[OrderSpec, ...]) -> tuple[list[OrderSpec], list[str]]:
+    def insert_pending(self, requests: tuple[OrderSpec, ...],
+                       signal_at: float = 0.0) -> tuple[list[OrderSpec], list[str]]:
         """Durable PENDING_SUBMIT rows, one transaction per batch: (the fresh ones, the client order
-        ids already journaled -- duplicate intents, dropped)."""
+        ids already journaled -- duplicate intents, dropped). ``signal_at``: wall time (epoch) the
+        bar behind these requests reached the bot; the signal's time (0: unknown)."""
         fresh, duplicates = [], []
         now = store.now_iso()
+        signal = _epoch_iso(signal_at)
         with store.transaction(self.db):
             for r in requests:
                 cursor = self.db.execute(
                     "INSERT OR IGNORE INTO orders (client_order_id, symbol, side, qty, type, time_in_force,"
-                    " limit_price, stop_price, status, filled_qty, bar_ts, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    " limit_price, stop_price, status, filled_qty, bar_ts, created_at, updated_at,"
+                    " ref_price, signal_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
                     [r.client_order_id, r.symbol, r.side.value, r.qty, r.type.value, r.time_in_force.value,
                      _text(r.limit_price), _text(r.stop_price), OrderStatus.PENDING_SUBMIT.value,
-                     store.iso(r.bar_ts), now, now],
+                     store.iso(r.bar_ts), now, now, repr(float(r.ref_price)) if r.ref_price else None, signal],
                 )
                 if cursor.rowcount == 1:
                     fresh.append(r)
@@ -175,9 +179,10 @@ class OrderJournal:
             self.db["orders"].update(cid, {"status": status.value, "reason": reason,
                                            "updated_at": store.now_iso()})
 
-    def apply(self, order: BrokerOrder) -> OrderStatus | None:
+    def apply(self, order: BrokerOrder, submit: tuple[float, float, str] | None = None) -> OrderStatus | None:
         """Move our row to the broker's state; the row's old status when something changed, else
-        None (not ours, nothing new, or not forward)."""
+        None (not ours, nothing new, or not forward). ``submit``: (sent, acked, broker) of the
+        submit call this order is the reply to, journaled with it (see :meth:`record_submit`)."""
         row = self.row(order.client_order_id)
         if row is None:
             return None  # not ours (reconciliation decides about unknown orders)
@@ -185,18 +190,31 @@ class OrderJournal:
         same = (old == order.status and row["filled_qty"] == order.filled_qty
                 and row["broker_order_id"] == order.broker_order_id and _same_terms(row, order))
         if same or not advances(old, order.status):
+            if submit is not None:
+                self.record_submit(order, *submit)
             return None
+        # The terms follow the broker's too: an order amended in place (IB) has new ones.
+        sql = ("UPDATE orders SET broker_order_id = ?, status = ?, filled_qty = ?, avg_fill_price = ?,"
+               " submitted_at = ?, updated_at = ?, reason = ?, qty = ?, limit_price = ?, stop_price = ?")
+        values = [order.broker_order_id, order.status.value, order.filled_qty, _text(order.avg_fill_price),
+                  row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(), order.reason or row["reason"],
+                  order.qty, _text(order.limit_price), _text(order.stop_price)]
+        if submit is not None and row["sent_at"] is None:  # the first submission's times and quote only
+            sql += ", sent_at = ?, acked_at = ?, bid_at_submit = ?, ask_at_submit = ?, quote_ts = ?, quote_source = ?"
+            values += _submit_values(order, *submit)
         with store.transaction(self.db):
-            # The terms follow the broker's too: an order amended in place (IB) has new ones.
-            self.db.execute(
-                "UPDATE orders SET broker_order_id = ?, status = ?, filled_qty = ?, avg_fill_price = ?,"
-                " submitted_at = ?, updated_at = ?, reason = ?, qty = ?, limit_price = ?, stop_price = ?"
-                " WHERE client_order_id = ?",
-                [order.broker_order_id, order.status.value, order.filled_qty, _text(order.avg_fill_price),
-                 row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(),
-                 order.reason or row["reason"], order.qty, _text(order.limit_price), _text(order.stop_price),
-                 order.client_order_id])
+            self.db.execute(sql + " WHERE client_order_id = ?", [*values, order.client_order_id])
         return old
+
+    def record_submit(self, order: BrokerOrder, sent_at: float, acked_at: float, broker: str = "") -> None:
+        """When the submit call went out and came back (wall epoch), and the quote the broker gave
+        with its reply (none: ``quote_source`` says ``none:<broker>``); the first submission's are
+        kept (a retry after a lookup does not move them)."""
+        with store.transaction(self.db):
+            self.db.execute(
+                "UPDATE orders SET sent_at = ?, acked_at = ?, bid_at_submit = ?, ask_at_submit = ?, quote_ts = ?,"
+                " quote_source = ? WHERE client_order_id = ? AND sent_at IS NULL",
+                [*_submit_values(order, sent_at, acked_at, broker), order.client_order_id])
 
     # --- replace (orders/amend.py drives these) ---------------------------------------------------
 
@@ -330,6 +348,18 @@ def _same_terms(row: sqlite3.Row, order: BrokerOrder) -> bool:
         return None if text is None else Decimal(text)
     return (row["qty"] == order.qty and dec(row["limit_price"]) == order.limit_price
             and dec(row["stop_price"]) == order.stop_price)
+
+
+def _submit_values(order: BrokerOrder, sent_at: float, acked_at: float, broker: str) -> list[str | None]:
+    """sent_at, acked_at, bid, ask, quote_ts, quote_source for the journal."""
+    q = order.quote
+    if q is None:
+        return [_epoch_iso(sent_at), _epoch_iso(acked_at), None, None, None, f"none:{broker}"]
+    return [_epoch_iso(sent_at), _epoch_iso(acked_at), repr(q.bid), repr(q.ask), store.iso(q.ts), q.source]
+
+
+def _epoch_iso(epoch: float) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch else None
 
 
 def _text(value: Decimal | None) -> str | None:

@@ -21,6 +21,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -46,6 +47,7 @@ from steadyhand.domain import (
     Position,
     Side,
     TimeInForce,
+    TopOfBook,
     market_hours,
 )
 from steadyhand.sim.book_reads import OPEN_IN as _OPEN_IN
@@ -344,8 +346,9 @@ class SimExchange(BookReads):
                 "SELECT 1 FROM orders WHERE client_order_id = ?", (spec.client_order_id,)
             ).fetchone():
                 raise DuplicateClientOrderId(spec.client_order_id)
+            quote = self._reference_quote(spec.symbol, now)  # in memory: costs no round trip
             if side is Side.BUY:
-                self._check_buying_power(spec, otype, now)
+                self._check_buying_power(spec, otype, quote)
             # A day order belongs to the session it is submitted in, or (submitted while closed)
             # to the next one.
             expires_at = market_hours.next_close(now) if tif is TimeInForce.DAY else None
@@ -354,7 +357,11 @@ class SimExchange(BookReads):
             self._hook("submit:before_commit")
             row = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))[0]
         self._hook("submit:after_commit")
-        return _row_to_order(row)
+        order = _row_to_order(row)
+        if quote is None:
+            return order
+        # The quote the order met at submission (the execution report's bid/ask/mid at submit).
+        return replace(order, quote=TopOfBook(spec.symbol, quote.ts, quote.bid, quote.ask, "sim"))
 
     def _insert_order(self, spec: OrderSpec, otype: OrderType, tif: TimeInForce, side: Side, now: datetime,
                       expires_at: datetime | None, replaces: str | None = None) -> str:
@@ -374,10 +381,9 @@ class SimExchange(BookReads):
         )
         return broker_order_id
 
-    def _check_buying_power(self, spec: OrderSpec, otype: OrderType, now: datetime) -> None:
+    def _check_buying_power(self, spec: OrderSpec, otype: OrderType, q: Quote | None) -> None:
         # What the order may cost at most: a limit buy never pays more than its limit (as real
         # brokers reserve it); otherwise the current ask (a stop buy: the higher of ask and stop).
-        q = self._reference_quote(spec.symbol, now)
         ask = None if q is None else cents(q.ask)
         if otype in LIMIT_TYPES:
             price = spec.limit_price
@@ -471,7 +477,7 @@ class SimExchange(BookReads):
             if conn.execute("SELECT 1 FROM orders WHERE client_order_id = ?", (spec.client_order_id,)).fetchone():
                 raise DuplicateClientOrderId(spec.client_order_id)
             if side is Side.BUY:
-                self._check_buying_power(spec, otype, now)
+                self._check_buying_power(spec, otype, self._reference_quote(spec.symbol, now))
             expires = rows[0]["expires_at"]  # a day order stays in its session
             new_id = self._insert_order(spec, otype, tif, side, now, None if expires is None else parse_iso(expires),
                                         replaces=broker_order_id)

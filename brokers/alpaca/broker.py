@@ -30,13 +30,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import requests
 from alpaca.common.exceptions import APIError
+from alpaca.data.enums import DataFeed
+from alpaca.data.historical import StockHistoricalDataClient
+from alpaca.data.requests import StockLatestQuoteRequest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import (
@@ -62,7 +65,17 @@ from steadyhand.brokers.base import (
     replacement_client_id,
 )
 from steadyhand.config import AlpacaSettings, Settings
-from steadyhand.domain import Account, BrokerOrder, Fill, MarketClock, OrderSpec, OrderStatus, OrderType, Position
+from steadyhand.domain import (
+    Account,
+    BrokerOrder,
+    Fill,
+    MarketClock,
+    OrderSpec,
+    OrderStatus,
+    OrderType,
+    Position,
+    TopOfBook,
+)
 from steadyhand.runtime.logs import module_logger
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -75,6 +88,7 @@ PAPER_STREAM_URL, LIVE_STREAM_URL = "wss://paper-api.alpaca.markets/stream", "ws
 DATA_STREAM_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
 _ACTIVITY_PAGE = 100
 _MAX_ACTIVITY_PAGES = 50
+QUOTE_TIMEOUT_S = 1.0  # the latest-quote request after a submit: short, it only feeds the execution report
 _ORDER_PAGE = 500  # Alpaca's largest page of orders
 _MAX_ORDER_PAGES = 1000
 T = TypeVar("T")
@@ -143,17 +157,29 @@ class RateLimiter:
             time.sleep(need)  # rate limiting itself, not synchronisation
             waited += need
 
+    def try_acquire(self) -> bool:
+        """Take a token if one is free now; never waits."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
 
-def tune_rest_client(client: Any, timeout_s: float, limiter: RateLimiter) -> None:
+
+def tune_rest_client(client: Any, timeout_s: float, limiter: RateLimiter | None) -> None:
     """Turn off alpaca-py's own 429/504 retries (fixed 3 s sleeps) and give every request a
-    timeout and a rate-limiter token, so our own retry policy is the only one."""
+    timeout and a rate-limiter token (None: the caller takes its tokens), so our own retry policy is the only one."""
     client._retry = 0
     client._retry_codes = []
     session: requests.Session = client._session
     send = session.request
 
     def request(method: str, url: str, **kwargs: Any) -> requests.Response:
-        limiter.acquire()
+        if limiter is not None:
+            limiter.acquire()
         kwargs.setdefault("timeout", (min(timeout_s, 5.0), timeout_s))
         return send(method, url, **kwargs)
 
@@ -299,6 +325,12 @@ class AlpacaBroker:
         self._client = TradingClient(api_key, secret_key, paper=self.endpoints.paper,
                                      url_override=self.endpoints.trading_url)
         tune_rest_client(self._client, settings.timeout_s, self.limiter)
+        # The quote at submit (issue 15): Alpaca's latest quote, on its own budget of data requests.
+        self._data: StockHistoricalDataClient | None = None
+        self.data_limiter = RateLimiter(settings.max_requests_per_minute)
+        if settings.quote_at_submit:
+            self._data = StockHistoricalDataClient(api_key, secret_key, url_override=self.endpoints.data_url)
+            tune_rest_client(self._data, min(settings.timeout_s, QUOTE_TIMEOUT_S), None)
         self._instance = uuid.uuid4().hex[:8]  # a cursor from another instance starts over
         self._lock = threading.Lock()
         self._events: list[tuple[int, BrokerOrder | Fill]] = []
@@ -506,7 +538,24 @@ class AlpacaBroker:
             if found is None:
                 raise
             return found  # our own earlier attempt landed although it reported an error
-        return self._watch(order)
+        quote = self._quote_at_submit(spec.symbol)  # after the submit: the order never waits for it
+        return replace(self._watch(order), quote=quote)
+
+    def _quote_at_submit(self, symbol: str) -> TopOfBook | None:
+        """Alpaca's latest quote, one data request, best effort: None when it would wait for the
+        rate limiter, fails or times out (the execution report then says the broker gave none)."""
+        if self._data is None or not self.data_limiter.try_acquire():
+            return None
+        try:
+            quotes = self._data.get_stock_latest_quote(
+                StockLatestQuoteRequest(symbol_or_symbols=symbol, feed=DataFeed(self.settings.feed)))
+            q = quotes.get(symbol) if isinstance(quotes, dict) else None
+        except Exception as exc:  # a quote is worth no error in the order path
+            log.debug("alpaca latest quote for %s failed: %r", symbol, exc)
+            return None
+        if q is None or not q.bid_price or not q.ask_price:
+            return None
+        return TopOfBook(symbol, q.timestamp, float(q.bid_price), float(q.ask_price), "alpaca")
 
     def cancel(self, broker_order_id: str) -> None:
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -229,6 +230,7 @@ class AlpacaFace:
             ("GET", "/v2/clock", self._clock),
             ("GET", "/v2/calendar", self._calendar),
             ("GET", "/v2/stocks/bars", self._bars),
+            ("GET", "/v2/stocks/quotes/latest", self._latest_quotes),
         ]
         routes: list[BaseRoute] = [Route(path, endpoint(self._on_book(handler)), methods=[method])
                                    for method, path, handler in rest]
@@ -479,6 +481,27 @@ class AlpacaFace:
             activities = [a for a in activities if (a["id"] < token if desc else a["id"] > token)]
         size = min(max(_int_arg(request, "page_size", 100), 1), 100)
         return 200, activities[:size]
+
+    def _latest_quotes(self, request: HttpRequest) -> Reply:
+        """Alpaca's latest quote per symbol: the sim's bid/ask now, or while closed the last of the latest
+        session (as Alpaca gives the last quote it has). Sizes and venue are fixed: the sim has none."""
+        symbols = sorted({s for s in (request.arg("symbols") or "").split(",") if s})
+        if not symbols:
+            raise HttpError(422, "symbols is required")
+        now = self.server.clock.now()
+        quotes: dict[str, Any] = {}
+        for symbol in symbols:
+            if symbol not in self.server.market.symbols:
+                continue
+            q = self.server.market.quote(symbol, now)
+            if q is None:
+                with contextlib.suppress(ValueError):
+                    close = market_hours.next_close(market_hours.previous_open(now))
+                    q = self.server.market.quote(symbol, close - timedelta(seconds=1)) if close <= now else None
+            if q is not None:
+                quotes[symbol] = {"t": q.ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "bp": q.bid, "bs": 1,
+                                  "bx": "V", "ap": q.ask, "as": 1, "ax": "V", "c": ["R"], "z": "C"}
+        return 200, {"quotes": quotes}
 
     def _bars(self, request: HttpRequest) -> Reply:
         timeframe = request.arg("timeframe", "1Min")
