@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from steadyhand.control.client import (
     running_info,
     write_run_file,
 )
+from steadyhand.control.commands import SecretError
 from steadyhand.runtime import procs
 from steadyhand.state import store
 
@@ -42,6 +44,7 @@ START_TIMEOUT_S = 60.0
 LIVE_VIEW_PERIOD_S = 3.0
 STRATEGY_HELP = ('the strategy class: "path/to/file.py:ClassName", "package.module:ClassName" or a shipped '
                  "name (see `steadyhand strategies`); overrides [strategy] class, keeps [strategy.params]")
+LOCKSTEP_VIEW_PERIOD_S = 0.1  # a lock-step run stops by itself at the end of its file: notice it soon
 START_HELP = ("where a new simulated clock starts: YYYY-MM-DD (that day's session open, or the next "
               "session's) or an ISO timestamp with offset; default the latest session's open")
 
@@ -81,13 +84,22 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         load_secret(data_dir, create=True)  # so operator commands work from the first run
     except SecretError as exc:
         raise ConfigError(f"operator secret: {exc}") from None
-    clock = _anchor_clock(settings, data_dir)
+    lockstep = settings.sim.lockstep
+    if lockstep:  # the run's clock moves bar by bar (sim/lockstep.py)
+        from steadyhand.sim import lockstep as ls
+
+        (data_dir / ls.RESULT_FILE).unlink(missing_ok=True)
+        clock = ls.open_clock(data_dir, settings)
+        began = time.perf_counter()
+    else:
+        clock = _anchor_clock(settings, data_dir)
     _preload(clock)
     run = RunSettings(settings=settings, data_dir=str(data_dir), clock=clock,
                       test_hooks=os.environ.get("STEADYHAND_TEST_HOOKS") == "1",
                       config_path=str(Path(args.config).resolve()) if args.config else "",
                       cli_overrides={k: v for k, v in {"speed": args.speed, "seed": args.seed,
-                                                       "replay": args.replay, "start": args.start}.items()
+                                                       "replay": args.replay, "start": args.start,
+                                                       "lockstep": args.lockstep or None}.items()
                                      if v is not None})
     port = settings.admin_port or procs.free_port()
 
@@ -115,9 +127,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"steadyhand running: data dir {data_dir}, admin port {port} (127.0.0.1), "
                   f"pid {os.getpid()}, broker {settings.broker}, clock {_clock_text(clock)}", flush=True)
             print("  actors: " + ", ".join(f"{n}={p}" for n, p in started.children.items()), flush=True)
-            code = _live_view(Connection(system, supervisor, data_dir), data_dir, stop, clock)
+            code = _live_view(Connection(system, supervisor, data_dir), data_dir, stop, clock,
+                              period=LOCKSTEP_VIEW_PERIOD_S if lockstep else LIVE_VIEW_PERIOD_S)
     finally:
         _shutdown(system, data_dir, port)
+    if lockstep and code == EXIT_OK:
+        finished, line = ls.summary(data_dir, time.perf_counter() - began)
+        print(line, flush=True)
+        code = EXIT_OK if finished else EXIT_FAIL
     return code
 
 
@@ -153,6 +170,8 @@ def _preload(clock: Any) -> None:
 
 
 def _clock_text(clock: Any) -> str:
+    if clock.speed == float("inf"):
+        return f"{clock.now():%Y-%m-%d %H:%M:%S} UTC lock-step"
     return f"{clock.now():%Y-%m-%d %H:%M:%S} UTC x{clock.speed:g}"
 
 
@@ -167,11 +186,13 @@ def _clean_leftovers(data_dir: Path) -> None:
         raise SystemExit(f"steadyhand: port {old['admin_port']} of an earlier run is still in use")
 
 
-def _live_view(connection: Connection, data_dir: Path, stop: threading.Event, clock: Any) -> int:
+def _live_view(connection: Connection, data_dir: Path, stop: threading.Event, clock: Any,
+               period: float = LIVE_VIEW_PERIOD_S) -> int:
     """A compact status line whenever something changes, until SIGINT/SIGTERM or `shutdown`."""
     failures = 0
     last_line = ""
-    while not stop.wait(LIVE_VIEW_PERIOD_S):
+    last_print = 0.0
+    while not stop.wait(period):
         reply = connection.command("status", timeout=ASK_TIMEOUT_S)
         if not reply.ok:
             failures += 1
@@ -182,10 +203,13 @@ def _live_view(connection: Connection, data_dir: Path, stop: threading.Event, cl
         failures = 0
         if reply.result.get("stopping"):
             break  # an operator's `shutdown`
+        if time.monotonic() - last_print < LIVE_VIEW_PERIOD_S:
+            continue  # polled faster (lock-step ends by itself), printed no more often
         line = _status_line(reply.result, data_dir, clock)
         if line != last_line:  # only when something changed
             print(f"[{datetime.now():%H:%M:%S}] {line}", flush=True)
             last_line = line
+            last_print = time.monotonic()
     print("steadyhand: stopping ...", flush=True)
     return EXIT_OK
 
@@ -270,6 +294,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         reply = None
         if not args.json:
             print(exc, file=sys.stderr)
+    except SecretError as exc:  # a live run, but no usable secret to ask it with
+        reply = None
+        print(f"steadyhand: {exc}", file=sys.stderr)
     if reply is not None and reply.ok:
         status = reply.result
         result.update(running=True, trading_state=status["trading_state"], halt_reason=status["halt_reason"],
@@ -396,6 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--replay", help="CSV of bars to replay instead of the synthetic market")
     run.add_argument("--start", help=START_HELP)
     run.add_argument("--strategy", help=STRATEGY_HELP)
+    run.add_argument("--lockstep", action="store_true",
+                     help="with --replay: each bar processed to quiescence before the next, filled at the "
+                          "next bar's open as the backtest assumes; exits at the end of the file")
     common(sub.add_parser("status", help="state of the running bot"))
     common(sub.add_parser("orders", help="the order journal"))
     common(sub.add_parser("fills", help="every fill"))
@@ -456,6 +486,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "run":
                 settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay,
                                           start=args.start)
+                if args.lockstep:
+                    from steadyhand.sim.lockstep import lockstep_settings
+
+                    settings = lockstep_settings(settings)
                 if settings.broker not in BROKERS:
                     known = " or ".join(repr(name) for name in BROKERS)
                     raise ConfigError(f"broker: {settings.broker!r} is not available in this version yet ({known})")

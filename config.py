@@ -39,6 +39,9 @@ class SimSettings:
     slippage_bps: float = 1.0
     latency_ms: float = 50.0
     spread_bps: float = 2.0
+    # Lock-step replay (--lockstep): each bar processed to quiescence before the next, filled as
+    # the backtest assumes (sim/lockstep.py); needs ``replay``.
+    lockstep: bool = False
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ from steadyhand.actors.messages import (
     CancelAll,
     CancelAllCompleted,
     ChildReady,
+    CommandResult,
     Configure,
     CrashReport,
     DebugToActor,
@@ -142,13 +143,24 @@ class Supervisor(OperatorControl, SteadyActor):
             DebugToActor: self.on_debug,
             CancelAllCompleted: self.on_cancel_all_completed,
             FlattenCompleted: self.on_flatten_completed,
-            OperatorCommand: self.on_command,
+            OperatorCommand: self.on_command_unstarted,
         }
         self.timers = {"stop_deadline": self._stop_next_forced, "command_deadline": self._command_deadline,
                        "store_retry": self._retry_unsaved}
         self.unsaved: dict[str, Any] = {}  # journal writes that failed (store fault), retried
 
     # --- start ------------------------------------------------------------------------------
+
+    def on_command_unstarted(self, command: OperatorCommand, sender: ActorAddress) -> None:
+        """Commands before ``Start``: this supervisor was created by a client's lookup of a run whose
+        supervisor is gone (Thespian's global names create what they do not find). Refuse, and exit
+        so that nothing is left behind."""
+        if self.run is not None:
+            self.on_command(command, sender)
+            return
+        self.send(sender, CommandResult(getattr(command, "command_id", ""), False,
+                                        error="steadyhand is not running (no started supervisor)"))
+        self.send(self.myAddress, ActorExitRequest())
 
     def on_start(self, message: Start, sender: ActorAddress) -> None:
         if self.run is not None:

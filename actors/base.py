@@ -14,6 +14,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,6 +26,8 @@ from steadyhand.actors.messages import (
     DebugHang,
     Ping,
     Pong,
+    Rewind,
+    Step,
     TradingStateChanged,
     Wiring,
 )
@@ -73,6 +76,7 @@ class SteadyActor(Actor):
         self._retention_todo: list[str] = []  # tables of the pass under way
         self._retention_done: dict[str, int] = {}
         self._retention_last: datetime | None = None
+        self._busy_s = 0.0  # wall seconds in handlers since the last lock-step token (sim/lockstep.py)
 
     # --- Thespian entry point ---------------------------------------------------------------
 
@@ -85,6 +89,7 @@ class SteadyActor(Actor):
         except Exception as exc:  # let it crash: log, exit, be restarted fresh
             self._crash(exc, message)
         took = time.perf_counter() - started
+        self._busy_s += took
         if took >= SLOW_HANDLER_S:  # a handler this long starves the heartbeat: say which one
             what = f"timer:{message.payload}" if isinstance(message, WakeupMessage) else type(message).__name__
             self.event("slow_handler", level="warning", message=what, seconds=round(took, 3))
@@ -92,6 +97,11 @@ class SteadyActor(Actor):
     def _dispatch(self, message: Any, sender: ActorAddress) -> None:
         if isinstance(message, WakeupMessage):
             self._on_timer(message.payload)
+        elif isinstance(message, Step) and message.route:
+            self._pass_step(message)
+        elif isinstance(message, Rewind):
+            self.setup()  # as a restart would, in this process (lock-step sends it to the strategy only)
+            self.on_first_wiring()
         elif isinstance(message, Ping):
             self.send(sender, Pong(self.name, os.getpid(), message.seq, self.pong_info()))
         elif isinstance(message, Configure):
@@ -172,6 +182,30 @@ class SteadyActor(Actor):
     def pong_info(self) -> dict[str, Any]:
         """Extra facts for the heartbeat monitor (e.g. the feed's last bar time)."""
         return {}
+
+    # --- lock-step replay (sim/lockstep.py) ----------------------------------------------------
+
+    def _pass_step(self, step: Step) -> None:
+        """A lock-step token: everything this actor got before it on the same hop is handled; add
+        what the feed wants to know and pass it on."""
+        extra = self.on_step(step)
+        if extra is None:
+            return  # deferred: the actor sends the token on itself
+        busy = {**step.busy, self.name: self._busy_s}
+        self._busy_s = 0.0
+        not_ready = step.not_ready if self.step_ready() else (*step.not_ready, self.name)
+        if not self.tell_peer(step.route[0], replace(step, route=step.route[1:], busy=busy, not_ready=not_ready,
+                                                     **extra)):
+            self.event("step_dropped", level="warning", to=step.route[0], phase=step.phase)  # the feed re-sends
+
+    def on_step(self, step: Step) -> dict[str, Any] | None:
+        """Work owed to a lock-step token before it moves on; fields to set on it, or None to
+        hold it back (then send it to yourself again later)."""
+        return {}
+
+    def step_ready(self) -> bool:
+        """Whether this actor would act on a tick now (lock-step waits for everyone to be)."""
+        return True
 
     # --- helpers ----------------------------------------------------------------------------
 

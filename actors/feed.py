@@ -18,6 +18,7 @@ from steadyhand.actors.messages import Bars, HistoryReply, HistoryRequest
 from steadyhand.brokers import broker_entry
 from steadyhand.data.bar_checks import BarValidator
 from steadyhand.domain import Bar, market_hours
+from steadyhand.sim.lockstep import LockstepFeed, is_lockstep
 from steadyhand.sim.market import MarketModel, load_market
 from steadyhand.sim.replay import ReplayMarket
 from steadyhand.state import retention, store
@@ -33,7 +34,7 @@ def floor_minute(ts: datetime) -> datetime:
     return ts.replace(second=0, microsecond=0)
 
 
-class FeedActor(SteadyActor):
+class FeedActor(LockstepFeed, SteadyActor):
     def setup(self) -> None:
         settings = self.run.settings
         self.clock = self.run.clock
@@ -53,12 +54,18 @@ class FeedActor(SteadyActor):
         self.replay_index = 0
         self.handlers = {HistoryRequest: self.on_history}
         self.timers = {"tick": self.tick, "drain": self.drain}
+        self.lockstep = self.replay is not None and is_lockstep(self.clock)  # bar by bar, sim/lockstep.py
+        if self.lockstep:
+            self.lockstep_setup()
 
     def on_first_wiring(self) -> None:
         days = self.run.settings.retention.bad_bars_days
         self.start_retention({"bad_bars": lambda now: retention.prune_bad_bars(self.db.conn, now, days)})
         if self.live_source is not None:
             self.every("drain", STREAM_DRAIN_S)
+            return
+        if self.lockstep:
+            self.lockstep_begin()
             return
         now = self.clock.now()
         self.next_minute = floor_minute(now)  # bars before now are history, asked for separately
@@ -75,6 +82,10 @@ class FeedActor(SteadyActor):
             by_minute.setdefault(bar.ts, []).append(bar)
         for minute in sorted(by_minute):
             self._publish(minute, by_minute[minute])
+
+    def on_peers_changed(self, names: set[str]) -> None:
+        if self.lockstep:
+            self.lockstep_peers_changed(names)
 
     def on_stop(self) -> None:
         if self.live_source is not None:

@@ -14,11 +14,13 @@ Who sends what (-> receiver):
 
     Feed        Bars -> strategy, risk, portfolio; HistoryReply -> strategy
     Strategy    Signals, ReplaceOrder, CancelOrder -> risk; HistoryRequest -> feed
-    Risk        OrderRequests, ReplaceOrder, CancelOrder -> oms; OpenOrders -> strategy; RequestHalt -> supervisor
+    Risk        OrderRequests, ReplaceOrder, CancelOrder -> oms; OpenOrders -> strategy (forwarded);
+                RequestHalt -> supervisor
     OMS         Fills -> portfolio, risk; OpenOrders -> risk; ReconcileStarted/Completed -> risk;
                 BrokerSnapshot -> portfolio
     Portfolio   PositionsSnapshot -> strategy, risk; PnlUpdate -> risk
     Heartbeat   Ping -> every actor; ActorUnresponsive -> supervisor; FeedStale/FeedFresh -> risk
+    Feed        Step -> along its route and back, Rewind -> strategy (lock-step replay only, sim/lockstep.py)
     Supervisor  Configure, Wiring, TradingStateChanged -> children; replies to operator requests
     anyone      Alert -> alerter
 """
@@ -173,6 +175,31 @@ class PnlUpdate:
     peak_equity: Decimal
     gross_exposure: Decimal
     ts: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """Lock-step replay's token (``sim/lockstep.py``): each actor on ``route`` handles it after the
+    messages it got before it on the same hop, then passes it on; the last hop is the feed.
+
+    ``poll``: the OMS drains the broker's updates first. Each hop adds its busy time since its
+    last token (``busy``), whether it is ready to trade (``not_ready`` lists who is not), and the
+    OMS whether any order is still open."""
+
+    seq: int
+    phase: str  # probe | fills | bars
+    route: tuple[str, ...]  # the hops still to go
+    poll: bool = False
+    busy: dict[str, float] = field(default_factory=dict)  # actor -> wall seconds in handlers
+    not_ready: tuple[str, ...] = ()
+    open_orders: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Rewind:
+    """Feed -> strategy, lock-step only: start over as just restarted (fresh state, history up to
+    the tick in flight), so a tick run again after a crash yields its intents again; the OMS's
+    journal drops those it already has."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -51,6 +51,7 @@ from steadyhand.actors.messages import (
     ReconcileCompleted,
     ReconcileStarted,
     RequestHalt,
+    Step,
     SubmitBacklog,
     TradingStateChanged,
 )
@@ -560,6 +561,26 @@ class OmsActor(SteadyActor):
     def now(self) -> datetime:
         """Broker time: the run's clock (for reconciliation's stale age)."""
         return self.run.clock.now()
+
+    # --- lock-step replay (sim/lockstep.py) --------------------------------------------------
+
+    def on_step(self, step: Step) -> dict[str, Any] | None:
+        """Lock-step: a burst still going out in SubmitBacklog messages goes first (the token
+        follows it to ourselves); ``poll`` drains the broker now (this bar's open filled the
+        orders of the previous one), and risk hears what is still working before the bar."""
+        if self.queued:
+            self.send(self.myAddress, step)
+            return None
+        if step.poll and self.reconciled and not self.store_fault:
+            try:
+                self.drain_updates()
+            except BrokerError as exc:
+                self.event("poll_failed", level="warning", error=repr(exc))
+            self.tell_peer("risk", self._open_orders())
+        return {"open_orders": self.journal.has_open()}
+
+    def step_ready(self) -> bool:
+        return self.reconciled and not self.circuit.open and not self.store_fault
 
     def pong_info(self) -> dict[str, Any]:
         return {"reconciled": self.reconciled, "circuit": self.circuit.kind or "closed",

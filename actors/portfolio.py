@@ -209,6 +209,14 @@ class PortfolioActor(SteadyActor):
                 "fill_rate": f"{filled / submitted:.0%}" if submitted else "n/a",
                 "slippage_bps": f"{fills[1]:.2f}" if fills[1] is not None else "n/a"}
 
+    def on_step(self, step: Any) -> dict[str, Any] | None:
+        if step.phase == "probe":
+            self._send_positions()  # lock-step: a rewound strategy has them before the tick again
+        return {}
+
+    def step_ready(self) -> bool:
+        return self.cash is not None  # lock-step: equity (hence P&L for risk) is known
+
     # --- comparison with the broker ---------------------------------------------------------
 
     def on_broker_snapshot(self, message: BrokerSnapshot, sender: ActorAddress) -> None:

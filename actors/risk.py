@@ -34,6 +34,7 @@ from steadyhand.actors.messages import (
 from steadyhand.actors.oms import is_store_fault
 from steadyhand.domain import OrderSpec, Severity, market_hours
 from steadyhand.risk.checks import Decision, RiskBook, breaker_check, order_spec, signal_problem
+from steadyhand.sim.lockstep import is_lockstep
 from steadyhand.state import retention, store
 from thespian.actors import ActorAddress
 
@@ -85,8 +86,14 @@ class RiskActor(SteadyActor):
         if not message.signals:
             return
         now_sim = self.clock.now()
-        self.book.market_open = market_hours.is_open(now_sim)
-        now_wall = time.time()
+        if is_lockstep(self.clock):
+            # Lock-step (DESIGN "Lock-step replay"): the decision is at the bar's close, inside the
+            # bar's session, and the order-rate window counts simulated seconds, as at speed 1.
+            self.book.market_open = market_hours.is_open(message.bar_ts)
+            now_wall = now_sim.timestamp()
+        else:
+            self.book.market_open = market_hours.is_open(now_sim)
+            now_wall = time.time()
         decided_at = store.now_iso()  # one timestamp per batch: its decisions are made together
         clock_ts = store.iso(now_sim)  # the run clock's: what retention ages the rows by
         approved: list[OrderSpec] = []
@@ -192,6 +199,10 @@ class RiskActor(SteadyActor):
         if self.book.feed_stale:
             self.event("feed_fresh")
         self.book.feed_stale = False
+
+
+    def step_ready(self) -> bool:
+        return not (self.book.reconciling or self.broker_down or self.store_fault)
 
 
 DecisionRow = tuple[str, str, str, str, str, int, int, str]

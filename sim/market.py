@@ -262,6 +262,8 @@ def load_market(sim: SimSettings, symbols: Sequence[str]) -> MarketModel:
     if sim.replay:
         from steadyhand.sim.replay import ReplayMarket  # replay imports this module's quote types
 
-        return ReplayMarket(sim.replay, symbols=symbols, spread_bps=sim.spread_bps)
+        # Lock-step quotes each bar's open at its start, no spread: the backtest's fill price.
+        price = "open" if sim.lockstep else "close"
+        return ReplayMarket(sim.replay, symbols=symbols, spread_bps=sim.spread_bps, price=price)
     return SyntheticMarket(sim.seed, symbols, spread_bps=sim.spread_bps)
 

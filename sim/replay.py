@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -151,9 +152,13 @@ class ReplayMarket:
         csv_path: str | Path,
         symbols: Sequence[str] | None = None,
         spread_bps: float = 2.0,
+        price: Literal["close", "open"] = "close",
     ) -> None:
+        if price not in ("close", "open"):
+            raise ValueError(f"price must be 'close' or 'open', got {price!r}")
         self.csv_path = Path(csv_path)
         self.spread_bps = spread_bps
+        self.price = price
         cols = _read_columns(self.csv_path)
         self.skipped = cols.skipped
         self._ts = cols.ts  # int64 epoch µs (a ts text may carry a fraction of a second)
@@ -175,14 +180,50 @@ class ReplayMarket:
         first = np.ones(len(order), dtype=bool)
         first[1:] = (sym_sorted[1:] != sym_sorted[:-1]) | (self._sorted_ts[1:] != self._sorted_ts[:-1])
         close = self._close[order]
-        usable = np.flatnonzero(first & (close > 0) & np.isfinite(close))
-        self._q_close = close[usable]
+        if price == "open":
+            usable = np.flatnonzero(first & self._valid_ohlc(order))
+            self._q_close = self._open[order][usable]  # named for the default; here the opens
+        else:
+            usable = np.flatnonzero(first & (close > 0) & np.isfinite(close))
+            self._q_close = close[usable]
         # Whole seconds, truncated toward zero as ``int(ts.timestamp())`` does.
         self._q_ts = np.fix(self._sorted_ts[usable] / _US).astype(np.int64)
         self._q_bounds = np.searchsorted(sym_sorted[usable], np.arange(len(self._names) + 1))
         self._quote_times = np.unique(self._q_ts)
 
+    def _valid_ohlc(self, order: np.ndarray) -> np.ndarray:
+        """Rows (in ``order``) whose values pass the feed's checks (data/bar_checks.py): the bars
+        the backtest sees, so a lock-step fill never lands on a bar the backtest skipped."""
+        o, h, lo, c, v = (a[order] for a in (self._open, self._high, self._low, self._close, self._volume))
+        with np.errstate(invalid="ignore"):
+            finite = np.isfinite(o) & np.isfinite(h) & np.isfinite(lo) & np.isfinite(c) & np.isfinite(v)
+            return (finite & (np.minimum(np.minimum(o, h), np.minimum(lo, c)) > 0) & (lo <= h)
+                    & (lo <= o) & (o <= h) & (lo <= c) & (c <= h) & (v >= 0))
+
+    def _spread(self, mids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Bid and ask around the quoted prices; on opens (lock-step) both are the open."""
+        if self.price == "open":
+            cents = np.round(mids, 2)
+            return cents, cents
+        return spread(mids, self.spread_bps)
+
     # --- rows in file order (the feed and the CLI backtest) --------------------------------------
+
+    def run_end(self, start: int) -> int:
+        """The end of the run of rows (file order) that share row ``start``'s ts: one feed tick."""
+        n = len(self._ts)
+        if start >= n:
+            return n
+        t = self._ts[start]
+        step = 64
+        i = start
+        while i < n:
+            hits = np.flatnonzero(self._ts[i : i + step] != t)
+            if len(hits):
+                return i + int(hits[0])
+            i += step
+            step *= 2
+        return n
 
     def __len__(self) -> int:
         """The number of readable rows."""
@@ -272,7 +313,7 @@ class ReplayMarket:
         bar_ts = epoch_dt(int(ts[i]))
         if bar_ts.date() != t.date():  # yesterday's last bar does not make today's market open
             return None
-        bid, ask = spread(close[i : i + 1], self.spread_bps)
+        bid, ask = self._spread(close[i : i + 1])
         return Quote(symbol, t, float(bid[0]), float(ask[0]))
 
     def quotes_between(self, t0: datetime, t1: datetime) -> bool:
@@ -285,7 +326,7 @@ class ReplayMarket:
         ts, close = self._quotable(symbol)
         lo = int(np.searchsorted(ts, t0.timestamp(), side="left"))
         hi = int(np.searchsorted(ts, t1.timestamp(), side="left"))
-        bid, ask = spread(close[lo:hi], self.spread_bps)
+        bid, ask = self._spread(close[lo:hi])
         return QuoteArrays(ts=ts[lo:hi], bid=bid, ask=ask)
 
     def path(self, symbol: str, t0: datetime, t1: datetime) -> list[Quote]:

@@ -96,6 +96,13 @@ class LiveStrategy:
         for symbol in [s for s in self.working if not self.pending.get(s)]:
             del self.working[symbol]
 
+    def on_positions_moved(self, symbols: Iterable[str]) -> None:
+        """Positions that moved have taken fills: what was pending or sent for them is stale until the
+        OMS's next report (which may still be on its way through risk), so it no longer counts."""
+        for symbol in symbols:
+            self.pending.pop(symbol, None)
+            self.sent.pop(symbol, None)
+
     def on_bars(self, bars: Sequence[Bar], positions: Mapping[str, int]) -> TickResult:
         """Intents for this tick's bars (the newest target of each symbol that got a bar)."""
         fresh = self._append_all(bars)
