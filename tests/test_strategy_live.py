@@ -123,3 +123,16 @@ def test_the_window_frame_is_the_contracts_long_format() -> None:
     assert frame["ts"].is_monotonic_increasing
     assert frame.sort_values(["ts", "symbol"]).index.tolist() == frame.index.tolist()
     assert np.array_equal(frame[frame.symbol == "A"]["close"].to_numpy(), [12.0, 13.0, 14.0, 15.0])
+
+
+def test_a_fill_seen_before_the_oms_report_does_not_double_the_next_order() -> None:
+    """The whipsaw lock-step found: bought, filled (the portfolio's snapshot arrives first), then the
+    target flips while the OMS's "nothing pending" report is still on its way through risk."""
+    strategy = Constant(5)
+    live = LiveStrategy(strategy, ["A"])
+    assert [s.qty for s in live.on_bars([bar(0)], {}).signals] == [5]
+    live.on_open_orders({"A": 5})  # working at the broker
+    live.on_positions_moved({"A"})  # the fill, seen in a snapshot before the OMS's next report
+    strategy.target = 0.0
+    again = live.on_bars([bar(1)], {"A": 5})
+    assert [(s.side, s.qty) for s in again.signals] == [(Side.SELL, 5)]
