@@ -20,6 +20,7 @@ half of it, the trading state and the operator's commands, is ``control/operator
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -58,11 +59,12 @@ from steadyhand.config import RunSettings
 from steadyhand.control import commands
 from steadyhand.control.operator import OperatorControl
 from steadyhand.domain import Severity, TradingState
-from steadyhand.state import store
+from steadyhand.state import runs, store
 from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
 
 SUPERVISOR_NAME = "steadyhand-supervisor"  # Thespian globalName: how the CLI finds us
 STORE_RETRY_S = 2.0  # how often journal writes that hit a store fault are retried
+RUN_LEDGER_S = 10.0  # how often the run's ledger row is refreshed (a crash keeps the last refresh)
 
 
 @dataclass(frozen=True)
@@ -146,7 +148,8 @@ class Supervisor(OperatorControl, SteadyActor):
             OperatorCommand: self.on_command_unstarted,
         }
         self.timers = {"stop_deadline": self._stop_next_forced, "command_deadline": self._command_deadline,
-                       "store_retry": self._retry_unsaved}
+                       "store_retry": self._retry_unsaved, "run_ledger": self._refresh_ledger}
+        self.run_id: int | None = None  # this run's row in the run ledger (state/runs.py)
         self.unsaved: dict[str, Any] = {}  # journal writes that failed (store fault), retried
 
     # --- start ------------------------------------------------------------------------------
@@ -176,6 +179,7 @@ class Supervisor(OperatorControl, SteadyActor):
         )
         self.halt_reason = store.get_control(self.db, "halt_reason", "") or ""
         self.secret = commands.load_secret(self.run.data_dir, create=True)
+        self._open_ledger()  # before the children: the feed stamps its bars with this run's id
         for spec in CHILD_SPECS:
             self.children[spec.name] = Child(
                 spec=spec, recent=deque(maxlen=(spec.max_restarts or sup.max_restarts) + 1)
@@ -185,6 +189,34 @@ class Supervisor(OperatorControl, SteadyActor):
         self._broadcast_wiring()
         self._cancel_all_if_halted()
         self.event("supervisor_started", trading_state=self.trading_state.value, pid=os.getpid())
+
+    # --- the run ledger (state/runs.py) -----------------------------------------------------
+
+    def _open_ledger(self) -> None:
+        """Record earlier runs that never closed their row as crashed, then open this run's."""
+        crashed = runs.mark_crashed(self.db)
+        if crashed:
+            self.event("runs_crashed", run_ids=crashed, level="warning")
+        strategy = self.run.settings.strategy
+        strategies = [strategy.class_name or strategy.name]  # the [strategy] class, or the shipped SMA
+        config = {"strategy": _plain(self.run.settings.strategy), "start_cash": self.run.settings.sim.start_cash}
+        self.run_id = runs.open_run(self.db, self.run.settings.broker, strategies,
+                                    store.iso(self.run.clock.now()), os.getpid(), config)
+        self.every("run_ledger", RUN_LEDGER_S)
+
+    def _refresh_ledger(self) -> None:
+        if self.run_id is not None:
+            run_id, clock_now = self.run_id, store.iso(self.run.clock.now())
+            self._durably("run_ledger", lambda: runs.refresh(self.db, run_id, clock_now))
+
+    def _close_ledger(self) -> None:
+        """The run ends: 'halt' when it ends HALTED, else 'stop'. Once."""
+        if self.run_id is None or self.db is None:
+            return
+        run_id, self.run_id = self.run_id, None
+        ended_by = "halt" if self.trading_state is TradingState.HALTED else "stop"
+        clock_now = store.iso(self.run.clock.now())
+        self._durably("run_ledger", lambda: runs.close_run(self.db, run_id, ended_by, clock_now))
 
     def _cancel_all_if_halted(self) -> None:
         """A new OMS under HALTED cancels everything (after its reconciliation): a kill switch cut
@@ -354,6 +386,7 @@ class Supervisor(OperatorControl, SteadyActor):
         while self.stopping and not self.children[self.stopping[0]].alive:
             self.stopping.pop(0)
         if not self.stopping:
+            self._close_ledger()  # every child has stopped: the figures are final
             if self.stop_requester is not None:
                 self.send(self.stop_requester, ShutdownCompleted())
                 self.stop_requester = None
@@ -370,6 +403,7 @@ class Supervisor(OperatorControl, SteadyActor):
                 os.kill(child.pid, signal.SIGKILL)
 
     def on_stop(self) -> None:
+        self._close_ledger()  # stopped without a RequestShutdown (the actor system went down)
         for child in self.children.values():
             if child.address is not None:
                 self.send(child.address, ActorExitRequest())
@@ -402,6 +436,11 @@ class Supervisor(OperatorControl, SteadyActor):
             return False
         self.send(child.address, message)
         return True
+
+
+def _plain(settings: Any) -> Any:
+    """A settings dataclass as plain data for the run ledger (whatever its shape)."""
+    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else str(settings)
 
 
 def _setup_log(run: RunSettings) -> Any:

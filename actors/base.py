@@ -188,15 +188,22 @@ class SteadyActor(Actor):
     def _pass_step(self, step: Step) -> None:
         """A lock-step token: everything this actor got before it on the same hop is handled; add
         what the feed wants to know and pass it on."""
+        if step.take_bars:  # as if the feed had sent this tick's Bars (read from our copy of the file)
+            from steadyhand.sim.lockstep import tick_bars
+
+            assert self.run is not None and step.tick_ts is not None
+            self._dispatch(tick_bars(self.run.settings.sim.replay, step.rows, step.tick_ts), self.myAddress)
+            step = replace(step, take_bars=False)
         extra = self.on_step(step)
         if extra is None:
             return  # deferred: the actor sends the token on itself
         busy = {**step.busy, self.name: self._busy_s}
         self._busy_s = 0.0
         not_ready = step.not_ready if self.step_ready() else (*step.not_ready, self.name)
-        if not self.tell_peer(step.route[0], replace(step, route=step.route[1:], busy=busy, not_ready=not_ready,
-                                                     **extra)):
-            self.event("step_dropped", level="warning", to=step.route[0], phase=step.phase)  # the feed re-sends
+        peer, _, take = step.route[0].partition(":")
+        if not self.tell_peer(peer, replace(step, route=step.route[1:], busy=busy, not_ready=not_ready,
+                                            take_bars=take == "bars", **extra)):
+            self.event("step_dropped", level="warning", to=peer, phase=step.phase)  # the feed re-sends
 
     def on_step(self, step: Step) -> dict[str, Any] | None:
         """Work owed to a lock-step token before it moves on; fields to set on it, or None to

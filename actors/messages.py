@@ -188,8 +188,13 @@ class Step:
 
     seq: int
     phase: str  # probe | fills | bars
-    route: tuple[str, ...]  # the hops still to go
+    route: tuple[str, ...]  # the hops still to go; "name:bars": that hop takes the tick's bars
     poll: bool = False
+    # The tick's good rows of the replay file (indices) and their ts: a hop told to take the bars
+    # reads them from its own copy of the file, instead of a Bars message per actor (sim/lockstep.py).
+    rows: tuple[int, ...] = ()
+    tick_ts: datetime | None = None
+    take_bars: bool = False
     busy: dict[str, float] = field(default_factory=dict)  # actor -> wall seconds in handlers
     not_ready: tuple[str, ...] = ()
     open_orders: bool = False

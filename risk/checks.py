@@ -28,6 +28,10 @@ Checks run in this fixed order; the first failure wins and its name is ``Decisio
                    cannot be an order at all: a fractional, NaN or infinite quantity, a limit or
                    stop order without a positive finite price.
 
+A replace (:meth:`RiskBook.decide_replace`) is judged like a new order on its new terms: the
+trading state (REDUCING: it may not grow the order), reconciling, size, value, position (the
+change of quantity on the projected position) and price band. A cancel always passes.
+
 "Reducing" is judged against the *projected* position (position + pending_qty): two sells of
 a 100-share long while one is still working must not flip the book short in REDUCING mode.
 
@@ -316,6 +320,40 @@ class RiskBook:
                 "order_rate",
                 f"{recent} orders in the last 60 s >= max_orders_per_minute {lim.max_orders_per_minute}",
             )
+        return Decision.ok()
+
+    def decide_replace(self, req: OrderSpec, old_qty: int, filled: int) -> Decision:
+        """Approve or deny replacing an order of ``old_qty`` (``filled`` of it done) by ``req``, its
+        new terms with ``qty`` the new total. Nothing is recorded: the OMS's next ``OpenOrders``
+        brings the new pending quantity."""
+        lim = self.limits
+        side, grows = Side(req.side), req.qty > old_qty
+        what = f"replace {req.client_order_id}: {side} {req.qty} {req.symbol}"
+        projected = self.projected_position(req.symbol)
+        if self.trading_state is TradingState.HALTED:
+            return Decision.deny("trading_state", f"trading halted: {what} denied")
+        if self.trading_state is TradingState.REDUCING and grows:
+            return Decision.deny("trading_state", f"reducing only: {what} grows the order from {old_qty}")
+        if self.reconciling:
+            return Decision.deny("reconciling", f"OMS reconciling: {what} denied")
+        if req.qty <= filled:
+            return Decision.deny("size", f"qty {req.qty} is not above the {filled} already filled")
+        if req.qty > lim.max_order_qty:
+            return Decision.deny("size", f"qty {req.qty} > max_order_qty {lim.max_order_qty}")
+        price = self.order_price(req)
+        value = (req.qty - filled) * price
+        if not (price > 0 and math.isfinite(price)):
+            return Decision.deny("value", f"no price to value {what}")
+        if value > lim.max_order_value:
+            return Decision.deny("value", f"value {_num(value)} (qty {req.qty - filled} left x {_num(price)}) > "
+                                          f"max_order_value {_num(lim.max_order_value)}")
+        new_position = projected + side.sign * (req.qty - old_qty)
+        if grows and abs(new_position) > lim.max_position_qty and abs(new_position) > abs(projected):
+            return Decision.deny("position", f"position {req.symbol} would be {new_position} beyond "
+                                             f"max_position_qty {lim.max_position_qty}")
+        band = self._price_band(req, reducing=False)
+        if band:
+            return Decision.deny("price_band", band)
         return Decision.ok()
 
     def _price_band(self, req: OrderSpec, reducing: bool) -> str | None:
