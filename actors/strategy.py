@@ -62,7 +62,10 @@ class StrategyActor(SteadyActor):
         self.event("warmed_up", bars=len(message.bars), strategy=self.live.name)
 
     def on_positions(self, message: PositionsSnapshot, sender: ActorAddress) -> None:
-        self.positions = dict(message.positions)
+        new = dict(message.positions)
+        moved = {s for s in set(new) | set(self.positions) if new.get(s, 0) != self.positions.get(s, 0)}
+        self.positions = new
+        self.live.on_positions_moved(moved)
 
     def on_open_orders(self, message: OpenOrders, sender: ActorAddress) -> None:
         self.live.on_open_orders(message.pending_qty)
