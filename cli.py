@@ -114,6 +114,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"steadyhand running: data dir {data_dir}, admin port {port} (127.0.0.1), "
                   f"pid {os.getpid()}, broker {settings.broker}, clock {_clock_text(clock)}", flush=True)
             print("  actors: " + ", ".join(f"{n}={p}" for n, p in started.children.items()), flush=True)
+            if dashboard_url(data_dir):
+                print(f"  dashboard: {dashboard_url(data_dir)}", flush=True)
             code = _live_view(Connection(system, supervisor, data_dir), data_dir, stop, clock)
     finally:
         _shutdown(system, data_dir, port)
