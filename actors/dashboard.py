@@ -24,7 +24,8 @@ from steadyhand.control.commands import load_secret, new_command
 from steadyhand.dashboard.status import DASHBOARD_FILE
 from thespian.actors import ActorAddress
 
-CHECK_S = 0.25  # how often queued controls are sent and the server is looked at
+CHECK_S = 0.25  # how often queued controls are sent and the server is looked at, while someone watches
+IDLE_CHECK_S = 2.0  # ... while nobody does (no page open, no stream client): an idle dashboard costs ~0
 
 
 class DashboardActor(SteadyActor):
@@ -47,7 +48,7 @@ class DashboardActor(SteadyActor):
         self.timers = {"check": self.check}
 
     def on_first_wiring(self) -> None:
-        self.every("check", CHECK_S)
+        self.every("check", CHECK_S, slow_period_s=IDLE_CHECK_S, slow_when=self.server.idle)
 
     # --- controls: web thread -> actor thread -> supervisor ------------------------------------
 

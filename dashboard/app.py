@@ -40,8 +40,10 @@ from steadyhand.state import store
 
 CONTROLS = ("pause", "resume", "halt", "flatten", "cancel-all", "ack")
 CONFIRMED = ("halt", "flatten")
-LOG_POLL_S = 0.25  # how often the logs are looked at (a stat per file when nothing changed)
-STORE_POLL_S = 1.0  # how often new equity rows and alerts are looked for
+LOG_POLL_S = 0.25  # how often the logs are looked at while someone watches (a stat per file when quiet)
+STORE_POLL_S = 1.0  # how often new equity rows and alerts are looked for while someone watches
+IDLE_POLL_S = 2.0  # both, while nobody watches: nothing is lost (the logs are read on from the offset)
+IDLE_AFTER_S = 60.0  # no request and no stream client for this long: nobody watches
 LOG_TAIL = 100
 COMMAND_TIMEOUT_S = 30.0
 SendCommand = Callable[[str, dict[str, Any]], "Future[dict[str, Any]]"]
@@ -52,6 +54,19 @@ def plotly_js() -> Path:
     import plotly
 
     return Path(plotly.__file__).parent / "package_data" / "plotly.min.js"
+
+
+class _IdleUvicorn(_Uvicorn):
+    """uvicorn's main loop wakes 10 times a second to look for ``should_exit``; half a second is
+    enough for a stop (the actor shell waits for it) and halves the idle dashboard's CPU."""
+
+    async def main_loop(self) -> None:
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            counter = (counter + 5) % 864000  # on_tick counts tenths of a second
+            await asyncio.sleep(0.5)
+            should_exit = await self.on_tick(counter)
 
 
 @dataclass
@@ -81,6 +96,9 @@ class DashboardServer:
         self.sockets: dict[asyncio.Queue[Any], WebSocket] = {}
         self._last_equity_ts = ""
         self._last_alert_id = 0
+        self.last_request = 0.0  # monotonic time of the last authorized request (the actor shell reads it)
+        self._db: Any = None  # the poller's read-only connection, kept open (opening one costs more)
+        self._tables: set[str] = set()
         self._uvicorn: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -98,7 +116,7 @@ class DashboardServer:
     async def start(self) -> None:
         sock = _bind(self.requested_port)
         self.port = int(sock.getsockname()[1])
-        self._uvicorn = _Uvicorn(uvicorn.Config(
+        self._uvicorn = _IdleUvicorn(uvicorn.Config(
             self.app, log_config=None, log_level="warning", access_log=False, lifespan="off", http="httptools",
             ws="websockets-sansio", ws_per_message_deflate=False, server_header=False, timeout_graceful_shutdown=2))
         _quiet_uvicorn()
@@ -115,6 +133,8 @@ class DashboardServer:
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
+        if self._db is not None:
+            self._db.close()
         for ws in list(self.sockets.values()):
             try:
                 await ws.close(1001)
@@ -167,18 +187,23 @@ class DashboardServer:
         finally:
             db.close()
 
+    def idle(self) -> bool:
+        """Nobody watches: no stream client, no request for a while (polls slow down, CPU ~0)."""
+        return not self.hub.clients and time.monotonic() - self.last_request > IDLE_AFTER_S
+
     async def _poll_forever(self) -> None:
         next_store = 0.0
         while True:
             self._poll_logs()
+            idle = self.idle()
             if time.monotonic() >= next_store:
-                next_store = time.monotonic() + STORE_POLL_S
+                next_store = time.monotonic() + (IDLE_POLL_S if idle else STORE_POLL_S)
                 try:
                     self._poll_store()
                 except Exception as exc:  # noqa: BLE001 - a locked or missing store: try again next time
                     self.log_tail.append({"ts": "", "actor": "dashboard", "level": "warning",
                                           "event": "store_poll_failed", "error": repr(exc)})
-            await asyncio.sleep(LOG_POLL_S)
+            await asyncio.sleep(IDLE_POLL_S if idle else LOG_POLL_S)
 
     def _publish(self, item: dict[str, Any]) -> None:
         self.hub.publish(item)
@@ -193,17 +218,20 @@ class DashboardServer:
                 self._publish(item)
 
     def _poll_store(self) -> None:
-        db = self._open_db()
-        if db is None:
-            return
+        if self._db is None:
+            self._db = self._open_db()
+            if self._db is None:
+                return
+            self._tables = set(self._db.table_names())  # migrations ran before any actor started
         try:
-            tables = set(db.table_names())
-            if "equity" in tables:
-                self._new_equity(db)
-            if "alerts" in tables:
-                self._new_alerts(db)
-        finally:
-            db.close()
+            if "equity" in self._tables:
+                self._new_equity(self._db)
+            if "alerts" in self._tables:
+                self._new_alerts(self._db)
+        except Exception:
+            self._db.close()  # open afresh next time (a store replaced under us, say)
+            self._db = None
+            raise
 
     def _new_equity(self, db: Any) -> None:
         rows = db.execute("SELECT ts, equity, cash, realized, unrealized FROM equity WHERE ts > ? ORDER BY ts",
@@ -241,7 +269,10 @@ class DashboardServer:
     # --- access -------------------------------------------------------------------------------
 
     def _allowed(self, conn: HTTPConnection) -> bool:
-        return access.valid(self.token, access.presented(conn.query_params, conn.headers, conn.cookies))
+        ok = access.valid(self.token, access.presented(conn.query_params, conn.headers, conn.cookies))
+        if ok:
+            self.last_request = time.monotonic()
+        return ok
 
     def _with_cookie(self, response: Response) -> Response:
         response.set_cookie(access.COOKIE, self.token, httponly=True, samesite="strict", path="/")

@@ -17,7 +17,8 @@ HTML = """<!doctype html>
  main{display:grid;grid-template-columns:repeat(auto-fit,minmax(420px,1fr));gap:.8em;padding:.8em}
  section{background:#fff;border-radius:6px;padding:.6em .8em;box-shadow:0 1px 2px #0002;overflow:auto}
  h2{font-size:1em;margin:.1em 0 .5em} table{border-collapse:collapse;width:100%;font-size:13px}
- td,th{padding:.15em .4em;text-align:left;border-bottom:1px solid #eee} td.n{text-align:right}
+ td,th{padding:.15em .4em;text-align:left;border-bottom:1px solid #eee;white-space:nowrap} td.n{text-align:right}
+ section.wide{grid-column:span 2} section.tall{max-height:22em}
  #controls button{margin:.1em .2em;padding:.3em .8em} #btn-halt,#btn-flatten{background:#b3261e;color:#fff}
  #log-tail{font:12px monospace;white-space:pre-wrap;max-height:16em;overflow:auto}
  .pos{color:#1f7a3d}.neg{color:#b3261e}
@@ -44,8 +45,9 @@ HTML = """<!doctype html>
   <th>unrealized</th></tr></thead><tbody id="positions"></tbody></table></section>
  <section><h2>Open orders</h2><table><thead><tr><th>client order id</th><th>side</th><th>qty</th><th>symbol</th>
   <th>type</th><th>status</th></tr></thead><tbody id="open-orders"></tbody></table></section>
- <section><h2>Recent fills</h2><table><thead><tr><th>time</th><th>client order id</th><th>side</th><th>qty</th>
-  <th>symbol</th><th>price</th><th>slippage bps</th></tr></thead><tbody id="fills"></tbody></table></section>
+ <section class="wide tall"><h2>Recent fills</h2><table><thead><tr><th>time</th><th>client order id</th>
+  <th>side</th><th>qty</th><th>symbol</th><th>price</th><th>slippage bps</th></tr></thead>
+  <tbody id="fills"></tbody></table></section>
  <section><h2>Risk limits</h2><table><tbody id="limits"></tbody></table></section>
  <section><h2>Alerts</h2><table><tbody id="alerts"></tbody></table></section>
  <section><h2>Log tail</h2><div id="log-tail"></div></section>
@@ -70,8 +72,8 @@ function render(s) {
        st === "active" ? "ok" : st === "halted" ? "bad" : "warn");
   pill("circuit", "circuit " + (s.trading.circuit.open ? "OPEN" : "closed"), s.trading.circuit.open ? "bad" : "ok");
   const f = s.trading.feed;
-  pill("feed", "feed " + (f.stale ? "STALE " : "") + (f.age_s === null ? "n/a" : f.age_s.toFixed(0) + " s old"),
-       f.stale ? "bad" : "ok");
+  pill("feed", "feed " + (f.stale ? "STALE " : "") +
+       (f.age_s === null ? "n/a" : f.age_s.toFixed(0) + " s old (run clock)"), f.stale ? "bad" : "ok");
   const m = s.trading.market;
   pill("market", "market " + (m.open ? "open, closes in " : "closed, opens in ") + ago(m.in_s), m.open ? "ok" : "");
   $("actors").innerHTML = Object.entries(s.actors).map(([n, a]) =>
@@ -105,8 +107,8 @@ function render(s) {
   tail.textContent = s.log_tail.map((e) => e.text).join("\\n");
   tail.scrollTop = tail.scrollHeight;
   const r = s.reconciliation;
-  $("reconciliation").textContent = r ? `${r.finished_at || ""} (${r.reason || ""}): ` + (r.lines || []).join("; ")
-    : "none yet";
+  $("reconciliation").textContent = r ? `${r.finished_at || ""} (${r.reason || ""}): ${r.orders_checked ?? 0} ` +
+    `orders checked, ${r.fills_recovered ?? 0} fills recovered. ` + (r.lines || []).join("; ") : "none yet";
 }
 
 function drawCurve(curve) {
