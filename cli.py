@@ -34,7 +34,14 @@ from steadyhand.control.client import (
     running_info,
     write_run_file,
 )
-from steadyhand.dashboard.status import dashboard_url, equity_text, portfolio_lines, portfolio_of, utilization_of
+from steadyhand.dashboard.status import (
+    dashboard_url,
+    equity_text,
+    portfolio_lines,
+    portfolio_of,
+    public,
+    utilization_of,
+)
 from steadyhand.runtime import procs
 from steadyhand.state import store
 
@@ -255,7 +262,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                               "positions": report["positions"], "open_orders": report["open_orders"],
                               "orders": report["orders"], "fills": report["fills"],
                               "last_reconciliation": report["last_reconciliation"],
-                              "data_dir": str(data_dir), "portfolio": report["portfolio"],
+                              "data_dir": str(data_dir), "portfolio": public(report["portfolio"]),
                               "dashboard_url": None, "risk_limits": {}}
     try:
         reply = connect(data_dir).command("status", timeout=ASK_TIMEOUT_S)
@@ -269,7 +276,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                       actors={n: {"pid": a["pid"], "restarts": a["restarts"], "alive": a["alive"]}
                               for n, a in status["actors"].items()},
                       started_at=status["started_at"], dashboard_url=dashboard_url(data_dir),
-                      risk_limits=utilization_of(data_dir, status.get("risk_limits") or {}))
+                      risk_limits=utilization_of(data_dir, status.get("risk_limits") or {}, report["portfolio"]))
     elif reply is not None:
         print(f"steadyhand: {reply.error}", file=sys.stderr)
     if args.json:

@@ -235,6 +235,7 @@ class PortfolioActor(SteadyActor):
                        for s in set(ours) | set(theirs) if ours.get(s, 0) != theirs.get(s, 0)}
         if message.authoritative or self.cash is None:
             self.cash = message.cash
+            self._save_book()  # status shows equity even before the first bar (a closed market)
         if not differences:
             self.mismatch_seen = None
             return

@@ -4,9 +4,10 @@
    over the window, in % of one core (target <= 0.1 %).
 2. Side by side, in one run: the replay of bench_latency (orders on a schedule) while the clients
    are switched on and off in alternating phases of ``PHASE_S`` seconds. A client does what the page
-   does: it reads ``/stream`` and fetches ``/api/state`` every 5 s and 300 ms after any frame other
-   than bars and equity. Each order's bar→ack (the OMS's ``order_submitted``) is counted in the phase
-   it was acknowledged in; p50 with clients vs without (target: moves by <= 5 %).
+   does: it reads ``/stream`` and fetches ``/api/state`` every 5 s and 1 s after any frame other
+   than bars and equity (at most once a second). Each order's bar→ack (the OMS's
+   ``order_submitted``) is counted in the phase it was acknowledged in; p50 with clients vs without
+   (target: moves by <= 5 %).
 
     python -m bench.bench_dashboard [--quick | --tiny]
 """
@@ -92,7 +93,7 @@ class Clients:
                         frame = json.loads(await asyncio.wait_for(ws.recv(), 0.1))
                         self.frames += 1
                         if frame["stage"] not in ("bar.received", "equity.update") and due is None:
-                            due = time.monotonic() + 0.3
+                            due = time.monotonic() + 1.0
                     except TimeoutError:
                         pass
                     now = time.monotonic()

@@ -44,6 +44,7 @@ LOG_POLL_S = 0.25  # how often the logs are looked at while someone watches (a s
 STORE_POLL_S = 1.0  # how often new equity rows and alerts are looked for while someone watches
 IDLE_POLL_S = 2.0  # both, while nobody watches: nothing is lost (the logs are read on from the offset)
 IDLE_AFTER_S = 60.0  # no request and no stream client for this long: nobody watches
+STATE_CACHE_S = 0.5  # /api/state built at most this often: pages refresh together after a frame
 LOG_TAIL = 100
 COMMAND_TIMEOUT_S = 30.0
 SendCommand = Callable[[str, dict[str, Any]], "Future[dict[str, Any]]"]
@@ -99,6 +100,7 @@ class DashboardServer:
         self.last_request = 0.0  # monotonic time of the last authorized request (the actor shell reads it)
         self._db: Any = None  # the poller's read-only connection, kept open (opening one costs more)
         self._tables: set[str] = set()
+        self._state_cache: tuple[float, bytes] = (0.0, b"")
         self._uvicorn: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
         self._poller: asyncio.Task[None] | None = None
@@ -299,16 +301,20 @@ class DashboardServer:
     async def _state(self, request: Request) -> Response:
         if not self._allowed(request):
             return self._denied()
-        db = self._open_db()
-        if db is None:
-            return JSONResponse({"error": "no state database yet"}, status_code=503)
-        try:
-            view = state_view(db, self.facts())
-        finally:
-            db.close()
-        view["run_id"] = self.ctx.run_id
-        view["stream"] = {"clients": len(self.hub.clients), "dropped": self.hub.dropped}
-        return JSONResponse(view)
+        built_at, body = self._state_cache
+        if time.monotonic() - built_at >= STATE_CACHE_S:
+            db = self._open_db()
+            if db is None:
+                return JSONResponse({"error": "no state database yet"}, status_code=503)
+            try:
+                view = state_view(db, self.facts())
+            finally:
+                db.close()
+            view["run_id"] = self.ctx.run_id
+            view["stream"] = {"clients": len(self.hub.clients), "dropped": self.hub.dropped}
+            body = json.dumps(view, default=str).encode()
+            self._state_cache = (time.monotonic(), body)
+        return Response(body, media_type="application/json")
 
     async def _command(self, request: Request) -> Response:
         if not self._allowed(request):
@@ -354,7 +360,7 @@ class DashboardServer:
                 if item is None:  # dropped for being slow
                     await websocket.close(1008, "too slow: dropped")
                     return
-                await websocket.send_text(json.dumps(item, default=str))
+                await websocket.send_text(item)
         except (WebSocketDisconnect, RuntimeError, OSError):
             pass
         finally:

@@ -1,7 +1,7 @@
 """The dashboard page: one HTML document, plotly.js from /static, live data from /api/state and /stream.
 
 What an operator looks at first comes first (issue 14 §2). The page re-reads ``/api/state`` when a
-frame says something changed (at most every 300 ms) and every 5 s for the ages; ``equity.update``
+frame says something changed (at most once a second) and every 5 s for the ages; ``equity.update``
 frames extend the equity curve directly. Element ids are what tests/test_dashboard_browser.py reads.
 """
 
@@ -128,7 +128,7 @@ async function refresh() {
   const r = await fetch("/api/state", {credentials: "same-origin"});
   if (r.ok) render(await r.json());
 }
-function soon() { if (!refreshTimer) refreshTimer = setTimeout(refresh, 300); }
+function soon() { if (!refreshTimer) refreshTimer = setTimeout(refresh, 1000); }  // at most one a second
 
 function connect() {
   const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/stream");

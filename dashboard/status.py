@@ -23,32 +23,40 @@ def dashboard_url(data_dir: Path) -> str | None:
         return None
 
 
+PORTFOLIO_KEYS = ("equity", "cash", "realized_pnl", "unrealized_pnl", "day_pnl", "gross_exposure", "positions")
+
+
 def portfolio_of(db: Any | None) -> dict[str, Any]:
-    """``status --json``'s ``portfolio`` (its contract keys only); no store yet: all unknown."""
+    """``status --json``'s ``portfolio`` (its contract keys, and the book's peak equity under a
+    private ``_peak_equity`` that cli.py drops): one read, so the limits agree with it."""
     if db is None:
         return {"equity": None, "cash": None, "realized_pnl": 0.0, "unrealized_pnl": 0.0, "day_pnl": None,
-                "gross_exposure": 0.0, "positions": {}}
+                "gross_exposure": 0.0, "positions": {}, "_peak_equity": None}
     book = read_book(db)
-    return {k: book[k] for k in ("equity", "cash", "realized_pnl", "unrealized_pnl", "day_pnl",
-                                 "gross_exposure", "positions")}
+    return {**{k: book[k] for k in PORTFOLIO_KEYS}, "_peak_equity": book["peak_equity"]}
 
 
-def utilization_of(data_dir: Path, limits: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """``utilization`` on a read-only connection of its own (empty without a store)."""
+def public(portfolio: dict[str, Any]) -> dict[str, Any]:
+    """The portfolio as ``status --json`` promises it."""
+    return {k: portfolio[k] for k in PORTFOLIO_KEYS}
+
+
+def utilization_of(data_dir: Path, limits: dict[str, Any], portfolio: dict[str, Any]) -> dict[str, Any]:
+    """``utilization`` of the portfolio ``status`` read, on a read-only connection of its own."""
     from steadyhand.state import store
 
     db = store.open_readonly(data_dir)
     if db is None:
         return {}
     try:
-        return utilization(db, limits)
+        return utilization(db, limits, {**portfolio, "peak_equity": portfolio.get("_peak_equity")})
     finally:
         db.close()
 
 
-def utilization(db: Any, limits: dict[str, Any]) -> dict[str, dict[str, float | None]]:
+def utilization(db: Any, limits: dict[str, Any], book: dict[str, Any] | None = None) -> dict[str, Any]:
     """Each risk limit's use, from the store (read-only) and the limits the supervisor holds."""
-    book = read_book(db)
+    book = read_book(db) if book is None else book
     if "orders" not in db.table_names():
         return limit_utilization(book, limits, 0)
     marks = ", ".join("?" * len(OPEN_STATUSES))

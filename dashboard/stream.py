@@ -142,29 +142,31 @@ def _parse(lines: Iterable[str]) -> list[dict[str, Any]]:
 
 
 class Hub:
-    """The last ``backlog`` frames, and one bounded queue per connected client."""
+    """The last ``backlog`` frames, and one bounded queue per connected client. A frame is encoded
+    to JSON once, whatever the number of clients."""
 
     def __init__(self, backlog: int = 200, client_queue: int = 1000,
                  on_drop: Callable[[asyncio.Queue[Any]], None] | None = None) -> None:
         self.on_drop = on_drop  # e.g. abort that client's connection: its sender may be stuck writing
-        self.recent: deque[dict[str, Any]] = deque(maxlen=backlog)
+        self.recent: deque[str] = deque(maxlen=backlog)
         self.client_queue = client_queue
-        self.clients: set[asyncio.Queue[dict[str, Any] | None]] = set()
+        self.clients: set[asyncio.Queue[str | None]] = set()
         self.dropped = 0  # clients dropped for being slow
 
-    def subscribe(self) -> asyncio.Queue[dict[str, Any] | None]:
+    def subscribe(self) -> asyncio.Queue[str | None]:
         """A new client's queue, already holding the backlog (a late client catches up first)."""
-        queue: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue(self.client_queue + len(self.recent) + 1)
+        queue: asyncio.Queue[str | None] = asyncio.Queue(self.client_queue + len(self.recent) + 1)
         for item in self.recent:
             queue.put_nowait(item)
         self.clients.add(queue)
         return queue
 
-    def unsubscribe(self, queue: asyncio.Queue[dict[str, Any] | None]) -> None:
+    def unsubscribe(self, queue: asyncio.Queue[str | None]) -> None:
         self.clients.discard(queue)
 
     def publish(self, item: dict[str, Any]) -> None:
-        self.recent.append(item)
+        text = json.dumps(item, default=str)
+        self.recent.append(text)
         for queue in list(self.clients):
             if queue.qsize() >= queue.maxsize - 1:  # slow: drop it rather than wait or grow
                 self.clients.discard(queue)
@@ -174,7 +176,7 @@ class Hub:
                 if self.on_drop is not None:
                     self.on_drop(queue)
             else:
-                queue.put_nowait(item)
+                queue.put_nowait(text)
 
 
 def _clear(queue: asyncio.Queue[Any]) -> None:

@@ -109,7 +109,7 @@ def test_hub_gives_late_clients_the_backlog_and_drops_a_slow_one_without_waiting
         for i in range(10):
             hub.publish({"n": i})
         late = hub.subscribe()
-        assert [late.get_nowait()["n"] for _ in range(3)] == [7, 8, 9]
+        assert [json.loads(late.get_nowait())["n"] for _ in range(3)] == [7, 8, 9]
         fast, slow = hub.subscribe(), hub.subscribe()
         for i in range(10, 30):
             hub.publish({"n": i})
