@@ -42,7 +42,7 @@ CONTROLS = ("pause", "resume", "halt", "flatten", "cancel-all", "ack")
 CONFIRMED = ("halt", "flatten")
 LOG_POLL_S = 0.25  # how often the logs are looked at while someone watches (a stat per file when quiet)
 STORE_POLL_S = 1.0  # how often new equity rows and alerts are looked for while someone watches
-IDLE_POLL_S = 2.0  # both, while nobody watches: nothing is lost (the logs are read on from the offset)
+IDLE_POLL_S = 5.0  # both, while nobody watches: nothing is lost (the logs are read on from the offset)
 IDLE_AFTER_S = 60.0  # no request and no stream client for this long: nobody watches
 STATE_CACHE_S = 0.5  # /api/state built at most this often: pages refresh together after a frame
 LOG_TAIL = 100
@@ -58,15 +58,15 @@ def plotly_js() -> Path:
 
 
 class _IdleUvicorn(_Uvicorn):
-    """uvicorn's main loop wakes 10 times a second to look for ``should_exit``; half a second is
-    enough for a stop (the actor shell waits for it) and halves the idle dashboard's CPU."""
+    """uvicorn's main loop wakes 10 times a second to look for ``should_exit``; once a second is
+    enough for a stop (the actor shell waits for it) and is most of an idle dashboard's CPU."""
 
     async def main_loop(self) -> None:
         counter = 0
         should_exit = await self.on_tick(counter)
         while not should_exit:
-            counter = (counter + 5) % 864000  # on_tick counts tenths of a second
-            await asyncio.sleep(0.5)
+            counter = (counter + 10) % 864000  # on_tick counts tenths of a second (the Date header: 1 s)
+            await asyncio.sleep(1.0)
             should_exit = await self.on_tick(counter)
 
 
