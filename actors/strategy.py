@@ -54,7 +54,7 @@ class StrategyActor(SteadyActor):
             self.tell_peer("feed", HistoryRequest(self.live.window))
 
     def step_ready(self) -> bool:
-        return self.strategy_warm  # lock-step: history first
+        return self._warm  # lock-step: history first
 
     def on_history(self, message: HistoryReply, sender: ActorAddress) -> None:
         self.live.warm_up(message.bars)
