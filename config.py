@@ -128,6 +128,7 @@ class RetentionSettings:
 
     equity_bars_days: float = 30.0  # per-bar equity rows; older days keep one row each (close, open/high/low)
     bad_bars_days: float = 30.0  # rejected market data
+    bars_days: float = 30.0  # the bars each run acted on (journaled for the parity report)
     risk_decisions_days: float = 30.0  # every approval and denial
     alerts_days: float = 90.0  # delivered or expired alerts (never a pending one, never an unacknowledged CRITICAL)
     checkpoint_interval_s: float = 300.0  # wall seconds between WAL checkpoints; 0: SQLite's own only

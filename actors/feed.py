@@ -60,8 +60,9 @@ class FeedActor(LockstepFeed, SteadyActor):
             self.lockstep_setup()
 
     def on_first_wiring(self) -> None:
-        days = self.run.settings.retention.bad_bars_days
-        self.start_retention({"bad_bars": lambda now: retention.prune_bad_bars(self.db.conn, now, days)})
+        days, bar_days = self.run.settings.retention.bad_bars_days, self.run.settings.retention.bars_days
+        self.start_retention({"bad_bars": lambda now: retention.prune_bad_bars(self.db.conn, now, days),
+                              "bars": lambda now: retention.prune_bars(self.db.conn, now, bar_days)})
         if self.live_source is not None:
             self.every("drain", STREAM_DRAIN_S)
             return

@@ -124,6 +124,18 @@ def prune_bad_bars(conn: sqlite3.Connection, now: datetime, days: float, batch: 
     return prune_oldest(conn, "bad_bars", "coalesce(clock_ts, recorded_at)", cutoff(now, days), batch)
 
 
+def prune_bars(conn: sqlite3.Connection, now: datetime, days: float, batch: int = BATCH_ROWS) -> int:
+    """Journaled bars (the parity report's input) whose bar time is more than ``days`` of the run
+    clock ago (one batch, oldest written first: the table has no id, its rowid is the order)."""
+    keep_from = cutoff(now, days)
+    if keep_from is None:
+        return 0
+    with _transaction(conn):
+        return conn.execute(
+            "DELETE FROM bars WHERE rowid IN (SELECT rowid FROM bars WHERE ts < ? ORDER BY rowid LIMIT ?)",
+            (keep_from, batch)).rowcount
+
+
 # --- alerts: only what nobody waits for --------------------------------------------------------------
 
 # Done with: delivered, or given up on (expired). Kept regardless: an unacknowledged CRITICAL alert

@@ -155,6 +155,16 @@ def test_bad_bars_older_than_the_retention_go(db: Any) -> None:
     assert _count(db, "bad_bars") == 1
 
 
+def test_journaled_bars_older_than_the_retention_go_by_bar_time(db: Any) -> None:
+    for run_id, ts in ((1, MON), (1, MON + timedelta(hours=1)), (2, MON + 3 * DAY)):
+        db.execute("INSERT INTO bars (run_id, symbol, ts, open, high, low, close, volume, kind)"
+                   " VALUES (?, 'AAPL', ?, 1, 1, 1, 1, 1, 'live')", [run_id, store.iso(ts)])
+    assert retention.prune_bars(db.conn, MON + 3 * DAY, days=1, batch=1) == 1  # one batch at a time
+    assert retention.prune_bars(db.conn, MON + 3 * DAY, days=1) == 1
+    assert retention.prune_bars(db.conn, MON + 3 * DAY, days=0) == 0  # 0 keeps everything
+    assert db.execute("SELECT run_id, ts FROM bars").fetchall() == [(2, store.iso(MON + 3 * DAY))]
+
+
 # --- alerts: only what nobody waits for ----------------------------------------------------------------
 
 
@@ -202,11 +212,11 @@ def test_a_pass_with_the_shortest_retention_never_deletes_the_journal_or_the_aud
     store.set_risk_state(db, session_day="2026-11-16")
     store.set_portfolio_state(db, summarized_day="2026-11-16", fills_applied_through="1")
     before = {t: db.execute(f"SELECT * FROM [{t}]").fetchall() for t in db.table_names()
-              if t not in ("equity", "risk_decisions", "bad_bars", "alerts")}
+              if t not in ("equity", "risk_decisions", "bad_bars", "bars", "alerts")}
     positions = journal_positions(db)
     now = MON + 400 * DAY
     for step in (retention.roll_up_equity, retention.prune_risk_decisions, retention.prune_bad_bars,
-                 retention.prune_alerts):
+                 retention.prune_bars, retention.prune_alerts):
         while step(db.conn, now, 0.0001):
             pass
     assert {t: db.execute(f"SELECT * FROM [{t}]").fetchall() for t in before} == before
