@@ -178,10 +178,9 @@ class _Stats:
     fill_steps: int = 0
     reruns: int = 0
     started: float = 0.0
-    # Wall time of the two token rounds, and the feed's own share: reading and validating a tick
-    # (prepare) and handing its Bars to the transport (publish).
+    # Wall time of the two token rounds, and the feed's own share: reading and validating a tick.
     phase_s: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"fills": 0.0, "bars": 0.0, "prepare": 0.0, "publish": 0.0})
+        default_factory=lambda: {"fills": 0.0, "bars": 0.0, "prepare": 0.0})
     busy_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -316,12 +315,10 @@ class LockstepFeed:
 
     def _ls_bars(self) -> None:
         assert self.ls_tick is not None
-        began = time.perf_counter()
         self.last_bar_at = self.ls_tick[2] + MINUTE
         # The bars travel as row indices in the token (each hop reads them from the file): three
         # Bars messages of a hundred bars cost the feed more than the rest of a tick together.
         self._send_step("bars", BARS_ROUTE, rows=self.ls_rows, tick_ts=self.ls_tick[2])
-        self.ls_stats.phase_s["publish"] += time.perf_counter() - began
 
     def _ls_tick_done(self) -> None:
         assert self.ls_tick is not None
