@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from steadyhand.brokers import BROKERS
-from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides
+from steadyhand.config import ConfigError, RunSettings, Settings, load_settings, with_overrides, with_strategy
 from steadyhand.control.client import (
     ASK_TIMEOUT_S,
     RUN_FILE,
@@ -35,12 +35,23 @@ from steadyhand.control.client import (
     running_info,
     write_run_file,
 )
+from steadyhand.control.commands import SecretError
+from steadyhand.dashboard.status import (
+    dashboard_url,
+    equity_text,
+    portfolio_lines,
+    portfolio_of,
+    public,
+    utilization_of,
+)
 from steadyhand.runtime import procs
 from steadyhand.state import store
 
 EXIT_OK, EXIT_FAIL, EXIT_CONFIG = 0, 1, 2
 START_TIMEOUT_S = 60.0
 LIVE_VIEW_PERIOD_S = 3.0
+STRATEGY_HELP = ('the strategy class: "path/to/file.py:ClassName", "package.module:ClassName" or a shipped '
+                 "name (see `steadyhand strategies`); overrides [strategy] class, keeps [strategy.params]")
 LOCKSTEP_VIEW_PERIOD_S = 0.1  # a lock-step run stops by itself at the end of its file: notice it soon
 START_HELP = ("where a new simulated clock starts: YYYY-MM-DD (that day's session open, or the next "
               "session's) or an ISO timestamp with offset; default the latest session's open")
@@ -126,6 +137,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"steadyhand running: data dir {data_dir}, admin port {port} (127.0.0.1), "
                   f"pid {os.getpid()}, broker {settings.broker}, clock {_clock_text(clock)}", flush=True)
             print("  actors: " + ", ".join(f"{n}={p}" for n, p in started.children.items()), flush=True)
+            if dashboard_url(data_dir):
+                print(f"  dashboard: {dashboard_url(data_dir)}", flush=True)
             code = _live_view(Connection(system, supervisor, data_dir), data_dir, stop, clock,
                               period=LOCKSTEP_VIEW_PERIOD_S if lockstep else LIVE_VIEW_PERIOD_S)
     finally:
@@ -135,6 +148,16 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         print(line, flush=True)
         code = EXIT_OK if finished else EXIT_FAIL
     return code
+
+
+def _checked_for_run(settings: Settings, config_path: str | None) -> Settings:
+    """The strategy loads and the replay file is usable (ConfigError otherwise), before anything starts."""
+    from steadyhand.data.bar_files import with_replay_symbols
+    from steadyhand.strategies.loader import load_strategy
+
+    settings = with_replay_symbols(settings, config_path)
+    load_strategy(settings.strategy)
+    return settings
 
 
 def _anchor_clock(settings: Settings, data_dir: Path) -> Any:
@@ -219,7 +242,7 @@ def _status_line(status: dict[str, Any], data_dir: Path, clock: Any) -> str:
     restarts = sum(a["restarts"] for a in status["actors"].values())
     down = [n for n, a in status["actors"].items() if not a["alive"]]
     positions = " ".join(f"{s}:{q}" for s, q in sorted(report["positions"].items())) or "flat"
-    text = (f"{status['trading_state'].upper()} "
+    text = (f"{status['trading_state'].upper()} {equity_text(report['portfolio'])} "
             f"orders {report['orders']} (open {report['open_orders']}) fills {report['fills']} "
             f"positions {positions} restarts {restarts}, {_market_text(clock)}")
     return text + (f" DOWN: {','.join(down)}" if down else "")
@@ -248,7 +271,7 @@ def _shutdown(system: Any, data_dir: Path, port: int) -> None:
 def read_report(data_dir: Path) -> dict[str, Any]:
     db = store.open_readonly(data_dir)
     empty = {"positions": {}, "open_orders": 0, "orders": 0, "fills": 0, "last_reconciliation": None,
-             "trading_state": "active", "halt_reason": ""}
+             "trading_state": "active", "halt_reason": "", "portfolio": portfolio_of(None)}
     if db is None or "orders" not in db.table_names():
         return empty
     try:
@@ -263,7 +286,8 @@ def read_report(data_dir: Path) -> dict[str, Any]:
         return {"positions": positions, "open_orders": open_orders, "orders": orders, "fills": fills,
                 "last_reconciliation": json.loads(row[0]) if row else None,
                 "trading_state": store.get_control(db, "trading_state", "active"),
-                "halt_reason": store.get_control(db, "halt_reason", "") or ""}
+                "halt_reason": store.get_control(db, "halt_reason", "") or "",
+                "portfolio": portfolio_of(db)}
     finally:
         db.close()
 
@@ -276,19 +300,24 @@ def cmd_status(args: argparse.Namespace) -> int:
                               "positions": report["positions"], "open_orders": report["open_orders"],
                               "orders": report["orders"], "fills": report["fills"],
                               "last_reconciliation": report["last_reconciliation"],
-                              "data_dir": str(data_dir)}
+                              "data_dir": str(data_dir), "portfolio": public(report["portfolio"]),
+                              "dashboard_url": None, "risk_limits": {}}
     try:
         reply = connect(data_dir).command("status", timeout=ASK_TIMEOUT_S)
     except NotRunning as exc:
         reply = None
         if not args.json:
             print(exc, file=sys.stderr)
+    except SecretError as exc:  # a live run, but no usable secret to ask it with
+        reply = None
+        print(f"steadyhand: {exc}", file=sys.stderr)
     if reply is not None and reply.ok:
         status = reply.result
         result.update(running=True, trading_state=status["trading_state"], halt_reason=status["halt_reason"],
                       actors={n: {"pid": a["pid"], "restarts": a["restarts"], "alive": a["alive"]}
                               for n, a in status["actors"].items()},
-                      started_at=status["started_at"])
+                      started_at=status["started_at"], dashboard_url=dashboard_url(data_dir),
+                      risk_limits=utilization_of(data_dir, status.get("risk_limits") or {}, report["portfolio"]))
     elif reply is not None:
         print(f"steadyhand: {reply.error}", file=sys.stderr)
     if args.json:
@@ -335,6 +364,8 @@ def _print_status(result: dict[str, Any]) -> None:
     positions = ", ".join(f"{s} {q}" for s, q in sorted(result["positions"].items())) or "flat"
     print(f"positions:      {positions}")
     print(f"orders:         {result['orders']} ({result['open_orders']} open), fills {result['fills']}")
+    for line in portfolio_lines(result):
+        print(line)
     rec = result["last_reconciliation"]
     if rec:
         print(f"reconciled:     {rec.get('finished_at')} ({rec.get('reason')}): "
@@ -388,34 +419,6 @@ def cmd_logs(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_backtest(args: argparse.Namespace, settings: Settings) -> int:
-    import pandas as pd
-    from steadyhand.backtest.engine import backtest
-    from steadyhand.data.bar_checks import BarValidator
-    from steadyhand.sim.replay import ReplayMarket
-
-    replay = ReplayMarket(args.replay)
-    good, rejected = BarValidator().validate(replay.rows())
-    frame = pd.DataFrame([{"ts": b.ts, "symbol": b.symbol, "open": b.open, "high": b.high, "low": b.low,
-                           "close": b.close, "volume": b.volume} for b in good])
-    if frame.empty:
-        print("backtest: no valid bars in the replay file", file=sys.stderr)
-        return EXIT_FAIL
-    result = backtest(frame, settings.strategy, start_cash=settings.sim.start_cash)
-    trades = [{"ts": t.ts.isoformat(), "symbol": t.symbol, "side": str(t.side), "qty": t.qty,
-               "price": t.price, "intent_id": t.intent_id} for t in result.trades]
-    if args.json:
-        print(json.dumps({"trades": trades, "bars": result.bars, "rejected_bars": len(rejected),
-                          "realized_pnl": result.realized_pnl, "final_positions": result.final_positions}))
-    else:
-        for t in trades:
-            print(f"{t['ts']} {t['side']:<4} {t['qty']:>5} {t['symbol']:<6} @ {t['price']:.2f}  "
-                  f"{t['intent_id']}")
-        print(f"{len(trades)} trades over {result.bars} bars ({len(rejected)} bad bars rejected); "
-              f"realized P&L {result.realized_pnl:.2f}; positions {result.final_positions}")
-    return EXIT_OK
-
-
 # --- argument parsing ---------------------------------------------------------------------------
 
 
@@ -436,18 +439,36 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, help="seed of the synthetic market")
     run.add_argument("--replay", help="CSV of bars to replay instead of the synthetic market")
     run.add_argument("--start", help=START_HELP)
+    run.add_argument("--strategy", help=STRATEGY_HELP)
     run.add_argument("--lockstep", action="store_true",
                      help="with --replay: each bar processed to quiescence before the next, filled at the "
                           "next bar's open as the backtest assumes; exits at the end of the file")
     common(sub.add_parser("status", help="state of the running bot"))
     common(sub.add_parser("orders", help="the order journal"))
     common(sub.add_parser("fills", help="every fill"))
+    common(sub.add_parser("runs", help="the run ledger: every run, newest last"))
+    report = sub.add_parser("report", help="reports read from the state store: execution, parity")
+    report_sub = report.add_subparsers(dest="report_command", required=True)
+    execution = report_sub.add_parser("execution", help="slippage split, limit fill rate, latency")
+    common(execution)
+    execution.add_argument("--since", help="only orders of this day (YYYY-MM-DD) and later")
+    execution.add_argument("--html", help="also write a standalone HTML file with charts")
+    parity = report_sub.add_parser("parity", help="a run compared trade by trade with a backtest of its bars")
+    common(parity, config=True)
+    parity.add_argument("--run", type=int, help="the run's id (`steadyhand runs`; default the latest)")
+    parity.add_argument("--html", help="also write a standalone HTML file with the equity curves")
     logs = sub.add_parser("logs", help="recent log events, readable")
     common(logs)
     logs.add_argument("-n", "--lines", type=int, default=50)
     backtest = sub.add_parser("backtest", help="the strategy's trades on a replay file")
     common(backtest, config=True)
     backtest.add_argument("--replay", required=True, help="CSV of bars: ts,symbol,open,high,low,close,volume")
+    backtest.add_argument("--strategy", help=STRATEGY_HELP)
+    backtest.add_argument("--check-lookahead", action="store_true",
+                          help="recompute targets on cut histories; exit 1 if any row changes with later bars")
+    backtest.add_argument("--lookahead-cutoffs", type=int, default=0,
+                          help="number of history cuts for --check-lookahead (default 0: every bar time)")
+    common(sub.add_parser("strategies", help="the shipped strategies, their parameters and defaults"))
     for name, text in (("pause", "no new entries (reducing orders still allowed)"),
                        ("resume", "back to normal trading"),
                        ("halt", "kill switch: cancel every open order, state HALTED"),
@@ -471,6 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = exchange_sub.add_parser("serve", help="serve an Alpaca-compatible paper exchange on 127.0.0.1")
     common(serve, config=True, json_flag=False)
     serve.add_argument("--port", type=int, default=0, help="TCP port (0: a free one, printed)")
+    serve.add_argument("--tws-port", type=int, default=None,
+                       help="also serve the TWS socket protocol (IBKR) on this port, same book and clock "
+                            "(0: a free one, printed)")
     serve.add_argument("--start", help=START_HELP)
     return parser
 
@@ -488,7 +512,8 @@ def main(argv: list[str] | None = None) -> int:
             settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
             return cmd_serve(args, with_overrides(settings, start=args.start))
         if args.command in ("run", "backtest"):
-            settings = load_settings(args.config or os.environ.get("STEADYHAND_CONFIG"))
+            config_path = args.config or os.environ.get("STEADYHAND_CONFIG")
+            settings = with_strategy(load_settings(config_path), args.strategy)
             if args.command == "run":
                 settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay,
                                           start=args.start)
@@ -499,11 +524,25 @@ def main(argv: list[str] | None = None) -> int:
                 if settings.broker not in BROKERS:
                     known = " or ".join(repr(name) for name in BROKERS)
                     raise ConfigError(f"broker: {settings.broker!r} is not available in this version yet ({known})")
-                return cmd_run(args, settings)
+                return cmd_run(args, _checked_for_run(settings, config_path))
+            from steadyhand.backtest.command import cmd_backtest
+
             return cmd_backtest(args, settings)
+        if args.command == "strategies":
+            from steadyhand.strategies.listing import cmd_strategies
+
+            return cmd_strategies(args)
     except ConfigError as exc:
         print(f"steadyhand: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "runs":
+        from steadyhand.reports.runs import cmd_runs
+
+        return cmd_runs(args)
+    if args.command == "report":
+        from steadyhand.reports import cmd_report
+
+        return cmd_report(args)
     commands = {"status": cmd_status, "orders": cmd_orders, "fills": cmd_fills, "logs": cmd_logs}
     return commands.get(args.command, cmd_operator)(args)
 

@@ -46,11 +46,16 @@ class SimSettings:
 
 @dataclass(frozen=True)
 class StrategySettings:
+    """``[strategy]``: ``class`` and ``[strategy.params]`` (the plug-in API, ``strategies/loader.py``),
+    or, without ``class``, the shipped SMA crossover with today's keys ``fast, slow, qty, allow_short``."""
+
     name: Literal["sma_crossover"] = "sma_crossover"
     fast: int = 5
     slow: int = 20
     qty: int = 10
     allow_short: bool = False
+    class_name: str = ""  # TOML key ``class``: "path/to/file.py:ClassName", "pkg.module:ClassName" or a shipped name
+    params: dict[str, Any] = field(default_factory=dict)  # [strategy.params]: the constructor's keyword arguments
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,16 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """The web dashboard (dashboard/): on 127.0.0.1 only, whenever the bot runs."""
+
+    enabled: bool = True
+    port: int = 0  # 0: a free port, written with the full URL to <data dir>/dashboard.json
+    stream_backlog: int = 200  # frames a late /stream client gets first
+    client_queue: int = 1000  # frames queued for one slow client before it is dropped
+
+
+@dataclass(frozen=True)
 class AlpacaSettings:
     paper: bool = True
     allow_live: bool = False
@@ -140,6 +155,7 @@ class AlpacaSettings:
     data_url: str = ""
     data_stream_url: str = ""
     trading_stream_url: str = ""
+    quote_at_submit: bool = True  # one latest-quote data request after each submit (the execution report)
 
 
 @dataclass(frozen=True)
@@ -171,6 +187,7 @@ class Settings:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     logging: LogSettings = field(default_factory=LogSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     alpaca: AlpacaSettings = field(default_factory=AlpacaSettings)
     ibkr: IbkrSettings = field(default_factory=IbkrSettings)
 
@@ -259,8 +276,32 @@ def _check_start(key: str, value: Any) -> str:
     return value.strip()
 
 
+def _check_params(key: str, value: Any) -> dict[str, Any]:
+    """``strategy.params``: a table; each value is checked against the constructor by the loader."""
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: must be a table [{key}]")
+    return dict(value)
+
+
 # Keys whose values need more than a type check (called instead of _check_value).
-_SPECIAL: dict[str, typing.Callable[[str, Any], Any]] = {"sim.start": _check_start}
+_SPECIAL: dict[str, typing.Callable[[str, Any], Any]] = {"sim.start": _check_start, "strategy.params": _check_params}
+# The SMA's own keys, which mean nothing next to a ``class``.
+_SMA_KEYS = ("fast", "slow", "qty", "allow_short")
+
+
+def _strategy_table(data: dict[str, Any]) -> dict[str, Any]:
+    """``[strategy]`` with TOML's ``class`` (a Python keyword) as the field ``class_name``."""
+    table = data.get("strategy")
+    if not isinstance(table, dict) or "class" not in table:
+        return data
+    table = dict(table)
+    if "class_name" in table:
+        raise ConfigError("strategy.class: give class or class_name, not both")
+    table["class_name"] = table.pop("class")
+    given = [k for k in _SMA_KEYS if k in table]
+    if given:
+        raise ConfigError(f"strategy.{given[0]}: with strategy.class, parameters go in [strategy.params]")
+    return {**data, "strategy": table}
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -290,12 +331,14 @@ def _validate(settings: Settings) -> None:
         if not symbol.replace(".", "").isalnum() or symbol != symbol.upper():
             raise ConfigError(f"symbols: {symbol!r} is not an upper-case ticker")
     strategy = settings.strategy
-    if strategy.fast < 1 or strategy.slow <= strategy.fast:
+    if strategy.class_name:
+        pass  # the loader checks the class and its params (strategies/loader.py)
+    elif strategy.fast < 1 or strategy.slow <= strategy.fast:
         raise ConfigError(
             f"strategy.slow: must be greater than strategy.fast >= 1 "
             f"(got fast={strategy.fast}, slow={strategy.slow})"
         )
-    if strategy.qty < 1:
+    if strategy.qty < 1 and not strategy.class_name:
         raise ConfigError("strategy.qty: must be at least 1")
     if settings.sim.speed <= 0:
         raise ConfigError(f"sim.speed: must be positive, got {settings.sim.speed}")
@@ -311,6 +354,11 @@ def _validate(settings: Settings) -> None:
     interval = settings.retention.checkpoint_interval_s
     if 0 < interval < 1:  # a checkpoint every few milliseconds would compete with every commit
         raise ConfigError(f"retention.checkpoint_interval_s: must be 0 (off) or at least 1, got {interval}")
+
+
+def validate_settings(settings: Settings) -> None:
+    """The whole-file checks, for settings changed after loading (e.g. symbols taken from a replay)."""
+    _validate(settings)
 
 
 def required_secrets(settings: Settings) -> tuple[str, ...]:
@@ -338,9 +386,16 @@ def check_secrets(settings: Settings, environ: typing.Mapping[str, str] | None =
 
 def parse_settings(data: dict[str, Any]) -> Settings:
     """Settings from an already-parsed TOML document (validated)."""
-    settings = _build(Settings, data, "")
+    settings = _build(Settings, _strategy_table(data), "")
     _validate(settings)
     return settings
+
+
+def with_strategy(settings: Settings, spec: str | None) -> Settings:
+    """Settings with ``[strategy] class`` replaced (``--strategy``); ``[strategy.params]`` are kept."""
+    if not spec:
+        return settings
+    return dataclasses.replace(settings, strategy=dataclasses.replace(settings.strategy, class_name=spec))
 
 
 def load_settings(path: str | os.PathLike[str] | None) -> Settings:

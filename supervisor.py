@@ -20,6 +20,7 @@ half of it, the trading state and the operator's commands, is ``control/operator
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -31,6 +32,7 @@ from typing import Any, Literal
 
 from steadyhand.actors.alerter import AlerterActor
 from steadyhand.actors.base import SteadyActor
+from steadyhand.actors.dashboard import DashboardActor
 from steadyhand.actors.feed import FeedActor
 from steadyhand.actors.heartbeat import HeartbeatActor
 from steadyhand.actors.messages import (
@@ -38,7 +40,9 @@ from steadyhand.actors.messages import (
     CancelAll,
     CancelAllCompleted,
     ChildReady,
+    CommandResult,
     Configure,
+    CrashReport,
     DebugToActor,
     FlattenCompleted,
     OperatorCommand,
@@ -56,11 +60,12 @@ from steadyhand.config import RunSettings
 from steadyhand.control import commands
 from steadyhand.control.operator import OperatorControl
 from steadyhand.domain import Severity, TradingState
-from steadyhand.state import store
+from steadyhand.state import runs, store
 from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
 
 SUPERVISOR_NAME = "steadyhand-supervisor"  # Thespian globalName: how the CLI finds us
 STORE_RETRY_S = 2.0  # how often journal writes that hit a store fault are retried
+RUN_LEDGER_S = 10.0  # how often the run's ledger row is refreshed (a crash keeps the last refresh)
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,8 @@ class ChildSpec:
     restart: Literal["permanent", "temporary"] = "permanent"  # temporary: never restarted
     max_restarts: int | None = None  # MaxR; None: the [supervisor] setting
     period_s: float | None = None  # MaxT; None: the [supervisor] setting
+    essential: bool = True  # False: crashing too often leaves it down with an alert, trading goes on
+    section: str = ""  # a settings section whose `enabled = false` leaves this child out
 
 
 #                 name         actor            restart
@@ -82,6 +89,7 @@ CHILD_SPECS: tuple[ChildSpec, ...] = (
     ChildSpec("risk",      RiskActor),       # denies everything until the OMS has reconciled
     ChildSpec("strategy",  StrategyActor),
     ChildSpec("feed",      FeedActor),       # data flows only once everyone is there
+    ChildSpec("dashboard", DashboardActor, essential=False, section="dashboard"),  # watches, never trades
     ChildSpec("heartbeat", HeartbeatActor),  # last: watches the others
 )  # fmt: skip
 
@@ -109,6 +117,7 @@ class Child:
     recent: deque[float] | None = None  # monotonic times of restarts within the period
     down_reason: str = ""
     operator_restart: bool = False  # killed on an operator's `restart`: not a crash
+    last_error: str = ""  # the child's own CrashReport: why it crashed last
 
     @property
     def alive(self) -> bool:
@@ -134,18 +143,31 @@ class Supervisor(OperatorControl, SteadyActor):
             Start: self.on_start,
             ChildReady: self.on_child_ready,
             ActorUnresponsive: self.on_unresponsive,
+            CrashReport: self.on_crash_report,
             RequestHalt: self.on_request_halt,
             RequestShutdown: self.on_shutdown,
             DebugToActor: self.on_debug,
             CancelAllCompleted: self.on_cancel_all_completed,
             FlattenCompleted: self.on_flatten_completed,
-            OperatorCommand: self.on_command,
+            OperatorCommand: self.on_command_unstarted,
         }
         self.timers = {"stop_deadline": self._stop_next_forced, "command_deadline": self._command_deadline,
-                       "store_retry": self._retry_unsaved}
+                       "store_retry": self._retry_unsaved, "run_ledger": self._refresh_ledger}
+        self.run_id: int | None = None  # this run's row in the run ledger (state/runs.py)
         self.unsaved: dict[str, Any] = {}  # journal writes that failed (store fault), retried
 
     # --- start ------------------------------------------------------------------------------
+
+    def on_command_unstarted(self, command: OperatorCommand, sender: ActorAddress) -> None:
+        """Commands before ``Start``: this supervisor was created by a client's lookup of a run whose
+        supervisor is gone (Thespian's global names create what they do not find). Refuse, and exit
+        so that nothing is left behind."""
+        if self.run is not None:
+            self.on_command(command, sender)
+            return
+        self.send(sender, CommandResult(getattr(command, "command_id", ""), False,
+                                        error="steadyhand is not running (no started supervisor)"))
+        self.send(self.myAddress, ActorExitRequest())
 
     def on_start(self, message: Start, sender: ActorAddress) -> None:
         if self.run is not None:
@@ -161,7 +183,10 @@ class Supervisor(OperatorControl, SteadyActor):
         )
         self.halt_reason = store.get_control(self.db, "halt_reason", "") or ""
         self.secret = commands.load_secret(self.run.data_dir, create=True)
+        self._open_ledger()  # before the children: the feed stamps its bars with this run's id
         for spec in CHILD_SPECS:
+            if spec.section and not getattr(self.run.settings, spec.section).enabled:
+                continue
             self.children[spec.name] = Child(
                 spec=spec, recent=deque(maxlen=(spec.max_restarts or sup.max_restarts) + 1)
             )
@@ -170,6 +195,34 @@ class Supervisor(OperatorControl, SteadyActor):
         self._broadcast_wiring()
         self._cancel_all_if_halted()
         self.event("supervisor_started", trading_state=self.trading_state.value, pid=os.getpid())
+
+    # --- the run ledger (state/runs.py) -----------------------------------------------------
+
+    def _open_ledger(self) -> None:
+        """Record earlier runs that never closed their row as crashed, then open this run's."""
+        crashed = runs.mark_crashed(self.db)
+        if crashed:
+            self.event("runs_crashed", run_ids=crashed, level="warning")
+        strategy = self.run.settings.strategy
+        strategies = [strategy.class_name or strategy.name]  # the [strategy] class, or the shipped SMA
+        config = {"strategy": _plain(self.run.settings.strategy), "start_cash": self.run.settings.sim.start_cash}
+        self.run_id = runs.open_run(self.db, self.run.settings.broker, strategies,
+                                    store.iso(self.run.clock.now()), os.getpid(), config)
+        self.every("run_ledger", RUN_LEDGER_S)
+
+    def _refresh_ledger(self) -> None:
+        if self.run_id is not None:
+            run_id, clock_now = self.run_id, store.iso(self.run.clock.now())
+            self._durably("run_ledger", lambda: runs.refresh(self.db, run_id, clock_now))
+
+    def _close_ledger(self) -> None:
+        """The run ends: 'halt' when it ends HALTED, else 'stop'. Once."""
+        if self.run_id is None or self.db is None:
+            return
+        run_id, self.run_id = self.run_id, None
+        ended_by = "halt" if self.trading_state is TradingState.HALTED else "stop"
+        clock_now = store.iso(self.run.clock.now())
+        self._durably("run_ledger", lambda: runs.close_run(self.db, run_id, ended_by, clock_now))
 
     def _cancel_all_if_halted(self) -> None:
         """A new OMS under HALTED cancels everything (after its reconciliation): a kill switch cut
@@ -269,10 +322,21 @@ class Supervisor(OperatorControl, SteadyActor):
         self._record_actor(child)
         self._journal_restart(name, "escalated", child.down_reason)
         self._broadcast_wiring()  # peers learn it is gone
+        if not child.spec.essential:  # an observer (the dashboard): trading does not depend on it
+            self.alert(f"escalation:{name}", Severity.HIGH, f"steadyhand: {name} keeps crashing",
+                       f"{name} crashed {child.down_reason}; it is left down, trading goes on.")
+            self._answer_starter()
+            return
         self._set_trading_state(TradingState.HALTED, f"{name} left down: {child.down_reason}")
+        why = f" Last error: {child.last_error}" if child.last_error else ""
         self.alert(f"escalation:{name}", Severity.CRITICAL, f"steadyhand HALTED: {name} keeps crashing",
-                   f"{name} crashed {child.down_reason}; it is left down and trading is halted.")
+                   f"{name} crashed {child.down_reason}; it is left down and trading is halted.{why}")
         self._answer_starter()
+
+    def on_crash_report(self, message: CrashReport, sender: ActorAddress) -> None:
+        child = self.children.get(message.name)
+        if child is not None:
+            child.last_error = message.error
 
     def on_unresponsive(self, message: ActorUnresponsive, sender: ActorAddress) -> None:
         child = self.children.get(message.name)
@@ -333,6 +397,7 @@ class Supervisor(OperatorControl, SteadyActor):
         while self.stopping and not self.children[self.stopping[0]].alive:
             self.stopping.pop(0)
         if not self.stopping:
+            self._close_ledger()  # every child has stopped: the figures are final
             if self.stop_requester is not None:
                 self.send(self.stop_requester, ShutdownCompleted())
                 self.stop_requester = None
@@ -349,6 +414,7 @@ class Supervisor(OperatorControl, SteadyActor):
                 os.kill(child.pid, signal.SIGKILL)
 
     def on_stop(self) -> None:
+        self._close_ledger()  # stopped without a RequestShutdown (the actor system went down)
         for child in self.children.values():
             if child.address is not None:
                 self.send(child.address, ActorExitRequest())
@@ -381,6 +447,11 @@ class Supervisor(OperatorControl, SteadyActor):
             return False
         self.send(child.address, message)
         return True
+
+
+def _plain(settings: Any) -> Any:
+    """A settings dataclass as plain data for the run ledger (whatever its shape)."""
+    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else str(settings)
 
 
 def _setup_log(run: RunSettings) -> Any:

@@ -21,6 +21,7 @@ from typing import Any
 from steadyhand.actors.messages import (
     ChildReady,
     Configure,
+    CrashReport,
     DebugCrash,
     DebugHang,
     Ping,
@@ -234,6 +235,11 @@ class SteadyActor(Actor):
             return False
         self.send(address, message)
         return True
+
+    def report_crash(self, error: str) -> None:
+        """Tell the supervisor why this actor is about to crash: its escalation alert then says it."""
+        if self.supervisor is not None:
+            self.send(self.supervisor, CrashReport(self.name, error))
 
     def alert(self, key: str, severity: Severity, title: str, body: str = "") -> None:
         self.tell_peer("alerter", Alert(key=key, severity=severity, title=title, body=body,

@@ -13,8 +13,9 @@ transport acknowledges every message, so one message per tick, never one per sym
 Who sends what (-> receiver):
 
     Feed        Bars -> strategy, risk, portfolio; HistoryReply -> strategy
-    Strategy    Signals -> risk; HistoryRequest -> feed
-    Risk        OrderRequests -> oms; RequestHalt -> supervisor
+    Strategy    Signals, ReplaceOrder, CancelOrder -> risk; HistoryRequest -> feed
+    Risk        OrderRequests, ReplaceOrder, CancelOrder -> oms; OpenOrders -> strategy (forwarded);
+                RequestHalt -> supervisor
     OMS         Fills -> portfolio, risk; OpenOrders -> risk; ReconcileStarted/Completed -> risk;
                 BrokerSnapshot -> portfolio
     Portfolio   PositionsSnapshot -> strategy, risk; PnlUpdate -> risk
@@ -76,6 +77,43 @@ class Signals:
 class OrderRequests:
     requests: tuple[OrderSpec, ...]
     bar_sent_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceOrder:
+    """Strategy -> risk -> OMS: amend one of the strategy's working orders. ``qty`` is the new total
+    (what filled included); None keeps a term. Risk checks it like a new order (size, value, price
+    band); the OMS journals the intent before the broker hears of it (DESIGN §5).
+
+    ``strategy`` is the sender's name, the prefix of its client order ids (``sma`` for
+    ``sma-AAPL-...``): a strategy may amend only its own orders, so one without a name is refused.
+    ``client_order_id`` may be an order's original id after a replace gave it a new one (Alpaca, the
+    sim): the OMS follows the chain to the order that works now."""
+
+    client_order_id: str
+    qty: int | None
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    reason: str = ""
+    strategy: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    """Strategy -> risk -> OMS: cancel one of the strategy's working orders. Risk always lets a cancel
+    through (it only reduces risk) once ``strategy`` owns the id (see :class:`ReplaceOrder`)."""
+
+    client_order_id: str
+    reason: str = ""
+    strategy: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CrashReport:
+    """Any actor -> supervisor, just before it crashes: why, so an escalation's alert can say it."""
+
+    name: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True)

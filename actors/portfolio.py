@@ -15,7 +15,9 @@ from typing import Any
 
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import Bars, BrokerSnapshot, Fills, PnlUpdate, PositionsSnapshot
+from steadyhand.dashboard.book import BOOK_KEY, book_json
 from steadyhand.domain import Severity, Side, market_hours
+from steadyhand.reports import execution
 from steadyhand.state import retention, store
 from thespian.actors import ActorAddress
 
@@ -67,6 +69,7 @@ class PortfolioActor(SteadyActor):
         self.day_start_equity: Decimal | None = None
         self.peak_equity: Decimal | None = None
         self.last_equity: Decimal | None = None
+        self.last_bar_ts: datetime | None = None
         self.mismatch_seen: dict[str, Any] | None = None
         self.handlers = {Fills: self.on_fills, Bars: self.on_bars, BrokerSnapshot: self.on_broker_snapshot}
         self.timers = {"summary": self.daily_summary}
@@ -114,11 +117,25 @@ class PortfolioActor(SteadyActor):
         with store.transaction(self.db):
             if applied_through is not None:  # same transaction: positions and cursor never disagree
                 store.set_portfolio_state(self.db, fills_applied_through=str(applied_through))
+            self._save_book()
             rows = []
             for symbol in symbols:
                 p = self.positions[symbol]
                 rows.append((symbol, p.qty, str(p.avg_cost), str(p.realized), now))
             self.db.conn.executemany(UPSERT_POSITION, rows)
+
+    def _save_book(self, bar_ts: datetime | None = None) -> None:
+        """Cash and marks beside the positions, in the caller's transaction: `status` and the dashboard
+        read them (read-only) and value the positions exactly as this actor does."""
+        if bar_ts is not None:
+            self.last_bar_ts = bar_ts
+        store.set_portfolio_state(self.db, **{BOOK_KEY: book_json(
+            self.cash, {s: self._mark(s) for s, p in self.positions.items() if p.qty}, self.day_start_equity,
+            self.peak_equity, self.last_bar_ts)})
+
+    def _mark(self, symbol: str) -> Decimal:
+        """The last close seen, else the average cost (a position not priced yet is worth what it cost)."""
+        return Decimal(str(self.marks.get(symbol, self.positions[symbol].avg_cost)))
 
     def _send_positions(self) -> None:
         snapshot = PositionsSnapshot({s: p.qty for s, p in self.positions.items() if p.qty})
@@ -138,7 +155,7 @@ class PortfolioActor(SteadyActor):
         for symbol, p in self.positions.items():
             if not p.qty:
                 continue
-            mark = Decimal(str(self.marks.get(symbol, p.avg_cost)))
+            mark = self._mark(symbol)
             market_value += p.qty * mark
             gross += abs(p.qty) * mark
             unrealized += p.qty * (mark - p.avg_cost)
@@ -155,6 +172,7 @@ class PortfolioActor(SteadyActor):
         with store.transaction(self.db):
             self.db.conn.execute(UPSERT_EQUITY, (store.iso(message.ts), str(equity), str(self.cash.quantize(CENT)),
                                                  str(realized), str(unrealized.quantize(CENT))))
+            self._save_book(message.ts)
         assert self.day_start_equity is not None
         self.tell_peer("risk", PnlUpdate(equity=equity, day_pnl=equity - self.day_start_equity,
                                          peak_equity=self.peak_equity, gross_exposure=gross, ts=message.ts))
@@ -197,17 +215,12 @@ class PortfolioActor(SteadyActor):
                                [start, end]).fetchone()
         orders = self.db.execute("SELECT count(*), sum(status = 'filled') FROM orders WHERE bar_ts >= ? AND bar_ts < ?",
                                  [start, end]).fetchone()
-        fills = self.db.execute(
-            "SELECT count(*), avg(CASE f.side WHEN 'buy' THEN 1 ELSE -1 END"
-            " * (CAST(f.price AS REAL) - CAST(o.ref_price AS REAL)) / CAST(o.ref_price AS REAL) * 10000)"
-            " FROM fills f JOIN orders o USING (client_order_id) WHERE f.ts >= ? AND f.ts < ?",
-            [start, end]).fetchone() if "ref_price" in self.db["orders"].columns_dict else \
-            self.db.execute("SELECT count(*), NULL FROM fills WHERE ts >= ? AND ts < ?", [start, end]).fetchone()
+        fills = self.db.execute("SELECT count(*) FROM fills WHERE ts >= ? AND ts < ?", [start, end]).fetchone()
         pnl = (Decimal(last[0]) - Decimal(first[0])) if first and last else ZERO
         submitted, filled = orders[0] or 0, orders[1] or 0
         return {"day": day, "pnl": str(pnl.quantize(CENT)), "trades": fills[0] or 0, "orders": submitted,
                 "fill_rate": f"{filled / submitted:.0%}" if submitted else "n/a",
-                "slippage_bps": f"{fills[1]:.2f}" if fills[1] is not None else "n/a"}
+                **execution.day_summary_text(self.db, day)}  # slippage split, limit fill rate, latency
 
     def on_step(self, step: Any) -> dict[str, Any] | None:
         if step.phase == "probe":
@@ -226,6 +239,7 @@ class PortfolioActor(SteadyActor):
                        for s in set(ours) | set(theirs) if ours.get(s, 0) != theirs.get(s, 0)}
         if message.authoritative or self.cash is None:
             self.cash = message.cash
+            self._save_book()  # status shows equity even before the first bar (a closed market)
         if not differences:
             self.mismatch_seen = None
             return

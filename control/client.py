@@ -1,9 +1,12 @@
 """The CLI's connection to the running system: the run file, and joining the actor system.
 
 ``steadyhand run`` writes ``<data dir>/run.json`` (admin port, pid); every other command finds the
-running system through it and talks to the supervisor as an external Thespian client, after
-checking that the admin port really listens -- so a command never starts a new, empty actor system
-on that port by accident ("steadyhand is not running" instead).
+running system through it and talks to the supervisor as an external Thespian client. A client
+must never start anything: not an actor system of its own (Thespian starts a fresh admin when its
+probe finds the port free, e.g. while a run is exiting), and not a supervisor (``createActor`` with a
+global name creates one when none is registered). So the admin port is checked first, the client's
+probe is told an admin is there (so it only ever joins), and the operator secret is read before
+Thespian is touched at all.
 """
 
 from __future__ import annotations
@@ -65,6 +68,7 @@ class Connection:
     system: Any
     supervisor: Any
     data_dir: Path
+    secret: bytes = b""
 
     def ask(self, message: Any, timeout: float = ASK_TIMEOUT_S) -> Any:
         with self.system.private() as ctx:
@@ -75,7 +79,7 @@ class Connection:
         """Send a signed operator command and wait for its result."""
         from steadyhand.control.commands import load_secret, new_command
 
-        command = new_command(name, load_secret(self.data_dir), args, command_id)
+        command = new_command(name, self.secret or load_secret(self.data_dir), args, command_id)
         reply = self.ask(command, timeout)
         if not isinstance(reply, CommandResult):
             return CommandResult(command.command_id, False, error=f"no answer from the supervisor in {timeout:g}s")
@@ -83,18 +87,34 @@ class Connection:
 
 
 def connect(data_dir: Path) -> Connection:
-    """Join the running actor system as an external client (never start one by accident)."""
+    """Join the running actor system as an external client (never start one by accident).
+
+    Raises NotRunning, and SecretError (no usable operator secret) before any connection is made.
+    """
+    from steadyhand.control.commands import load_secret
+
     info = running_info(data_dir)
     if info is None:
         raise NotRunning(f"steadyhand is not running (data dir {data_dir})")
+    secret = load_secret(data_dir)
     procs.bind_thespian_to_loopback()
     from steadyhand.supervisor import SUPERVISOR_NAME, Supervisor
-    from thespian.actors import ActorSystem
+    from thespian.actors import ActorSystem, InvalidActorAddress
+    from thespian.system.transport.TCPTransport import TCPTransport
 
-    system = ActorSystem("multiprocTCPBase", {"Admin Port": int(info["admin_port"])},
-                         logDefs=quiet_logging(), transientUnique=True)
+    probe = TCPTransport.__dict__["probeAdmin"]  # the staticmethod itself, to put back as it was
+    TCPTransport.probeAdmin = staticmethod(lambda addr: True)  # join only: never start an admin
+    try:
+        system = ActorSystem("multiprocTCPBase", {"Admin Port": int(info["admin_port"])},
+                             logDefs=quiet_logging(), transientUnique=True)
+    except InvalidActorAddress as exc:
+        raise NotRunning(f"steadyhand is not running (data dir {data_dir}): no actor system answers") from exc
+    finally:
+        TCPTransport.probeAdmin = probe
+    # If the run's supervisor is gone this creates an unstarted one; it refuses the first command
+    # and exits (Supervisor.on_command_unstarted), so nothing is left behind.
     supervisor = system.createActor(Supervisor, globalName=SUPERVISOR_NAME)
-    return Connection(system, supervisor, data_dir)
+    return Connection(system, supervisor, data_dir, secret)
 
 
 def quiet_logging() -> dict[str, Any]:

@@ -319,6 +319,7 @@ class LockstepFeed:
         # The bars travel as row indices in the token (each hop reads them from the file): three
         # Bars messages of a hundred bars cost the feed more than the rest of a tick together.
         self._send_step("bars", BARS_ROUTE, rows=self.ls_rows, tick_ts=self.ls_tick[2])
+        self._journal_bars(list(self.ls_bars), "live")  # type: ignore[attr-defined]  # the parity report's input
 
     def _ls_tick_done(self) -> None:
         assert self.ls_tick is not None

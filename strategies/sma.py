@@ -20,11 +20,13 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from steadyhand.config import StrategySettings
 from steadyhand.domain import Bar, Side, Signal
+from steadyhand.strategies.base import Strategy, wide
 
 STRATEGY = "sma"
 MAX_ID_LEN = 48  # Alpaca's client_order_id limit is 48 characters; IB's is laxer
@@ -167,6 +169,59 @@ def make_signal(
         ref_price=float(close),
         reason=_reason(sig, settings),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# On the plug-in API (strategies/base.py)
+# ---------------------------------------------------------------------------------------------
+
+
+class SmaCross(Strategy):
+    """SMA crossover as targets: a golden cross targets ``+qty``, a death cross flat (or ``-qty``
+    with ``allow_short``), every other bar NaN (keep what is held) -- today's rule, same numbers.
+
+    Each symbol's own k-th bar lines up with the others' (module docstring), so the averages and
+    crossings are those of ``sma_crossover``, bit for bit, in the backtest and live.
+    """
+
+    name = STRATEGY
+
+    def __init__(self, fast: int = 5, slow: int = 20, qty: int = 10, allow_short: bool = False) -> None:
+        super().__init__()
+        _check_windows(fast, slow)
+        if qty < 1:
+            raise ValueError(f"qty must be >= 1, got {qty}")
+        self.fast, self.slow, self.qty, self.allow_short = fast, slow, qty, allow_short
+        self.warmup = slow + 1  # the slow average on the newest row and the one before
+
+    def targets(self, bars: pd.DataFrame) -> pd.DataFrame:
+        (closes,), _, k, col = wide(bars, ("close",))
+        closes[~np.isfinite(closes)] = np.nan  # as sma_crossover does
+        sig = _crossings(_sma(closes, self.fast), _sma(closes, self.slow))
+        return self._frame(bars["ts"].array, bars["symbol"].to_numpy(), sig[k, col])
+
+    def latest(self, bars: pd.DataFrame) -> pd.DataFrame:
+        """Only the newest crossing per symbol, in numpy: the last ``slow + 1`` closes, counted from the end."""
+        codes, names = pd.factorize(bars["symbol"].to_numpy(dtype=object), sort=True)
+        order = np.argsort(codes, kind="stable")  # each symbol's rows, in time order
+        counts = np.bincount(codes, minlength=len(names))
+        ends = np.cumsum(counts)
+        back = np.repeat(ends, counts) - 1 - np.arange(len(order))  # 0 = the symbol's newest row
+        keep = back <= self.slow
+        values = np.full((self.slow + 1, len(names)), np.nan)
+        values[self.slow - back[keep], codes[order][keep]] = bars["close"].to_numpy(dtype=np.float64)[order][keep]
+        values[~np.isfinite(values)] = np.nan
+        fast, slow = self.fast, self.slow
+        sig = _crossings(_window_sums(values, fast, 2) / fast, _window_sums(values, slow, 2) / slow)[-1]
+        return self._frame(bars["ts"].array[order[ends - 1]], np.asarray(names, dtype=object), sig)
+
+    def _frame(self, ts: Any, symbols: np.ndarray, sig: np.ndarray) -> pd.DataFrame:
+        short = -self.qty if self.allow_short else 0
+        target = np.where(sig > 0, float(self.qty), np.where(sig < 0, float(short), np.nan))
+        reason = np.full(len(sig), "", dtype=object)
+        reason[sig > 0] = f"sma {self.fast}/{self.slow} golden cross"
+        reason[sig < 0] = f"sma {self.fast}/{self.slow} death cross"
+        return pd.DataFrame({"ts": ts, "symbol": symbols, "target": target, "reason": reason})
 
 
 # ---------------------------------------------------------------------------------------------
