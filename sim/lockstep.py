@@ -51,10 +51,15 @@ PROBE_TIMEOUT_S = 0.5  # a probe changes nothing: one that does not come back is
 PROBE_RETRY_S = 0.02  # wall seconds between readiness probes while an actor is not ready
 WATCH_EVERY_S = 0.25
 # Who has finished with a tick, in the order the token visits them (the feed is the last hop).
-FILLS_ROUTE = ("oms", "portfolio", "feed")
+# The strategy is visited right after each actor that tells it something (risk forwards the OMS's
+# open orders, the portfolio sends positions): Thespian orders one sender's messages to one
+# receiver, not a sender's messages to different receivers, so only a token on the same hop
+# proves the message before it handled (under load a send to one peer can wait behind another).
+FILLS_ROUTE = ("oms", "risk", "strategy", "portfolio", "strategy", "feed")
 # Risk and the portfolio take the bars first, the strategy last (its signals then reach risk
-# ahead of the token on the same hop); risk a second time for the signals.
-BARS_ROUTE = ("risk:bars", "portfolio:bars", "strategy:bars", "risk", "oms", "feed")
+# ahead of the token on the same hop); risk a second time for the signals; after the OMS, risk
+# and the strategy again, so the OMS's report of what now works has reached the strategy.
+BARS_ROUTE = ("risk:bars", "portfolio:bars", "strategy:bars", "risk", "oms", "risk", "strategy", "feed")
 # The strategy twice: first behind a Rewind (same hop), last behind the portfolio's positions.
 PROBE_ROUTE = ("strategy", "oms", "risk", "portfolio", "strategy", "feed")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
