@@ -98,6 +98,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
         (data_dir / ls.RESULT_FILE).unlink(missing_ok=True)
         clock = ls.open_clock(data_dir, settings)
+        print("steadyhand: lock-step: each bar to quiescence, filled at the next bar's open (no spread, "
+              "slippage, latency or partial fills), as the backtest assumes", flush=True)
         began = time.perf_counter()
     else:
         clock = _anchor_clock(settings, data_dir)

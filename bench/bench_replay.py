@@ -230,14 +230,13 @@ def run_lockstep(csv: Path, names: list[str], data_dir: Path) -> dict[str, Any]:
 def _time_per_tick(run: dict[str, Any]) -> str:
     """Where a lock-step tick's wall time goes: the two phases, each actor's handlers, the rest."""
     ms = run["ms_per_tick"]
-    parts = ("fills", "bars", "prepare", "publish")
+    parts = ("fills", "bars", "prepare")
     rest = ms["wall"] - sum(ms.get(f"{k}_phase", 0.0) for k in parts)
     actors = ", ".join(f"{k[:-5]} {v:.2f}" for k, v in ms.items() if k.endswith("_busy"))
     return (f"per tick {ms['wall']:.2f} ms wall = fills round {ms.get('fills_phase', 0.0):.2f} (on "
             f"{run['fill_steps']} of {run['ticks']} ticks) + bars round {ms.get('bars_phase', 0.0):.2f} + feed "
-            f"prepare {ms.get('prepare_phase', 0.0):.2f} + feed publish (3 Bars sends) "
-            f"{ms.get('publish_phase', 0.0):.2f} + other {rest:.2f}; handler time per actor (overlapping: the "
-            f"portfolio and risk take their Bars while the strategy works): {actors}")
+            f"prepare {ms.get('prepare_phase', 0.0):.2f} + other {rest:.2f}; handler time per actor (the OMS's "
+            f"includes its wall-clock polls between tokens): {actors}")
 
 
 def _matched(backtest: list[tuple[Any, ...]], lockstep: list[tuple[Any, ...]]) -> tuple[int, int]:

@@ -51,10 +51,15 @@ PROBE_TIMEOUT_S = 0.5  # a probe changes nothing: one that does not come back is
 PROBE_RETRY_S = 0.02  # wall seconds between readiness probes while an actor is not ready
 WATCH_EVERY_S = 0.25
 # Who has finished with a tick, in the order the token visits them (the feed is the last hop).
-FILLS_ROUTE = ("oms", "portfolio", "feed")
+# The strategy is visited right after each actor that tells it something (risk forwards the OMS's
+# open orders, the portfolio sends positions): Thespian orders one sender's messages to one
+# receiver, not a sender's messages to different receivers, so only a token on the same hop
+# proves the message before it handled (under load a send to one peer can wait behind another).
+FILLS_ROUTE = ("oms", "risk", "strategy", "portfolio", "strategy", "feed")
 # Risk and the portfolio take the bars first, the strategy last (its signals then reach risk
-# ahead of the token on the same hop); risk a second time for the signals.
-BARS_ROUTE = ("risk:bars", "portfolio:bars", "strategy:bars", "risk", "oms", "feed")
+# ahead of the token on the same hop); risk a second time for the signals; after the OMS, risk
+# and the strategy again, so the OMS's report of what now works has reached the strategy.
+BARS_ROUTE = ("risk:bars", "portfolio:bars", "strategy:bars", "risk", "oms", "risk", "strategy", "feed")
 # The strategy twice: first behind a Rewind (same hop), last behind the portfolio's positions.
 PROBE_ROUTE = ("strategy", "oms", "risk", "portfolio", "strategy", "feed")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -178,10 +183,9 @@ class _Stats:
     fill_steps: int = 0
     reruns: int = 0
     started: float = 0.0
-    # Wall time of the two token rounds, and the feed's own share: reading and validating a tick
-    # (prepare) and handing its Bars to the transport (publish).
+    # Wall time of the two token rounds, and the feed's own share: reading and validating a tick.
     phase_s: dict[str, float] = dataclasses.field(
-        default_factory=lambda: {"fills": 0.0, "bars": 0.0, "prepare": 0.0, "publish": 0.0})
+        default_factory=lambda: {"fills": 0.0, "bars": 0.0, "prepare": 0.0})
     busy_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -316,12 +320,10 @@ class LockstepFeed:
 
     def _ls_bars(self) -> None:
         assert self.ls_tick is not None
-        began = time.perf_counter()
         self.last_bar_at = self.ls_tick[2] + MINUTE
         # The bars travel as row indices in the token (each hop reads them from the file): three
         # Bars messages of a hundred bars cost the feed more than the rest of a tick together.
         self._send_step("bars", BARS_ROUTE, rows=self.ls_rows, tick_ts=self.ls_tick[2])
-        self.ls_stats.phase_s["publish"] += time.perf_counter() - began
         self._journal_bars(list(self.ls_bars), "live")  # type: ignore[attr-defined]  # the parity report's input
 
     def _ls_tick_done(self) -> None:
