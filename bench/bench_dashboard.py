@@ -119,14 +119,22 @@ def side_by_side_once(orders: int, keep: bool = False) -> dict[str, Any]:
             end = clock.real_at(start + timedelta(minutes=ticks + 1))
             clients = Clients(*_dashboard(data_dir))
             clients.thread.start()
+            dashboard = common.psutil.Process(bot.pids()["dashboard"])
+            me = common.psutil.Process()
+            cpu: dict[bool, list[float]] = {False: [0.0, 0.0, 0.0], True: [0.0, 0.0, 0.0]}  # dashboard, clients, s
             warm = bot.running_at + 3.0 + bench_latency.SKIP_TICKS * tick_s
             time.sleep(max(0.0, warm - time.time()))
             with_clients = False
             while time.time() < end - 1.0:
                 (clients.on.set if with_clients else clients.on.clear)()
                 t0 = time.time()
+                d0, m0 = common.cpu_seconds([dashboard])[dashboard.pid], common.cpu_seconds([me])[me.pid]
                 time.sleep(min(PHASE_S, max(0.0, end - time.time())))
                 phases.append((t0 + 0.5, time.time(), with_clients))  # 0.5 s for the switch to settle
+                spent = cpu[with_clients]
+                spent[0] += common.cpu_seconds([dashboard])[dashboard.pid] - d0
+                spent[1] += common.cpu_seconds([me])[me.pid] - m0
+                spent[2] += time.time() - t0
                 with_clients = not with_clients
             clients.on.clear()
             clients.stop.set()
@@ -141,6 +149,10 @@ def side_by_side_once(orders: int, keep: bool = False) -> dict[str, Any]:
     off, on = split[False], split[True]
     return {"orders_without": len(off), "orders_with": len(on), "frames": clients.frames,
             "fetches": clients.fetches, "phases": len(phases),
+            "dashboard_cpu_pct_without": round(100 * cpu[False][0] / max(cpu[False][2], 1e-9), 2),
+            "dashboard_cpu_pct_with": round(100 * cpu[True][0] / max(cpu[True][2], 1e-9), 2),
+            "clients_cpu_pct": round(100 * cpu[True][1] / max(cpu[True][2], 1e-9), 2),
+            "load_average": round(common.psutil.getloadavg()[0], 1),
             "p50_without": common.percentile(off, 50) if off else None,
             "p50_with": common.percentile(on, 50) if on else None}
 
@@ -155,6 +167,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     without = common.Figure("bar_to_ack_p50_no_clients", "ms")
     with_ = common.Figure("bar_to_ack_p50_5_clients", "ms")
     moved = common.Figure("bar_to_ack_p50_moved", "%", target=5.0, note="5 clients vs none, alternating phases")
+    busy = common.Figure("dashboard_cpu_5_clients", "% of a core", note="while trading, vs the phases without clients")
+    quiet = common.Figure("dashboard_cpu_no_clients", "% of a core", note="while trading")
+    load = common.Figure("clients_cpu", "% of a core", note="the 5 emulated pages themselves (this process)")
     runs = []
     for _ in range(common.repeats(args, full=2, quick=1)):
         idle.add(idle_once(seconds, args.keep))
@@ -162,10 +177,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         runs.append(r)
         print(f"  run: {r}", flush=True)
         without.add(r["p50_without"])
+        busy.add(r["dashboard_cpu_pct_with"])
+        quiet.add(r["dashboard_cpu_pct_without"])
+        load.add(r["clients_cpu_pct"])
         with_.add(r["p50_with"])
         if r["p50_without"] and r["p50_with"] is not None:
             moved.add((r["p50_with"] - r["p50_without"]) / r["p50_without"] * 100)
-    result = common.report("dashboard costs", [idle, without, with_, moved], {"runs": runs})
+    result = common.report("dashboard costs", [idle, without, with_, moved, quiet, busy, load], {"runs": runs})
     common.write_json(args, result)
     return result
 
