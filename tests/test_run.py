@@ -138,10 +138,13 @@ def test_replayed_bad_bars_are_rejected_with_reasons(make_bot: Any, tmp_path: Pa
         "2026-11-20T14:33:00Z,AAPL,100,101,99,100.5,1000\n"
         "2026-11-20T14:34:00Z,AAPL,100,101,99,100.5,1000\n"
     )
-    bot = make_bot(config='symbols = ["AAPL", "MSFT"]\n', args=("--replay", str(replay), "--speed", "60"))
+    # The clock starts 20 simulated minutes (20 s at x60) before the first bar: a feed that comes up
+    # late on a busy machine still sees every row as a live bar, not as warm-up history.
+    bot = make_bot(config='symbols = ["AAPL", "MSFT"]\n',
+                   args=("--replay", str(replay), "--speed", "60", "--start", "2026-11-20T14:10:00+00:00"))
     bot.start()
     rows = poll(lambda: len(r := _query(bot.data_dir, "SELECT reason FROM bad_bars")) >= 4 and r,
-                timeout=30, what="bad bars journaled")
+                timeout=90, what="bad bars journaled")
     assert sorted(r[0] for r in rows) == ["duplicate", "high_below_low", "nan", "non_positive"]
 
 
