@@ -141,10 +141,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _checked_for_run(settings: Settings, config_path: str | None) -> Settings:
     """The strategy loads and the replay file is usable (ConfigError otherwise), before anything starts."""
     from steadyhand.data.bar_files import with_replay_symbols
-    from steadyhand.strategies.loader import load_strategy
+    from steadyhand.strategies.specs import check_strategies
 
     settings = with_replay_symbols(settings, config_path)
-    load_strategy(settings.strategy)
+    check_strategies(settings)
     return settings
 
 
@@ -495,7 +495,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError(f"broker: {settings.broker!r} is not available in this version yet ({known})")
                 return cmd_run(args, _checked_for_run(settings, config_path))
             from steadyhand.backtest.command import cmd_backtest
+            from steadyhand.strategies.specs import require_single
 
+            require_single(settings, "backtest")
             return cmd_backtest(args, settings)
         if args.command == "strategies":
             from steadyhand.strategies.listing import cmd_strategies
