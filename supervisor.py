@@ -8,7 +8,11 @@ Read ``CHILD_SPECS`` as the table it is: who runs, in which order, and how often
   doubles with each recent restart. A second ``ChildActorExited`` for the same death (Thespian
   often sends two on a normal exit) names an address that is no longer current and is ignored.
 - Intensity: more than ``max_restarts`` restarts within ``period_s`` escalates: trading HALTED
-  (persisted), a CRITICAL alert, and the child is left down.
+  (persisted), a CRITICAL alert, and the child is left down. A strategy actor is escalated alone:
+  left down with a CRITICAL alert naming the strategy and its last exception, while the other
+  strategies keep trading; only when no strategy is left is trading halted as before.
+- Several strategies (``[[strategies]]``): the ``strategy`` row stands for one child per strategy,
+  ``strategy.NAME`` (``child_specs``); a single strategy keeps the name ``strategy``.
 - Hung: the heartbeat monitor reports an actor that missed its deadline; the supervisor kills that
   process by pid and the crash path above restarts it.
 - Stop: children are stopped one by one in reverse start order.
@@ -20,6 +24,7 @@ half of it, the trading state and the operator's commands, is ``control/operator
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import signal
 import sqlite3
@@ -37,6 +42,7 @@ from steadyhand.actors.messages import (
     ActorUnresponsive,
     CancelAll,
     CancelAllCompleted,
+    ChildCrashed,
     ChildReady,
     CommandResult,
     Configure,
@@ -53,11 +59,12 @@ from steadyhand.actors.oms import OmsActor
 from steadyhand.actors.portfolio import PortfolioActor
 from steadyhand.actors.risk import RiskActor
 from steadyhand.actors.strategy import StrategyActor
-from steadyhand.config import RunSettings
+from steadyhand.config import RunSettings, Settings
 from steadyhand.control import commands
 from steadyhand.control.operator import OperatorControl
 from steadyhand.domain import Severity, TradingState
 from steadyhand.state import store
+from steadyhand.strategies.specs import child_names, is_strategy_child
 from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
 
 SUPERVISOR_NAME = "steadyhand-supervisor"  # Thespian globalName: how the CLI finds us
@@ -87,6 +94,17 @@ CHILD_SPECS: tuple[ChildSpec, ...] = (
 )  # fmt: skip
 
 
+def child_specs(settings: Settings) -> tuple[ChildSpec, ...]:
+    """``CHILD_SPECS`` for this run: the ``strategy`` row once per strategy (strategies/specs.py)."""
+    out: list[ChildSpec] = []
+    for spec in CHILD_SPECS:
+        if spec.name == "strategy":
+            out.extend(dataclasses.replace(spec, name=name) for name in child_names(settings))
+        else:
+            out.append(spec)
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Start:
     """CLI -> supervisor: configure and start every child; answered with ``Started``."""
@@ -109,6 +127,7 @@ class Child:
     restarts: int = 0
     recent: deque[float] | None = None  # monotonic times of restarts within the period
     down_reason: str = ""
+    last_error: str = ""  # the exception of its last crash (ChildCrashed), for the escalation alert
     operator_restart: bool = False  # killed on an operator's `restart`: not a crash
 
     @property
@@ -134,6 +153,7 @@ class Supervisor(OperatorControl, SteadyActor):
         self.handlers = {
             Start: self.on_start,
             ChildReady: self.on_child_ready,
+            ChildCrashed: self.on_child_crashed,
             ActorUnresponsive: self.on_unresponsive,
             RequestHalt: self.on_request_halt,
             RequestShutdown: self.on_shutdown,
@@ -173,7 +193,7 @@ class Supervisor(OperatorControl, SteadyActor):
         )
         self.halt_reason = store.get_control(self.db, "halt_reason", "") or ""
         self.secret = commands.load_secret(self.run.data_dir, create=True)
-        for spec in CHILD_SPECS:
+        for spec in child_specs(self.run.settings):
             self.children[spec.name] = Child(
                 spec=spec, recent=deque(maxlen=(spec.max_restarts or sup.max_restarts) + 1)
             )
@@ -213,6 +233,11 @@ class Supervisor(OperatorControl, SteadyActor):
         child.ready, child.pid = True, message.pid
         self._record_actor(child)
         self._answer_starter()
+
+    def on_child_crashed(self, message: ChildCrashed, sender: ActorAddress) -> None:
+        child = self.children.get(message.name)
+        if child is not None and child.address == sender:
+            child.last_error = message.error
 
     def _answer_starter(self) -> None:
         """Started goes back once every child is up, or given up on (left down by escalation)."""
@@ -281,9 +306,25 @@ class Supervisor(OperatorControl, SteadyActor):
         self._record_actor(child)
         self._journal_restart(name, "escalated", child.down_reason)
         self._broadcast_wiring()  # peers learn it is gone
+        if is_strategy_child(name) and self._strategies_up():
+            self._escalate_strategy(child)
+            return
         self._set_trading_state(TradingState.HALTED, f"{name} left down: {child.down_reason}")
         self.alert(f"escalation:{name}", Severity.CRITICAL, f"steadyhand HALTED: {name} keeps crashing",
                    f"{name} crashed {child.down_reason}; it is left down and trading is halted.")
+        self._answer_starter()
+
+    def _strategies_up(self) -> bool:
+        """Whether any strategy actor is still running (or being restarted), i.e. not left down."""
+        return any(is_strategy_child(n) and not c.down_reason for n, c in self.children.items())
+
+    def _escalate_strategy(self, child: Child) -> None:
+        """One strategy keeps crashing: it alone is left down; the others keep trading."""
+        name = child.spec.name
+        error = child.last_error or "no exception reported (killed?)"
+        self.alert(f"escalation:{name}", Severity.CRITICAL, f"steadyhand: strategy {name} left down",
+                   f"{name} crashed {child.down_reason} (last: {error}); it is left down, "
+                   f"the other strategies keep trading. `steadyhand restart {name}` to try again.")
         self._answer_starter()
 
     def on_unresponsive(self, message: ActorUnresponsive, sender: ActorAddress) -> None:

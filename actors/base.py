@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from steadyhand.actors.messages import (
+    ChildCrashed,
     ChildReady,
     Configure,
     DebugCrash,
@@ -127,6 +128,8 @@ class SteadyActor(Actor):
         self._crashed = True
         self.event("crashed", level="error", exc_info=True, error=repr(exc),
                    message=type(message).__name__)
+        if self.supervisor is not None:  # so an escalation alert can name the exception
+            self.send(self.supervisor, ChildCrashed(self.name, f"{type(exc).__name__}: {exc}"))
         self.send(self.myAddress, ActorExitRequest())
 
     @property

@@ -123,9 +123,13 @@ class BrokerSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PositionsSnapshot:
-    """Portfolio -> strategy, risk: current positions (symbol -> signed qty)."""
+    """Portfolio -> strategy, risk: current positions (symbol -> signed qty).
+
+    Risk gets the net and, in ``by_strategy``, every strategy's sub-book (strategy -> symbol -> qty);
+    with several strategies each strategy actor gets its own sub-book as ``positions``."""
 
     positions: dict[str, int]
+    by_strategy: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +329,14 @@ class FlattenCompleted:
 # ---------------------------------------------------------------------------------------------
 # Test hooks (honoured only when STEADYHAND_TEST_HOOKS=1)
 # ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ChildCrashed:
+    """Actor -> supervisor as it exits after an exception: what to name in an escalation alert."""
+
+    name: str
+    error: str
 
 
 @dataclass(frozen=True, slots=True)

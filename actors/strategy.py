@@ -10,13 +10,15 @@ from __future__ import annotations
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import Bars, HistoryReply, HistoryRequest, PositionsSnapshot, Signals
 from steadyhand.strategies.sma import SmaCrossover
+from steadyhand.strategies.specs import spec_for_child, spec_settings
 from thespian.actors import ActorAddress
 
 
 class StrategyActor(SteadyActor):
     def setup(self) -> None:
         settings = self.run.settings
-        self.strategy = SmaCrossover(settings.strategy, settings.symbols)
+        spec = spec_for_child(self.name, settings)  # which strategy this instance runs ([[strategies]])
+        self.strategy = SmaCrossover(spec_settings(spec, settings), spec.symbols, strategy_id=spec.name or "sma")
         self.positions: dict[str, int] = {}
         self._warm = False
         self.handlers = {
@@ -26,11 +28,11 @@ class StrategyActor(SteadyActor):
         }
 
     def on_first_wiring(self) -> None:
-        self.tell_peer("feed", HistoryRequest(self.run.settings.strategy.slow + 1))
+        self.tell_peer("feed", HistoryRequest(self.strategy.window))
 
     def on_peers_changed(self, names: set[str]) -> None:
         if "feed" in names and not self.strategy_warm:
-            self.tell_peer("feed", HistoryRequest(self.run.settings.strategy.slow + 1))
+            self.tell_peer("feed", HistoryRequest(self.strategy.window))
 
     @property
     def strategy_warm(self) -> bool:

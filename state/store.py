@@ -42,6 +42,7 @@ TABLE_OWNERS: dict[str, str] = {
     "alerts": "alerter",  # the alert outbox
     "operator_commands": "supervisor",  # every operator command: who, when, what, result
     "portfolio_state": "portfolio",  # e.g. the last session summarized
+    "strategy_positions": "portfolio",  # each strategy's sub-book, derived from fills (portfolio/books.py)
 }
 
 
@@ -183,6 +184,16 @@ def _m5_retention(db: sqlite_utils.Database) -> None:
         db[table].add_column("clock_ts", str)
 
 
+def _m6_strategy_books(db: sqlite_utils.Database) -> None:
+    # Sub-books per strategy ([[strategies]]); rebuilt from the fills journal when missing, so an
+    # existing data dir gets its books on the first start (portfolio/books.py).
+    db["strategy_positions"].create(
+        {"strategy": str, "symbol": str, "qty": int, "avg_cost": str, "realized_pnl": str,
+         "last_price": str, "updated_at": str},
+        pk=("strategy", "symbol"),
+    )
+
+
 # Numbered migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _m1_initial),
@@ -190,6 +201,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (3, "alert acknowledgement and escalation", _m3_alert_acknowledgement),
     (4, "portfolio key/value state", _m4_portfolio_state),
     (5, "retention: daily equity roll-up, run-clock stamps", _m5_retention),
+    (6, "strategy sub-books", _m6_strategy_books),
 ]
 
 

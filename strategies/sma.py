@@ -157,11 +157,12 @@ def _reason(sig: int, settings: StrategySettings) -> str:
 
 
 def make_signal(
-    settings: StrategySettings, symbol: str, ts: datetime, sig: int, side: Side, qty: int, close: float
+    settings: StrategySettings, symbol: str, ts: datetime, sig: int, side: Side, qty: int, close: float,
+    strategy: str = STRATEGY,
 ) -> Signal:
     return Signal(
-        intent_id=intent_id(STRATEGY, symbol, ts, side),
-        strategy=STRATEGY,
+        intent_id=intent_id(strategy, symbol, ts, side),
+        strategy=strategy,
         symbol=symbol,
         side=side,
         qty=qty,
@@ -240,14 +241,15 @@ class SmaCrossover:
     DataFrame per tick, which cost more than the arithmetic).
     """
 
-    def __init__(self, settings: StrategySettings, symbols: Sequence[str]) -> None:
+    def __init__(self, settings: StrategySettings, symbols: Sequence[str], strategy_id: str = STRATEGY) -> None:
         _check_windows(settings.fast, settings.slow)
         if settings.qty < 1:
             raise ValueError(f"strategy qty must be >= 1, got {settings.qty}")
         self.settings = settings
+        self.strategy_id = strategy_id  # the client order ids' prefix: [[strategies]] name
         self.symbols: tuple[str, ...] = tuple(dict.fromkeys(symbols))  # dedupe, keep order
         for symbol in self.symbols:  # fail at start, not on the first crossing
-            intent_id(STRATEGY, symbol, datetime(2000, 1, 1, tzinfo=UTC), Side.BUY)
+            intent_id(strategy_id, symbol, datetime(2000, 1, 1, tzinfo=UTC), Side.BUY)
         self._index = {s: i for i, s in enumerate(self.symbols)}
         self.window = settings.slow + 1  # slow SMA on this row and the previous one
         self._buf = np.full((len(self.symbols), self.window), np.nan)
@@ -293,7 +295,8 @@ class SmaCrossover:
                 if symbol not in orders:
                     continue
                 side, qty = orders[symbol]
-                signals.append(make_signal(self.settings, symbol, ts, int(sigs[k]), side, qty, closes[k]))
+                signals.append(make_signal(self.settings, symbol, ts, int(sigs[k]), side, qty, closes[k],
+                                               self.strategy_id))
                 projected[symbol] = projected.get(symbol, 0) + side.sign * qty
         return signals
 
