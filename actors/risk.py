@@ -34,6 +34,7 @@ from steadyhand.actors.messages import (
 from steadyhand.actors.oms import is_store_fault
 from steadyhand.domain import OrderSpec, Severity, market_hours
 from steadyhand.risk.checks import Decision, RiskBook, breaker_check
+from steadyhand.risk.strategy_limits import StrategyBooks
 from steadyhand.sim.lockstep import is_lockstep
 from steadyhand.state import retention, store
 from thespian.actors import ActorAddress
@@ -45,6 +46,7 @@ class RiskActor(SteadyActor):
         self.clock = self.run.clock
         self.book = RiskBook(settings.risk, settings.whitelist)
         self.book.reconciling = True  # until the OMS says otherwise
+        self.strategies = StrategyBooks.of(settings.strategies)  # [[strategies]]: each one's own limits
         self.db = store.connect(self.run.db_path, synchronous="NORMAL")
         self.session_day: str = store.get_risk_state(self.db, "session_day") or ""
         self.handlers = {
@@ -102,7 +104,8 @@ class RiskActor(SteadyActor):
             request = OrderSpec(client_order_id=signal.intent_id, symbol=signal.symbol,
                                 side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
                                 bar_ts=signal.bar_ts)
-            decision = self.book.decide(request, now_wall, now_sim)
+            decision = (self.strategies.check(request, self.book.order_price(request), self.book.last_prices)
+                        or self.book.decide(request, now_wall, now_sim))
             if decision.approved and (self.broker_down or self.store_fault):
                 decision = Decision.deny("broker" if self.broker_down else "store",
                                          f"broker unavailable: {self.broker_down}" if self.broker_down
@@ -113,6 +116,7 @@ class RiskActor(SteadyActor):
                        check=decision.check, reason=decision.reason)
             if decision.approved:
                 approved.append(request)
+                self.strategies.record(request)
         try:
             # Plain SQL, one transaction: sqlite-utils' insert_all re-reads the schema on every call.
             with store.transaction(self.db):
@@ -142,6 +146,7 @@ class RiskActor(SteadyActor):
 
     def on_positions(self, message: PositionsSnapshot, sender: ActorAddress) -> None:
         self.book.positions = dict(message.positions)
+        self.strategies.note_snapshot(message.by_strategy)
 
     def on_pnl(self, message: PnlUpdate, sender: ActorAddress) -> None:
         self.book.day_pnl = float(message.day_pnl)
@@ -156,11 +161,13 @@ class RiskActor(SteadyActor):
     def on_open_orders(self, message: OpenOrders, sender: ActorAddress) -> None:
         self.book.open_orders = dict(message.by_symbol)
         self.book.pending_qty = dict(message.pending_qty)
+        self.strategies.note_open_orders(message.pending_qty)
 
     def on_fills(self, message: Fills, sender: ActorAddress) -> None:
         for fill in message.fills:  # positions move now; the portfolio snapshot confirms later
             pos = self.book.positions.get(fill.symbol, 0) + fill.side.sign * fill.qty
             self.book.positions[fill.symbol] = pos
+        self.strategies.note_fills(message.fills)
 
     def on_broker_health(self, message: BrokerHealth, sender: ActorAddress) -> None:
         down = "" if message.ok else (message.reason or "broker unavailable")
