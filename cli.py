@@ -36,6 +36,7 @@ from steadyhand.control.client import (
     write_run_file,
 )
 from steadyhand.control.commands import SecretError
+from steadyhand.portfolio.books import read_strategies, strategy_lines
 from steadyhand.runtime import procs
 from steadyhand.state import store
 
@@ -259,7 +260,7 @@ def _shutdown(system: Any, data_dir: Path, port: int) -> None:
 def read_report(data_dir: Path) -> dict[str, Any]:
     db = store.open_readonly(data_dir)
     empty = {"positions": {}, "open_orders": 0, "orders": 0, "fills": 0, "last_reconciliation": None,
-             "trading_state": "active", "halt_reason": ""}
+             "trading_state": "active", "halt_reason": "", "strategies": {}}
     if db is None or "orders" not in db.table_names():
         return empty
     try:
@@ -274,7 +275,8 @@ def read_report(data_dir: Path) -> dict[str, Any]:
         return {"positions": positions, "open_orders": open_orders, "orders": orders, "fills": fills,
                 "last_reconciliation": json.loads(row[0]) if row else None,
                 "trading_state": store.get_control(db, "trading_state", "active"),
-                "halt_reason": store.get_control(db, "halt_reason", "") or ""}
+                "halt_reason": store.get_control(db, "halt_reason", "") or "",
+                "strategies": read_strategies(db)}
     finally:
         db.close()
 
@@ -287,7 +289,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                               "positions": report["positions"], "open_orders": report["open_orders"],
                               "orders": report["orders"], "fills": report["fills"],
                               "last_reconciliation": report["last_reconciliation"],
-                              "data_dir": str(data_dir)}
+                              "strategies": report["strategies"], "data_dir": str(data_dir)}
     try:
         reply = connect(data_dir).command("status", timeout=ASK_TIMEOUT_S)
     except NotRunning as exc:
@@ -349,6 +351,8 @@ def _print_status(result: dict[str, Any]) -> None:
     positions = ", ".join(f"{s} {q}" for s, q in sorted(result["positions"].items())) or "flat"
     print(f"positions:      {positions}")
     print(f"orders:         {result['orders']} ({result['open_orders']} open), fills {result['fills']}")
+    for line in strategy_lines(result.get("strategies", {})):
+        print(line)
     rec = result["last_reconciliation"]
     if rec:
         print(f"reconciled:     {rec.get('finished_at')} ({rec.get('reason')}): "

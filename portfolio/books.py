@@ -144,3 +144,19 @@ def summary(rows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
                    "unrealized_pnl": str(e["unrealized"].quantize(CENT)),
                    "total_pnl": str((e["realized"] + e["unrealized"]).quantize(CENT))}
             for name, e in sorted(out.items())}
+
+
+def read_strategies(db: Any) -> dict[str, dict[str, Any]]:
+    """``status``'s ``strategies`` from a (read-only) state database; {} before the table exists."""
+    if "strategy_positions" not in db.table_names():
+        return {}
+    return summary(db.query("SELECT * FROM strategy_positions"))
+
+
+def strategy_lines(strategies: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``status``'s text lines: one per strategy, then its positions."""
+    lines = []
+    for name, s in strategies.items():
+        held = ", ".join(f"{sym} {p['qty']} @ {p['avg_cost']}" for sym, p in sorted(s["positions"].items())) or "flat"
+        lines.append(f"strategy {name:<10} realized {s['realized_pnl']}, unrealized {s['unrealized_pnl']}: {held}")
+    return lines
