@@ -108,3 +108,23 @@ def test_portfolio_persists_books_rebuilds_them_and_sends_each_strategy_its_own(
     assert out["slow"]["unrealized_pnl"] == "25.00"  # 20 x (102 - 101) + -5 x (299 - 300)
     assert out["fast"]["realized_pnl"] == "50.00"
     system.tell(portfolio, ActorExitRequest())
+
+
+def test_books_that_stop_summing_to_the_net_are_alerted_once(tmp_path: Path, system: ActorSystem) -> None:
+    from steadyhand.domain import Alert
+
+    data_dir = tmp_path / "var"
+    db = store.open_store(data_dir)
+    run = RunSettings(settings=Settings(), data_dir=str(data_dir),
+                      clock=SimClock(datetime(2026, 11, 20, 15, tzinfo=UTC), 0.0, 1.0))
+    _journal(db, FILLS[:2])
+    alerter = system.createActor(Probe)
+    portfolio = _start(system, run, {"alerter": alerter})
+    system.ask(portfolio, Fills(()), 1)
+    ts = datetime(2026, 11, 20, 15, 5, tzinfo=UTC)
+    for _ in range(2):  # the broker holds 5 more AAPL than any fill explains: its figures are adopted
+        system.tell(portfolio, BrokerSnapshot({"AAPL": 35}, Decimal("5000"), Decimal("9000"), ts, authoritative=True))
+    system.ask(portfolio, Fills(()), 1)
+    alerts = [m for m in system.ask(alerter, "seen?", 5) if isinstance(m, Alert) and m.key == "books:mismatch"]
+    assert len(alerts) == 1 and "'books': 30, 'net': 35" in alerts[0].body
+    system.tell(portfolio, ActorExitRequest())

@@ -84,7 +84,10 @@ def test_cli_exits_2_naming_the_strategy_with_nothing_started(tmp_path: Path) ->
     assert "strategies.fast" in proc.stderr and "fast" in proc.stderr
     assert not (data_dir / "steadyhand.db").exists()
     config.write_text(TWO)
-    for args in (["backtest", "--replay", str(tmp_path / "none.csv")], ["run", "--strategy", "sma"]):
+    bars = tmp_path / "bars.csv"
+    bars.write_text("ts,symbol,open,high,low,close,volume\n2026-11-20T14:30:00Z,AAPL,100,101,99,100.5,1000\n")
+    for args in (["backtest", "--replay", str(bars)], ["run", "--strategy", "sma"],
+                 ["run", "--replay", str(bars), "--lockstep"]):
         proc = subprocess.run([sys.executable, "-m", "steadyhand", *args, "--config", str(config),
                                "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2, proc.stderr
