@@ -162,6 +162,10 @@ def check_strategies(settings: Settings) -> None:
     from steadyhand.strategies.loader import StrategyError, load_strategy
 
     for spec in strategy_specs(settings):
+        outside = [s for s in spec.symbols if s not in settings.symbols]
+        if outside:  # e.g. the run took a replay file's symbols, and this strategy's are not among them
+            raise ConfigError(f"strategies.{spec.name}.symbols: {', '.join(outside)} not among the run's symbols "
+                              f"({', '.join(settings.symbols)})")
         try:
             load_strategy(spec_settings(spec, settings))
         except StrategyError as exc:

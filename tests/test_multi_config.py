@@ -93,3 +93,14 @@ def test_cli_exits_2_naming_the_strategy_with_nothing_started(tmp_path: Path) ->
         assert proc.returncode == 2, proc.stderr
         assert "strateg" in proc.stderr
     assert not (data_dir / "steadyhand.db").exists()
+
+
+def test_a_replay_without_a_strategys_symbols_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(TWO.replace('symbols = ["AAPL", "MSFT", "SPY"]\n', ""))  # symbols from the file
+    bars = tmp_path / "bars.csv"
+    bars.write_text("ts,symbol,open,high,low,close,volume\n2026-11-20T14:30:00Z,AAPL,100,101,99,100.5,1000\n")
+    proc = subprocess.run([sys.executable, "-m", "steadyhand", "run", "--config", str(config), "--replay", str(bars),
+                           "--data-dir", str(tmp_path / "var")], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "strategies.fast.symbols: MSFT not among the run's symbols" in proc.stderr
+    assert not (tmp_path / "var" / "steadyhand.db").exists()
