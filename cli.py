@@ -433,6 +433,17 @@ def build_parser() -> argparse.ArgumentParser:
     common(sub.add_parser("status", help="state of the running bot"))
     common(sub.add_parser("orders", help="the order journal"))
     common(sub.add_parser("fills", help="every fill"))
+    common(sub.add_parser("runs", help="the run ledger: every run, newest last"))
+    report = sub.add_parser("report", help="reports read from the state store: execution, parity")
+    report_sub = report.add_subparsers(dest="report_command", required=True)
+    execution = report_sub.add_parser("execution", help="slippage split, limit fill rate, latency")
+    common(execution)
+    execution.add_argument("--since", help="only orders of this day (YYYY-MM-DD) and later")
+    execution.add_argument("--html", help="also write a standalone HTML file with charts")
+    parity = report_sub.add_parser("parity", help="a run compared trade by trade with a backtest of its bars")
+    common(parity, config=True)
+    parity.add_argument("--run", type=int, help="the run's id (`steadyhand runs`; default the latest)")
+    parity.add_argument("--html", help="also write a standalone HTML file with the equity curves")
     logs = sub.add_parser("logs", help="recent log events, readable")
     common(logs)
     logs.add_argument("-n", "--lines", type=int, default=50)
@@ -468,6 +479,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve = exchange_sub.add_parser("serve", help="serve an Alpaca-compatible paper exchange on 127.0.0.1")
     common(serve, config=True, json_flag=False)
     serve.add_argument("--port", type=int, default=0, help="TCP port (0: a free one, printed)")
+    serve.add_argument("--tws-port", type=int, default=None,
+                       help="also serve the TWS socket protocol (IBKR) on this port, same book and clock "
+                            "(0: a free one, printed)")
     serve.add_argument("--start", help=START_HELP)
     return parser
 
@@ -490,7 +504,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.command == "run":
                 settings = with_overrides(settings, speed=args.speed, seed=args.seed, replay=args.replay,
                                           start=args.start)
-                if args.lockstep:
+                if args.lockstep or settings.sim.lockstep:
                     from steadyhand.sim.lockstep import lockstep_settings
 
                     settings = lockstep_settings(settings)
@@ -510,6 +524,14 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"steadyhand: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    if args.command == "runs":
+        from steadyhand.reports.runs import cmd_runs
+
+        return cmd_runs(args)
+    if args.command == "report":
+        from steadyhand.reports import cmd_report
+
+        return cmd_report(args)
     commands = {"status": cmd_status, "orders": cmd_orders, "fills": cmd_fills, "logs": cmd_logs}
     return commands.get(args.command, cmd_operator)(args)
 

@@ -165,6 +165,7 @@ class AlpacaSettings:
     data_url: str = ""
     data_stream_url: str = ""
     trading_stream_url: str = ""
+    quote_at_submit: bool = True  # one latest-quote data request after each submit (the execution report)
 
 
 @dataclass(frozen=True)

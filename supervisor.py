@@ -42,10 +42,10 @@ from steadyhand.actors.messages import (
     ActorUnresponsive,
     CancelAll,
     CancelAllCompleted,
-    ChildCrashed,
     ChildReady,
     CommandResult,
     Configure,
+    CrashReport,
     DebugToActor,
     FlattenCompleted,
     OperatorCommand,
@@ -63,12 +63,13 @@ from steadyhand.config import RunSettings, Settings
 from steadyhand.control import commands
 from steadyhand.control.operator import OperatorControl
 from steadyhand.domain import Severity, TradingState
-from steadyhand.state import store
+from steadyhand.state import runs, store
 from steadyhand.strategies.specs import child_names, is_strategy_child
 from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
 
 SUPERVISOR_NAME = "steadyhand-supervisor"  # Thespian globalName: how the CLI finds us
 STORE_RETRY_S = 2.0  # how often journal writes that hit a store fault are retried
+RUN_LEDGER_S = 10.0  # how often the run's ledger row is refreshed (a crash keeps the last refresh)
 
 
 @dataclass(frozen=True)
@@ -127,8 +128,8 @@ class Child:
     restarts: int = 0
     recent: deque[float] | None = None  # monotonic times of restarts within the period
     down_reason: str = ""
-    last_error: str = ""  # the exception of its last crash (ChildCrashed), for the escalation alert
     operator_restart: bool = False  # killed on an operator's `restart`: not a crash
+    last_error: str = ""  # the child's own CrashReport: why it crashed last
 
     @property
     def alive(self) -> bool:
@@ -153,8 +154,8 @@ class Supervisor(OperatorControl, SteadyActor):
         self.handlers = {
             Start: self.on_start,
             ChildReady: self.on_child_ready,
-            ChildCrashed: self.on_child_crashed,
             ActorUnresponsive: self.on_unresponsive,
+            CrashReport: self.on_crash_report,
             RequestHalt: self.on_request_halt,
             RequestShutdown: self.on_shutdown,
             DebugToActor: self.on_debug,
@@ -163,7 +164,8 @@ class Supervisor(OperatorControl, SteadyActor):
             OperatorCommand: self.on_command_unstarted,
         }
         self.timers = {"stop_deadline": self._stop_next_forced, "command_deadline": self._command_deadline,
-                       "store_retry": self._retry_unsaved}
+                       "store_retry": self._retry_unsaved, "run_ledger": self._refresh_ledger}
+        self.run_id: int | None = None  # this run's row in the run ledger (state/runs.py)
         self.unsaved: dict[str, Any] = {}  # journal writes that failed (store fault), retried
 
     # --- start ------------------------------------------------------------------------------
@@ -193,6 +195,7 @@ class Supervisor(OperatorControl, SteadyActor):
         )
         self.halt_reason = store.get_control(self.db, "halt_reason", "") or ""
         self.secret = commands.load_secret(self.run.data_dir, create=True)
+        self._open_ledger()  # before the children: the feed stamps its bars with this run's id
         for spec in child_specs(self.run.settings):
             self.children[spec.name] = Child(
                 spec=spec, recent=deque(maxlen=(spec.max_restarts or sup.max_restarts) + 1)
@@ -202,6 +205,36 @@ class Supervisor(OperatorControl, SteadyActor):
         self._broadcast_wiring()
         self._cancel_all_if_halted()
         self.event("supervisor_started", trading_state=self.trading_state.value, pid=os.getpid())
+
+    # --- the run ledger (state/runs.py) -----------------------------------------------------
+
+    def _open_ledger(self) -> None:
+        """Record earlier runs that never closed their row as crashed, then open this run's."""
+        crashed = runs.mark_crashed(self.db)
+        if crashed:
+            self.event("runs_crashed", run_ids=crashed, level="warning")
+        strategy = self.run.settings.strategy
+        strategies = [strategy.class_name or strategy.name]  # the [strategy] class, or the shipped SMA
+        if self.run.settings.strategies:  # [[strategies]]: their names (the order-id prefixes)
+            strategies = [spec.name for spec in self.run.settings.strategies]
+        config = {"strategy": _plain(self.run.settings.strategy), "start_cash": self.run.settings.sim.start_cash}
+        self.run_id = runs.open_run(self.db, self.run.settings.broker, strategies,
+                                    store.iso(self.run.clock.now()), os.getpid(), config)
+        self.every("run_ledger", RUN_LEDGER_S)
+
+    def _refresh_ledger(self) -> None:
+        if self.run_id is not None:
+            run_id, clock_now = self.run_id, store.iso(self.run.clock.now())
+            self._durably("run_ledger", lambda: runs.refresh(self.db, run_id, clock_now))
+
+    def _close_ledger(self) -> None:
+        """The run ends: 'halt' when it ends HALTED, else 'stop'. Once."""
+        if self.run_id is None or self.db is None:
+            return
+        run_id, self.run_id = self.run_id, None
+        ended_by = "halt" if self.trading_state is TradingState.HALTED else "stop"
+        clock_now = store.iso(self.run.clock.now())
+        self._durably("run_ledger", lambda: runs.close_run(self.db, run_id, ended_by, clock_now))
 
     def _cancel_all_if_halted(self) -> None:
         """A new OMS under HALTED cancels everything (after its reconciliation): a kill switch cut
@@ -233,11 +266,6 @@ class Supervisor(OperatorControl, SteadyActor):
         child.ready, child.pid = True, message.pid
         self._record_actor(child)
         self._answer_starter()
-
-    def on_child_crashed(self, message: ChildCrashed, sender: ActorAddress) -> None:
-        child = self.children.get(message.name)
-        if child is not None and child.address == sender:
-            child.last_error = message.error
 
     def _answer_starter(self) -> None:
         """Started goes back once every child is up, or given up on (left down by escalation)."""
@@ -310,8 +338,9 @@ class Supervisor(OperatorControl, SteadyActor):
             self._escalate_strategy(child)
             return
         self._set_trading_state(TradingState.HALTED, f"{name} left down: {child.down_reason}")
+        why = f" Last error: {child.last_error}" if child.last_error else ""
         self.alert(f"escalation:{name}", Severity.CRITICAL, f"steadyhand HALTED: {name} keeps crashing",
-                   f"{name} crashed {child.down_reason}; it is left down and trading is halted.")
+                   f"{name} crashed {child.down_reason}; it is left down and trading is halted.{why}")
         self._answer_starter()
 
     def _strategies_up(self) -> bool:
@@ -326,6 +355,11 @@ class Supervisor(OperatorControl, SteadyActor):
                    f"{name} crashed {child.down_reason} (last: {error}); it is left down, "
                    f"the other strategies keep trading. `steadyhand restart {name}` to try again.")
         self._answer_starter()
+
+    def on_crash_report(self, message: CrashReport, sender: ActorAddress) -> None:
+        child = self.children.get(message.name)
+        if child is not None:
+            child.last_error = message.error
 
     def on_unresponsive(self, message: ActorUnresponsive, sender: ActorAddress) -> None:
         child = self.children.get(message.name)
@@ -386,6 +420,7 @@ class Supervisor(OperatorControl, SteadyActor):
         while self.stopping and not self.children[self.stopping[0]].alive:
             self.stopping.pop(0)
         if not self.stopping:
+            self._close_ledger()  # every child has stopped: the figures are final
             if self.stop_requester is not None:
                 self.send(self.stop_requester, ShutdownCompleted())
                 self.stop_requester = None
@@ -402,6 +437,7 @@ class Supervisor(OperatorControl, SteadyActor):
                 os.kill(child.pid, signal.SIGKILL)
 
     def on_stop(self) -> None:
+        self._close_ledger()  # stopped without a RequestShutdown (the actor system went down)
         for child in self.children.values():
             if child.address is not None:
                 self.send(child.address, ActorExitRequest())
@@ -434,6 +470,11 @@ class Supervisor(OperatorControl, SteadyActor):
             return False
         self.send(child.address, message)
         return True
+
+
+def _plain(settings: Any) -> Any:
+    """A settings dataclass as plain data for the run ledger (whatever its shape)."""
+    return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else str(settings)
 
 
 def _setup_log(run: RunSettings) -> Any:

@@ -19,9 +19,9 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from steadyhand.actors.messages import (
-    ChildCrashed,
     ChildReady,
     Configure,
+    CrashReport,
     DebugCrash,
     DebugHang,
     Ping,
@@ -70,6 +70,7 @@ class SteadyActor(Actor):
         self._sleeping_slow: set[str] = set()  # periodic timers now waiting out a slow period
         self.timer_late_s = 0.0  # how late the running periodic timer fired after its slot
         self._crashed = False
+        self._crash_reported = False  # report_crash() already said why (CrashReport)
         self._last_alive = 0.0
         self._wired_once = False
         self._retention_steps: dict[str, retention.Step] = {}
@@ -128,8 +129,8 @@ class SteadyActor(Actor):
         self._crashed = True
         self.event("crashed", level="error", exc_info=True, error=repr(exc),
                    message=type(message).__name__)
-        if self.supervisor is not None:  # so an escalation alert can name the exception
-            self.send(self.supervisor, ChildCrashed(self.name, f"{type(exc).__name__}: {exc}"))
+        if not self._crash_reported:  # so an escalation alert can name the exception
+            self.report_crash(f"{type(exc).__name__}: {exc}")
         self.send(self.myAddress, ActorExitRequest())
 
     @property
@@ -190,15 +191,22 @@ class SteadyActor(Actor):
     def _pass_step(self, step: Step) -> None:
         """A lock-step token: everything this actor got before it on the same hop is handled; add
         what the feed wants to know and pass it on."""
+        if step.take_bars:  # as if the feed had sent this tick's Bars (read from our copy of the file)
+            from steadyhand.sim.lockstep import tick_bars
+
+            assert self.run is not None and step.tick_ts is not None
+            self._dispatch(tick_bars(self.run.settings.sim.replay, step.rows, step.tick_ts), self.myAddress)
+            step = replace(step, take_bars=False)
         extra = self.on_step(step)
         if extra is None:
             return  # deferred: the actor sends the token on itself
         busy = {**step.busy, self.name: self._busy_s}
         self._busy_s = 0.0
         not_ready = step.not_ready if self.step_ready() else (*step.not_ready, self.name)
-        if not self.tell_peer(step.route[0], replace(step, route=step.route[1:], busy=busy, not_ready=not_ready,
-                                                     **extra)):
-            self.event("step_dropped", level="warning", to=step.route[0], phase=step.phase)  # the feed re-sends
+        peer, _, take = step.route[0].partition(":")
+        if not self.tell_peer(peer, replace(step, route=step.route[1:], busy=busy, not_ready=not_ready,
+                                            take_bars=take == "bars", **extra)):
+            self.event("step_dropped", level="warning", to=peer, phase=step.phase)  # the feed re-sends
 
     def on_step(self, step: Step) -> dict[str, Any] | None:
         """Work owed to a lock-step token before it moves on; fields to set on it, or None to
@@ -230,6 +238,12 @@ class SteadyActor(Actor):
             return False
         self.send(address, message)
         return True
+
+    def report_crash(self, error: str) -> None:
+        """Tell the supervisor why this actor is about to crash: its escalation alert then says it."""
+        self._crash_reported = True  # the first, most specific reason wins (see _crash)
+        if self.supervisor is not None:
+            self.send(self.supervisor, CrashReport(self.name, error))
 
     def alert(self, key: str, severity: Severity, title: str, body: str = "") -> None:
         self.tell_peer("alerter", Alert(key=key, severity=severity, title=title, body=body,

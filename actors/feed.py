@@ -21,7 +21,7 @@ from steadyhand.domain import Bar, market_hours
 from steadyhand.sim.lockstep import LockstepFeed, is_lockstep
 from steadyhand.sim.market import MarketModel, load_market
 from steadyhand.sim.replay import ReplayMarket
-from steadyhand.state import retention, store
+from steadyhand.state import retention, runs, store
 from steadyhand.strategies.specs import strategy_peers
 from thespian.actors import ActorAddress
 
@@ -48,6 +48,7 @@ class FeedActor(LockstepFeed, SteadyActor):
             self.live_source.start()
         self.validator = BarValidator(self.symbols)
         self.db = store.connect(self.run.db_path, synchronous="NORMAL")
+        self.run_id = runs.current_run_id(self.db)  # the supervisor opened this run's row before us
         self.next_minute: datetime | None = None  # start of the next bar to emit
         self.last_bar_at: datetime | None = None  # sim time the last good bar closed
         # A replay is read by row index (file order) straight from the market's columns: no Bar per row held.
@@ -159,6 +160,20 @@ class FeedActor(LockstepFeed, SteadyActor):
         self.last_bar_at = minute + MINUTE
         for peer in (*strategy_peers(self.peers), "risk", "portfolio"):  # every strategy ([[strategies]])
             self.tell_peer(peer, batch)
+        self._journal_bars(good, "live")  # after sending: the bar's way to an order does not wait for it
+
+    def _journal_bars(self, bars: list[Bar], kind: str) -> None:
+        """The bars this run acted on (``bars``; the parity report backtests them). One commit per
+        batch on the NORMAL connection; a bar already journaled for this run is kept as it was."""
+        if self.run_id is None or not bars:
+            return
+        sent_at = store.now_iso()
+        with store.transaction(self.db):
+            self.db.conn.executemany(
+                "INSERT OR IGNORE INTO bars (run_id, symbol, ts, open, high, low, close, volume, kind, sent_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(self.run_id, b.symbol, store.iso(b.ts), b.open, b.high, b.low, b.close, b.volume, kind, sent_at)
+                 for b in bars])
 
     def _journal_rejected(self, rejected: list[tuple[Bar, str]]) -> None:
         clock_ts = store.iso(self.clock.now())  # the run clock's: what retention ages the rows by
@@ -195,6 +210,7 @@ class FeedActor(LockstepFeed, SteadyActor):
         for bar in bars:  # later live bars must be newer than the history
             self.validator.seed(bar.symbol, bar.ts)
         self.send(sender, HistoryReply(tuple(bars)))
+        self._journal_bars(bars, "history")  # the strategy's warm-up: the backtest needs it too
 
     def pong_info(self) -> dict[str, Any]:
         return {"last_bar_at": self.last_bar_at, "bad_bars": dict(self.validator.counts),

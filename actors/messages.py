@@ -13,8 +13,8 @@ transport acknowledges every message, so one message per tick, never one per sym
 Who sends what (-> receiver):
 
     Feed        Bars -> strategy, risk, portfolio; HistoryReply -> strategy
-    Strategy    Signals -> risk; HistoryRequest -> feed
-    Risk        OrderRequests -> oms; RequestHalt -> supervisor
+    Strategy    Signals, ReplaceOrder, CancelOrder -> risk; HistoryRequest -> feed
+    Risk        OrderRequests, ReplaceOrder, CancelOrder -> oms; OpenOrders -> strategy; RequestHalt -> supervisor
     OMS         Fills -> portfolio, risk; OpenOrders -> risk; ReconcileStarted/Completed -> risk;
                 BrokerSnapshot -> portfolio
     Portfolio   PositionsSnapshot -> strategy, risk; PnlUpdate -> risk
@@ -79,6 +79,43 @@ class OrderRequests:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplaceOrder:
+    """Strategy -> risk -> OMS: amend one of the strategy's working orders. ``qty`` is the new total
+    (what filled included); None keeps a term. Risk checks it like a new order (size, value, price
+    band); the OMS journals the intent before the broker hears of it (DESIGN §5).
+
+    ``strategy`` is the sender's name, the prefix of its client order ids (``sma`` for
+    ``sma-AAPL-...``): a strategy may amend only its own orders, so one without a name is refused.
+    ``client_order_id`` may be an order's original id after a replace gave it a new one (Alpaca, the
+    sim): the OMS follows the chain to the order that works now."""
+
+    client_order_id: str
+    qty: int | None
+    limit_price: Decimal | None
+    stop_price: Decimal | None
+    reason: str = ""
+    strategy: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    """Strategy -> risk -> OMS: cancel one of the strategy's working orders. Risk always lets a cancel
+    through (it only reduces risk) once ``strategy`` owns the id (see :class:`ReplaceOrder`)."""
+
+    client_order_id: str
+    reason: str = ""
+    strategy: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CrashReport:
+    """Any actor -> supervisor, just before it crashes: why, so an escalation's alert can say it."""
+
+    name: str
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
 class SubmitBacklog:
     """OMS -> itself: journaled requests still to submit (a burst is submitted in chunks so the OMS
     keeps answering its heartbeat in between)."""
@@ -98,6 +135,8 @@ class OpenOrders:
 
     by_symbol: dict[str, int]  # symbol -> number of open orders
     pending_qty: dict[str, int]  # symbol -> signed qty still to fill
+    # strategy (client order id prefix) -> symbol -> signed qty still to fill ([[strategies]])
+    pending_by_strategy: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,8 +193,13 @@ class Step:
 
     seq: int
     phase: str  # probe | fills | bars
-    route: tuple[str, ...]  # the hops still to go
+    route: tuple[str, ...]  # the hops still to go; "name:bars": that hop takes the tick's bars
     poll: bool = False
+    # The tick's good rows of the replay file (indices) and their ts: a hop told to take the bars
+    # reads them from its own copy of the file, instead of a Bars message per actor (sim/lockstep.py).
+    rows: tuple[int, ...] = ()
+    tick_ts: datetime | None = None
+    take_bars: bool = False
     busy: dict[str, float] = field(default_factory=dict)  # actor -> wall seconds in handlers
     not_ready: tuple[str, ...] = ()
     open_orders: bool = False
@@ -329,14 +373,6 @@ class FlattenCompleted:
 # ---------------------------------------------------------------------------------------------
 # Test hooks (honoured only when STEADYHAND_TEST_HOOKS=1)
 # ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class ChildCrashed:
-    """Actor -> supervisor as it exits after an exception: what to name in an escalation alert."""
-
-    name: str
-    error: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from steadyhand.actors.messages import (
     BrokerSnapshot,
     CancelAll,
     CancelAllCompleted,
+    CancelOrder,
     Fills,
     Flatten,
     FlattenCompleted,
@@ -50,6 +51,7 @@ from steadyhand.actors.messages import (
     OrderRequests,
     ReconcileCompleted,
     ReconcileStarted,
+    ReplaceOrder,
     RequestHalt,
     Step,
     SubmitBacklog,
@@ -77,10 +79,12 @@ from steadyhand.domain import (
     TradingState,
     market_hours,
 )
+from steadyhand.orders import amend
 from steadyhand.orders import reconcile as reconciliation
 from steadyhand.orders.circuit import Circuit
 from steadyhand.orders.journal import OrderJournal, is_store_fault, spec_from_row
 from steadyhand.runtime.crashpoints import crash_point
+from steadyhand.sim.lockstep import is_lockstep
 from steadyhand.state import store
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from thespian.actors import ActorAddress
@@ -105,6 +109,7 @@ class OmsActor(SteadyActor):
         self.last_report: dict[str, Any] | None = None
         self.last_snapshot = 0.0
         self.queued: set[str] = set()  # journaled, waiting in a SubmitBacklog message
+        self.submit_times: dict[str, tuple[float, float]] = {}  # cid -> (sent, acked) wall times, until journaled
         self.circuit = Circuit()
         self.broker_calls = 0  # requests made to the broker by this process (reported per reconciliation)
         self.stopping = False
@@ -112,6 +117,7 @@ class OmsActor(SteadyActor):
         self.trading_state = TradingState.ACTIVE
         self.handlers = {OrderRequests: self.on_order_requests, SubmitBacklog: self.on_submit_backlog,
                          CancelAll: self.on_cancel_all, Flatten: self.on_flatten,
+                         ReplaceOrder: self.on_replace, CancelOrder: self.on_cancel_order,
                          TradingStateChanged: self.on_trading_state}
         self.reconcile_reason = "retry"
         self.timers = {"poll": self.poll, "reconcile": lambda: self.reconcile(self.reconcile_reason)}
@@ -159,15 +165,18 @@ class OmsActor(SteadyActor):
     def on_trading_state(self, message: TradingStateChanged, sender: ActorAddress) -> None:
         self.trading_state = message.state
 
+    def _why_not(self) -> str:
+        """Why nothing may go to the broker now ("" when it may)."""
+        return ("halted" if self.trading_state is TradingState.HALTED
+                else "reconciling" if not self.reconciled else "broker circuit open" if self.circuit.open
+                else "store fault" if self.store_fault else "stopping" if self.stopping else "")
+
     def on_order_requests(self, message: OrderRequests, sender: ActorAddress) -> None:
-        # HALTED: defence in depth, risk denies these already.
-        why_not = ("halted" if self.trading_state is TradingState.HALTED
-                   else "reconciling" if not self.reconciled else "broker circuit open" if self.circuit.open
-                   else "store fault" if self.store_fault else "stopping" if self.stopping else "")
+        why_not = self._why_not()  # HALTED: defence in depth, risk denies these already
         if why_not:
             self.event("requests_dropped", level="warning", reason=why_not, count=len(message.requests))
             return
-        fresh = self._journal_pending(message.requests)
+        fresh = self._journal_pending(message.requests, message.bar_sent_at)
         self.queued.update(r.client_order_id for r in fresh)
         self._submit_some(tuple(fresh), message.bar_sent_at)
 
@@ -192,12 +201,38 @@ class OmsActor(SteadyActor):
         if requests:
             self.tell_peer("risk", self._open_orders())
 
+    def on_replace(self, message: ReplaceOrder, sender: ActorAddress) -> None:
+        """A strategy's replace, checked by risk: write-ahead journaled, then the broker (orders/amend.py)."""
+        why_not = self._why_not() or ("" if amend.owned_by(message.strategy, message.client_order_id)
+                                      else f"not an order of strategy {message.strategy!r}")
+        if why_not:
+            self.event("replace_refused", level="warning", client_order_id=message.client_order_id, reason=why_not)
+            return
+        amend.replace(self, message.client_order_id, message.qty, message.limit_price, message.stop_price,
+                      message.reason)
+        self.tell_peer("risk", self._open_orders())
+        self.hurry("poll")
+
+    def on_cancel_order(self, message: CancelOrder, sender: ActorAddress) -> None:
+        """A strategy's cancel of one of its orders (a cancel goes out even while halted)."""
+        if not amend.owned_by(message.strategy, message.client_order_id) or self.store_fault or not self.reconciled:
+            self.event("cancel_refused", level="warning", client_order_id=message.client_order_id,
+                       reason="reconciling" if not self.reconciled else "store fault" if self.store_fault
+                       else f"not an order of strategy {message.strategy!r}")
+            return
+        amend.cancel(self, message.client_order_id, message.reason)
+        self.hurry("poll")
+
     def on_submit_backlog(self, message: SubmitBacklog, sender: ActorAddress) -> None:
         self._submit_some(message.requests, message.bar_sent_at)
 
-    def _journal_pending(self, requests: tuple[OrderSpec, ...]) -> list[OrderSpec]:
+    def _journal_pending(self, requests: tuple[OrderSpec, ...], signal_at: float = 0.0) -> list[OrderSpec]:
         """Step 3: durable PENDING_SUBMIT rows, one transaction per batch; duplicates dropped."""
-        fresh, duplicates = self.journal.insert_pending(requests)
+        fresh, duplicates = self.journal.insert_pending(requests, signal_at)
+        if duplicates and is_lockstep(self.run.clock):  # a tick run again after a crash (sim/lockstep.py)
+            revived = self.journal.revive_never_submitted(duplicates)
+            fresh += [r for r in requests if r.client_order_id in revived]
+            duplicates = [cid for cid in duplicates if cid not in revived]
         for cid in duplicates:
             self.event("duplicate_intent", level="warning", client_order_id=cid)
         return fresh
@@ -215,6 +250,7 @@ class OmsActor(SteadyActor):
         journaled the row stays PENDING_SUBMIT, which is safe: a crash in between is the
         ``oms.after_submit`` case, settled by looking the id up at the broker."""
         cid = spec.client_order_id
+        sent_at = time.time()
         try:
             order = self._submit_with_retries(spec, looked_up)
         except OrderRejected as exc:
@@ -226,6 +262,7 @@ class OmsActor(SteadyActor):
         except BrokerError as exc:
             self.event("submit_uncertain", level="warning", client_order_id=cid, error=repr(exc))
             return None  # still PENDING_SUBMIT: the poll looks it up and retries it later
+        self.submit_times[cid] = (sent_at, time.time())  # journaled with the ack (execution report)
         crash_point("oms.after_submit")
         self.circuit.rejections = 0
         if self.circuit.kind == "rejecting":
@@ -344,6 +381,7 @@ class OmsActor(SteadyActor):
             return
         if not self.circuit.open:
             self._retry_pending()
+            self._settle_replaces()
             self._sweep_stale()
         if time.monotonic() - self.last_snapshot > SNAPSHOT_EVERY_S:
             self._send_snapshot()
@@ -384,6 +422,14 @@ class OmsActor(SteadyActor):
             if order is not None:
                 self.apply_order(order)
 
+    def _settle_replaces(self) -> None:
+        """A replace whose outcome was unknown is settled from the broker once it is a moment old."""
+        cutoff = store.iso(datetime.now(UTC) - timedelta(seconds=PENDING_RETRY_AFTER_S))
+        try:
+            amend.settle_pending(self, older_than=cutoff)
+        except BrokerError as exc:
+            self.event("replace_settle_failed", level="warning", error=repr(exc))
+
     def _sweep_stale(self) -> None:
         """Open orders older than ``stale_order_age_s`` (broker time) are cancelled while running
         too, not only at reconciliation."""
@@ -398,7 +444,8 @@ class OmsActor(SteadyActor):
 
     def apply_order(self, order: BrokerOrder) -> bool:
         """Move the journal row to the broker's state; True when something changed."""
-        old = self.journal.apply(order)
+        times = self.submit_times.pop(order.client_order_id, None)  # a submit's reply: its times and quote too
+        old = self.journal.apply(order, None if times is None else (*times, self.broker.name))
         if old is None:
             return False
         if order.status != old:
@@ -536,7 +583,9 @@ class OmsActor(SteadyActor):
 
     def _open_orders(self) -> OpenOrders:
         by_symbol, pending = self.journal.open_by_symbol()
-        return OpenOrders(by_symbol=by_symbol, pending_qty=pending)
+        # Several strategies: each one's own working orders (risk passes each strategy its share).
+        mine = self.journal.pending_by_strategy() if self.run.settings.strategies else {}
+        return OpenOrders(by_symbol=by_symbol, pending_qty=pending, pending_by_strategy=mine)
 
     def _send_snapshot(self, authoritative: bool = False) -> None:
         """Broker positions and cash to the portfolio. An authoritative one (the portfolio adopts

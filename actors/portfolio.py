@@ -16,6 +16,7 @@ from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import Bars, BrokerSnapshot, Fills, PnlUpdate, PositionsSnapshot
 from steadyhand.domain import Severity, Side, market_hours
 from steadyhand.portfolio.books import SET_MARK, UPSERT_BOOK, Books, Position
+from steadyhand.reports import execution
 from steadyhand.state import retention, store
 from steadyhand.strategies.specs import CHILD_PREFIX, SINGLE_CHILD, is_strategy_child, strategy_peers
 from thespian.actors import ActorAddress
@@ -205,17 +206,12 @@ class PortfolioActor(SteadyActor):
                                [start, end]).fetchone()
         orders = self.db.execute("SELECT count(*), sum(status = 'filled') FROM orders WHERE bar_ts >= ? AND bar_ts < ?",
                                  [start, end]).fetchone()
-        fills = self.db.execute(
-            "SELECT count(*), avg(CASE f.side WHEN 'buy' THEN 1 ELSE -1 END"
-            " * (CAST(f.price AS REAL) - CAST(o.ref_price AS REAL)) / CAST(o.ref_price AS REAL) * 10000)"
-            " FROM fills f JOIN orders o USING (client_order_id) WHERE f.ts >= ? AND f.ts < ?",
-            [start, end]).fetchone() if "ref_price" in self.db["orders"].columns_dict else \
-            self.db.execute("SELECT count(*), NULL FROM fills WHERE ts >= ? AND ts < ?", [start, end]).fetchone()
+        fills = self.db.execute("SELECT count(*) FROM fills WHERE ts >= ? AND ts < ?", [start, end]).fetchone()
         pnl = (Decimal(last[0]) - Decimal(first[0])) if first and last else ZERO
         submitted, filled = orders[0] or 0, orders[1] or 0
         return {"day": day, "pnl": str(pnl.quantize(CENT)), "trades": fills[0] or 0, "orders": submitted,
                 "fill_rate": f"{filled / submitted:.0%}" if submitted else "n/a",
-                "slippage_bps": f"{fills[1]:.2f}" if fills[1] is not None else "n/a"}
+                **execution.day_summary_text(self.db, day)}  # slippage split, limit fill rate, latency
 
     def on_step(self, step: Any) -> dict[str, Any] | None:
         if step.phase == "probe":

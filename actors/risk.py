@@ -12,11 +12,13 @@ from __future__ import annotations
 import sqlite3
 import time
 from datetime import datetime
+from decimal import Decimal
 
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import (
     Bars,
     BrokerHealth,
+    CancelOrder,
     FeedFresh,
     FeedStale,
     Fills,
@@ -27,16 +29,20 @@ from steadyhand.actors.messages import (
     ReconcileCompleted,
     ReconcileStarted,
     Reconfigure,
+    ReplaceOrder,
     RequestHalt,
     Signals,
     TradingStateChanged,
 )
 from steadyhand.actors.oms import is_store_fault
-from steadyhand.domain import OrderSpec, Severity, market_hours
-from steadyhand.risk.checks import Decision, RiskBook, breaker_check
+from steadyhand.domain import OrderSpec, OrderStatus, OrderType, Severity, Side, TimeInForce, market_hours
+from steadyhand.orders import amend
+from steadyhand.orders.journal import OrderJournal
+from steadyhand.risk.checks import Decision, RiskBook, breaker_check, order_spec, signal_problem
 from steadyhand.risk.strategy_limits import StrategyBooks
 from steadyhand.sim.lockstep import is_lockstep
 from steadyhand.state import retention, store
+from steadyhand.strategies.specs import CHILD_PREFIX, SINGLE_CHILD, strategy_peers
 from thespian.actors import ActorAddress
 
 
@@ -63,6 +69,8 @@ class RiskActor(SteadyActor):
             FeedFresh: self.on_feed_fresh,
             Reconfigure: self.on_reconfigure,
             BrokerHealth: self.on_broker_health,
+            ReplaceOrder: self.on_replace,
+            CancelOrder: self.on_cancel_order,
         }
         self.broker_down = ""  # why the OMS's broker circuit is open; "" while it is closed
         self.store_fault = ""  # the decision journal refused a write: nothing is approved any more
@@ -101,10 +109,10 @@ class RiskActor(SteadyActor):
         approved: list[OrderSpec] = []
         rows: list[DecisionRow] = []
         for signal in message.signals:
-            request = OrderSpec(client_order_id=signal.intent_id, symbol=signal.symbol,
-                                side=signal.side, qty=signal.qty, ref_price=signal.ref_price,
-                                bar_ts=signal.bar_ts)
-            decision = (self.strategies.check(request, self.book.order_price(request), self.book.last_prices)
+            problem = signal_problem(signal)
+            request = order_spec(signal, whole=problem is None)
+            decision = (Decision.deny("signal", problem) if problem else
+                        self.strategies.check(request, self.book.order_price(request), self.book.last_prices)
                         or self.book.decide(request, now_wall, now_sim))
             if decision.approved and (self.broker_down or self.store_fault):
                 decision = Decision.deny("broker" if self.broker_down else "store",
@@ -126,6 +134,49 @@ class RiskActor(SteadyActor):
             return
         if approved:  # only now, after the commit: the write-ahead order of section 5
             self.tell_peer("oms", OrderRequests(tuple(approved), bar_sent_at=message.bar_sent_at))
+
+    def on_replace(self, message: ReplaceOrder, sender: ActorAddress) -> None:
+        """A strategy amends one of its orders: checked like a new order on its new terms (the journal
+        row, read here, says what the order is), journaled, then passed to the OMS."""
+        cid = message.client_order_id
+        row = OrderJournal(self.db).head(cid)  # the OMS writes the journal; risk only reads it
+        if not amend.owned_by(message.strategy, cid):
+            self._refuse_amend("replace", cid, f"not an order of strategy {message.strategy!r}")
+            return
+        if row is None or OrderStatus(row["status"]).is_terminal:
+            self._refuse_amend("replace", cid, "unknown order" if row is None else f"already {row['status']}")
+            return
+        req = OrderSpec(client_order_id=row["client_order_id"], symbol=row["symbol"], side=Side(row["side"]),
+                        qty=row["qty"] if message.qty is None else message.qty, type=OrderType(row["type"]),
+                        time_in_force=TimeInForce(row["time_in_force"]),
+                        limit_price=message.limit_price if message.limit_price is not None
+                        else _dec(row["limit_price"]),
+                        stop_price=message.stop_price if message.stop_price is not None else _dec(row["stop_price"]))
+        self.book.market_open = market_hours.is_open(self.clock.now())
+        decision = self.book.decide_replace(req, old_qty=row["qty"], filled=row["filled_qty"] or 0)
+        if decision.approved and (self.broker_down or self.store_fault):
+            decision = Decision.deny("broker" if self.broker_down else "store", "broker or state store unavailable")
+        self.event("risk_decision", client_order_id=cid, symbol=req.symbol, side=req.side.value, qty=req.qty,
+                   approved=decision.approved, check=decision.check, reason=decision.reason, replace=True)
+        try:
+            with store.transaction(self.db):
+                self.db.conn.execute(INSERT_DECISION, _decision_row(store.now_iso(), store.iso(self.clock.now()),
+                                                                    req, decision, "replace: "))
+        except sqlite3.OperationalError as exc:
+            self._store_fault(exc)
+            return
+        if decision.approved:
+            self.tell_peer("oms", message)
+
+    def on_cancel_order(self, message: CancelOrder, sender: ActorAddress) -> None:
+        """A cancel only lowers risk: it always passes, for the strategy's own orders."""
+        if not amend.owned_by(message.strategy, message.client_order_id):
+            self._refuse_amend("cancel", message.client_order_id, f"not an order of strategy {message.strategy!r}")
+            return
+        self.tell_peer("oms", message)
+
+    def _refuse_amend(self, what: str, cid: str, reason: str) -> None:
+        self.event(f"{what}_refused", level="warning", client_order_id=cid, reason=reason)
 
     # --- what the book knows ----------------------------------------------------------------
 
@@ -161,7 +212,9 @@ class RiskActor(SteadyActor):
     def on_open_orders(self, message: OpenOrders, sender: ActorAddress) -> None:
         self.book.open_orders = dict(message.by_symbol)
         self.book.pending_qty = dict(message.pending_qty)
-        self.strategies.note_open_orders(message.pending_qty)
+        self.strategies.note_open_orders(message.pending_by_strategy)
+        for peer in strategy_peers(self.peers):  # what still works, so a repeated target does not order twice
+            self.tell_peer(peer, own_open_orders(message, peer))
 
     def on_fills(self, message: Fills, sender: ActorAddress) -> None:
         for fill in message.fills:  # positions move now; the portfolio snapshot confirms later
@@ -212,11 +265,23 @@ class RiskActor(SteadyActor):
         return not (self.book.reconciling or self.broker_down or self.store_fault)
 
 
-DecisionRow = tuple[str, str, str, str, str, int, int, str]
-INSERT_DECISION = ("INSERT INTO risk_decisions (ts, clock_ts, client_order_id, symbol, side, qty, approved, reason)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+DecisionRow = tuple[str, str, str, str, str, int, int, str, str]
+INSERT_DECISION = ("INSERT INTO risk_decisions (ts, clock_ts, client_order_id, symbol, side, qty, approved, reason,"
+                   " rule) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")  # rule: the check that decided (parity report)
 
 
-def _decision_row(ts: str, clock_ts: str, request: OrderSpec, decision: Decision) -> DecisionRow:
+def _decision_row(ts: str, clock_ts: str, request: OrderSpec, decision: Decision, prefix: str = "") -> DecisionRow:
     return (ts, clock_ts, request.client_order_id, request.symbol, request.side.value, request.qty,
-            int(decision.approved), decision.reason if not decision.approved else "ok")
+            int(decision.approved), prefix + (decision.reason if not decision.approved else "ok"), decision.check)
+
+
+def _dec(text: str | None) -> Decimal | None:
+    return None if text is None else Decimal(text)
+
+
+def own_open_orders(message: OpenOrders, peer: str) -> OpenOrders:
+    """What a strategy actor is told still works: everything for the one ``strategy``, only its own
+    orders for ``strategy.NAME`` (so it does not count another strategy's order as its own)."""
+    if peer == SINGLE_CHILD:
+        return message
+    return OpenOrders(by_symbol={}, pending_qty=dict(message.pending_by_strategy.get(peer[len(CHILD_PREFIX):], {})))

@@ -75,20 +75,39 @@ def prepare_bars(bars: pd.DataFrame) -> pd.DataFrame:
         raise ValueError(f"bars lack column(s) {', '.join(missing)}")
     df = bars.loc[:, list(BAR_COLUMNS)].copy()
     df["ts"] = pd.to_datetime(df["ts"], utc=True).dt.as_unit("ns")  # one unit: ts_ns below counts ns
+    # Sorting on integer codes, not on the strings: a year of minute bars is millions of rows.
+    codes, _ = pd.factorize(df["symbol"].to_numpy(dtype=object), sort=True)
+    ns = df["ts"].array.asi8
+    by_symbol = np.lexsort((ns, codes))  # stable: file order among equal (symbol, ts)
+    c, t = codes[by_symbol], ns[by_symbol]
     # Same rule as the live feed: a bar not newer than its symbol's previous one is ignored.
-    df = df.sort_values(["symbol", "ts"], kind="stable").drop_duplicates(["symbol", "ts"], keep="first")
-    return df.sort_values(["ts", "symbol"], kind="stable").reset_index(drop=True)
+    first = np.r_[True, (c[1:] != c[:-1]) | (t[1:] != t[:-1])]
+    kept = by_symbol[first]
+    order = kept[np.lexsort((codes[kept], ns[kept]))]
+    return df.iloc[order].reset_index(drop=True)
+
+
+def _attach(df: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
+    """The bars with the target columns of their (ts, symbol) row; NaN where the strategy gave none."""
+    extra = [c for c in targets.columns if c not in BAR_COLUMNS]
+    aligned = (len(targets) == len(df) and np.array_equal(targets["ts"].array.asi8, df["ts"].array.asi8)
+               and np.array_equal(targets["symbol"].to_numpy(dtype=object), df["symbol"].to_numpy(dtype=object)))
+    if aligned:  # the usual case: one row per bar, in the bars' order (no join of millions of rows)
+        merged = df.copy()
+        for column in extra:
+            merged[column] = targets[column].to_numpy()
+        return merged
+    targets = targets.dropna(subset=["target"]).drop_duplicates(["symbol", "ts"], keep="last")
+    return df.merge(targets.loc[:, ["ts", "symbol", *extra]], on=["ts", "symbol"], how="left", sort=False)
 
 
 def run_backtest(bars: pd.DataFrame, strategy: Strategy, start_cash: float = 100_000.0) -> BacktestResult:
     """Run ``strategy`` over long-format bars (see the module docstring for the fill model)."""
     name = strategy.strategy_id()
     df = prepare_bars(bars)
-    targets = check_targets(strategy.targets(df.copy()), name)
-    targets = targets.dropna(subset=["target"]).drop_duplicates(["symbol", "ts"], keep="last")
-    merged = df.merge(targets.drop(columns=[c for c in BAR_COLUMNS if c not in ("ts", "symbol")], errors="ignore"),
-                      on=["ts", "symbol"], how="left", sort=False)
-    merged = merged.sort_values(["symbol", "ts"], kind="stable").reset_index(drop=True)
+    merged = _attach(df, check_targets(strategy.targets(df.copy()), name))
+    codes, _ = pd.factorize(merged["symbol"].to_numpy(dtype=object), sort=True)
+    merged = merged.iloc[np.lexsort((merged["ts"].array.asi8, codes))].reset_index(drop=True)  # by symbol, then ts
     fills: list[tuple[datetime, str, int, float]] = []  # (signal bar ts, symbol, signed qty, price)
     signals: list[Signal] = []
     trades: list[Trade] = []
@@ -152,7 +171,7 @@ def _run_symbol(name: str, symbol: str, series: pd.DataFrame, ts_ns: np.ndarray,
         _with_orders(name, symbol, series, events, stamps, fills, signals, trades)
 
 
-def _signal(name: str, symbol: str, ts: datetime, qty: int, close: float, row: pd.Series | None,
+def _signal(name: str, symbol: str, ts: datetime, qty: int, close: float, row: dict | None,
             reason: str) -> Signal:
     side = Side.BUY if qty > 0 else Side.SELL
     extra: dict[str, object] = {}
@@ -194,56 +213,90 @@ def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
+@dataclass
+class _Working:
+    """The strategy's resting order for one symbol in the backtest (amended in place, as live)."""
+
+    signal: Signal
+    qty: int  # signed
+    kind: str
+    limit: float
+    stop: float
+    day_only: bool
+    day: int  # the UTC day of its first bar: a DAY order ends with it
+    triggered: bool
+
+
 def _with_orders(name: str, symbol: str, series: pd.DataFrame, events: np.ndarray, stamps: _Stamps,
                  fills: list, signals: list[Signal], trades: list[Trade]) -> None:
-    """Orders that may rest: each works from the next bar until filled, replaced or expired."""
+    """Orders that may rest, as the live strategy handles them (``strategies/live.py``): a target
+    while our order works amends it (same intent id) or, when nothing more is wanted, the side
+    flips or a market order is wanted, cancels it; the next target then places a new order."""
     o, h, lo_, c = (series[k].to_numpy(dtype=np.float64).tolist() for k in ("open", "high", "low", "close"))
+    tgt = series["target"].to_numpy(dtype=np.float64).tolist()
+    kinds, tifs, reasons = (series[k].tolist() for k in ("order_type", "time_in_force", "reason"))
+    limits, stops = (series[k].to_numpy(dtype=np.float64).tolist() for k in ("limit_price", "stop_price"))
     days = (stamps.ns // 86_400_000_000_000).tolist()  # UTC day numbers: a DAY order's lifetime
     n = len(series)
-    ev = events.tolist()
-    position = 0
-    for i, e in enumerate(ev):
-        row = series.iloc[e]
-        qty = int(row["target"]) - position
-        if qty == 0:
+    position, working, last = 0, None, -1
+    for e in events.tolist():
+        if working is not None:  # did it fill (or expire) on the bars since it was placed or amended?
+            fill = _first_fill(working, o, h, lo_, last + 1, e, days)
+            if fill is not None:
+                j, price = fill
+                if price == price:  # NaN: expired unfilled
+                    position += working.qty
+                    fills.append((working.signal.bar_ts, symbol, working.qty, price))
+                    trades.append(Trade(stamps[j], symbol, working.signal.side, abs(working.qty), price,
+                                        working.signal.intent_id))
+                working = None
+        last = e
+        want = int(tgt[e]) - position
+        kind = kinds[e]
+        if working is not None:
+            if want == 0 or (want > 0) != (working.qty > 0) or kind == "market":
+                working = None  # cancelled; a later target places the new order
+            else:
+                working.qty, working.kind, working.limit, working.stop = want, kind, limits[e], stops[e]
+                working.triggered = kind == "limit"
             continue
-        signal = _signal(name, symbol, stamps[e], qty, c[e], row, _text(row["reason"]))
+        if want == 0:
+            continue
+        row = {"order_type": kind, "limit_price": limits[e], "stop_price": stops[e], "time_in_force": tifs[e]}
+        signal = _signal(name, symbol, stamps[e], want, c[e], row, _text(reasons[e]))  # type: ignore[arg-type]
         signals.append(signal)
-        end = ev[i + 1] if i + 1 < len(ev) else n - 1  # replaced after the next target's bar
-        fill = _first_fill(signal, o, h, lo_, e + 1, end, days)
-        if fill is not None:
+        working = _Working(signal, want, kind, limits[e], stops[e], tifs[e] == "day",
+                           days[e + 1] if e + 1 < n else -1, kind in ("market", "limit"))
+    if working is not None:
+        fill = _first_fill(working, o, h, lo_, last + 1, n - 1, days)
+        if fill is not None and fill[1] == fill[1]:
             j, price = fill
-            position += qty
-            fills.append((stamps[e], symbol, qty, price))
-            trades.append(Trade(stamps[j], symbol, signal.side, abs(qty), price, signal.intent_id))
+            fills.append((working.signal.bar_ts, symbol, working.qty, price))
+            trades.append(Trade(stamps[j], symbol, working.signal.side, abs(working.qty), price,
+                                working.signal.intent_id))
 
 
-def _first_fill(s: Signal, o: list[float], h: list[float], lo: list[float], start: int, end: int,
-                days: list) -> tuple[int, float] | None:
-    """(bar index, price) of the order's fill on bars ``start..end``, or None."""
-    buy = s.side is Side.BUY
-    kind = s.order_type
-    lim = s.limit_price if s.limit_price is not None else math.nan
-    stop = s.stop_price if s.stop_price is not None else math.nan
-    triggered = kind in (OrderType.MARKET, OrderType.LIMIT)
-    day = days[start] if start < len(days) else None
+def _first_fill(w: _Working, o: list[float], h: list[float], lo: list[float], start: int, end: int,
+                days: list[int]) -> tuple[int, float] | None:
+    """(bar index, price) of the order's fill on bars ``start..end``; (bar, NaN) when it expired; None."""
+    buy = w.qty > 0
     for j in range(start, min(end, len(o) - 1) + 1):
-        if s.time_in_force is TimeInForce.DAY and days[j] != day:
-            return None  # expired at the end of its day
-        if kind is OrderType.MARKET:
+        if w.day_only and days[j] != w.day:
+            return j, math.nan  # expired at the end of its day
+        if w.kind == "market":
             return j, o[j]
         first = o[j]
-        if not triggered:
-            if not (h[j] >= stop if buy else lo[j] <= stop):
+        if not w.triggered:
+            if not (h[j] >= w.stop if buy else lo[j] <= w.stop):
                 continue
-            triggered = True
-            first = max(o[j], stop) if buy else min(o[j], stop)
-            if kind is OrderType.STOP:
+            w.triggered = True
+            first = max(o[j], w.stop) if buy else min(o[j], w.stop)
+            if w.kind == "stop":
                 return j, first
-        if buy and lo[j] <= lim:
-            return j, min(first, lim)
-        if not buy and h[j] >= lim:
-            return j, max(first, lim)
+        if buy and lo[j] <= w.limit:
+            return j, min(first, w.limit)
+        if not buy and h[j] >= w.limit:
+            return j, max(first, w.limit)
     return None
 
 

@@ -13,6 +13,10 @@ crossover, long-only, 10 shares, market orders.
   ``SimpleMovingAverage`` per instrument; runs in its own virtualenv (it pins pandas < 3, which
   steadyhand cannot use): ``$STEADYHAND_NAUTILUS_PYTHON`` or /tmp/venv-nautilus/bin/python.
 - steadyhand's vectorized ``backtest()`` (the same signal function on a DataFrame) for reference.
+- steadyhand lock-step: a real ``steadyhand run --replay FILE --lockstep`` (Thespian multiproc, every
+  actor its own process, journal ``synchronous=FULL``) on the same file, each bar processed to
+  quiescence; its trades are compared one for one with ``backtest()``'s, and its time per tick is
+  split into the phases and each actor's handler time (the rest is the transport).
 
 Bars/s is bars divided by the wall time of the engine's run, data already loaded in memory.
 
@@ -182,8 +186,66 @@ def run_steadyhand_backtest(names: list[str], minutes: list[datetime], closes: n
     started = time.perf_counter()
     result = backtest(frame, StrategySettings())
     elapsed = time.perf_counter() - started
+    trades = [(t.intent_id, str(t.side), t.qty, f"{t.price:.2f}") for t in result.trades]
     return {"engine": "steadyhand backtest()", "bars": frame.shape[0], "seconds": elapsed,
-            "bars_per_s": frame.shape[0] / elapsed, "orders": len(result.signals), "fills": len(result.trades)}
+            "bars_per_s": frame.shape[0] / elapsed, "orders": len(result.signals), "fills": len(result.trades),
+            "_trades": trades}
+
+
+# --- steadyhand lock-step: a real `steadyhand run --lockstep` ---------------------------------------
+
+
+def run_lockstep(csv: Path, names: list[str], data_dir: Path) -> dict[str, Any]:
+    """``steadyhand run --replay csv --lockstep`` to the end of the file; bars/s over the replay
+    itself (the feed's first tick to its last, from ``lockstep.json``: start-up and shutdown are not
+    the engine's speed, as for the others), and where the time per tick went."""
+    import sqlite3
+
+    config = common.toml_config(names, sim={"start_cash": 1e12}, risk=common.BUSY_RISK)
+    bot = common.Bot(data_dir, config, args=("--replay", str(csv), "--lockstep")).start(timeout=300)
+    assert bot.proc is not None
+    try:
+        code = bot.proc.wait(3600)
+    finally:
+        bot.stop()
+    if code != 0:
+        raise RuntimeError("lock-step run failed:\n" + "".join(bot.output[-30:]))
+    result = json.loads((data_dir / "lockstep.json").read_text())
+    db = sqlite3.connect(data_dir / "steadyhand.db")
+    try:
+        orders = db.execute("SELECT count(*) FROM orders").fetchone()[0]
+        trades = [tuple(r) for r in db.execute("SELECT client_order_id, side, qty, price FROM fills ORDER BY ts")]
+    finally:
+        db.close()
+    ticks = max(1, result["ticks"])
+    per_tick = {"wall": result["elapsed_s"] * 1000 / ticks}
+    per_tick.update({f"{k}_phase": v * 1000 / ticks for k, v in result["phase_s"].items()})
+    per_tick.update({f"{k}_busy": v * 1000 / ticks for k, v in result["busy_s"].items()})
+    return {"engine": "steadyhand lock-step", "bars": result["bars"], "seconds": result["elapsed_s"],
+            "bars_per_s": result["bars"] / result["elapsed_s"], "orders": orders, "fills": len(trades),
+            "ticks": result["ticks"], "fill_steps": result["fill_steps"],
+            "ms_per_tick": {k: round(v, 3) for k, v in per_tick.items()}, "_trades": trades}
+
+
+def _time_per_tick(run: dict[str, Any]) -> str:
+    """Where a lock-step tick's wall time goes: the two phases, each actor's handlers, the rest."""
+    ms = run["ms_per_tick"]
+    parts = ("fills", "bars", "prepare", "publish")
+    rest = ms["wall"] - sum(ms.get(f"{k}_phase", 0.0) for k in parts)
+    actors = ", ".join(f"{k[:-5]} {v:.2f}" for k, v in ms.items() if k.endswith("_busy"))
+    return (f"per tick {ms['wall']:.2f} ms wall = fills round {ms.get('fills_phase', 0.0):.2f} (on "
+            f"{run['fill_steps']} of {run['ticks']} ticks) + bars round {ms.get('bars_phase', 0.0):.2f} + feed "
+            f"prepare {ms.get('prepare_phase', 0.0):.2f} + feed publish (3 Bars sends) "
+            f"{ms.get('publish_phase', 0.0):.2f} + other {rest:.2f}; handler time per actor (overlapping: the "
+            f"portfolio and risk take their Bars while the strategy works): {actors}")
+
+
+def _matched(backtest: list[tuple[Any, ...]], lockstep: list[tuple[Any, ...]]) -> tuple[int, int]:
+    """(trades equal in id, side and qty, of those also equal in fill price at the cent)."""
+    by_id = {t[0]: t for t in lockstep}
+    same = [t for t in backtest if t[0] in by_id and by_id[t[0]][1:3] == t[1:3]]
+    priced = [t for t in same if by_id[t[0]][3] == t[3]]
+    return len(same), len(priced)
 
 
 # --- backtrader ----------------------------------------------------------------------------------
@@ -267,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--bars", type=int, help="total bars (default 200000; --quick 50000)")
     p.add_argument("--symbols", type=int, default=100)
     p.add_argument("--tmpfs", action="store_true", help="steadyhand's data dir on /dev/shm (no fsync cost)")
-    p.add_argument("--skip", default="", help="comma-separated engines to skip: backtrader,nautilus")
+    p.add_argument("--skip", default="", help="comma-separated engines to skip: backtrader,nautilus,lockstep")
     p.add_argument("--profile", action="store_true", help="print a pyinstrument profile of steadyhand's run")
     args = common.parse_args(p, argv)
     total = args.bars or common.size(args, 200_000, 50_000, 5_000)
@@ -279,8 +341,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "backtrader": common.Figure("replay_backtrader", "bars/s"),
         "nautilus": common.Figure("replay_nautilus", "bars/s"),
         "backtest": common.Figure("replay_steadyhand_backtest_fn", "bars/s"),
+        "lockstep": common.Figure("replay_steadyhand_lockstep", "bars/s"),
     }
     ratio_bt = common.Figure("ratio_steadyhand_to_backtrader", "x", target=10.0, op=">=")
+    ratio_ls = common.Figure("ratio_lockstep_to_backtrader", "x")
+    parity = common.Figure("lockstep_trades_equal_to_backtest", "%", target=100.0, op=">=")
     ratio_nt = common.Figure("ratio_steadyhand_to_nautilus", "x")
     runs: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="steadyhand-bench-replay-") as tmp:
@@ -289,6 +354,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             base = Path(tempfile.mkdtemp(dir="/dev/shm" if args.tmpfs else tmp))
             row = {"steadyhand": _profiled(args.profile, run_steadyhand, names, minutes, closes, base / "var")}
             row["backtest"] = run_steadyhand_backtest(names, minutes, closes)
+            if "lockstep" not in skip:
+                with common.data_dir("lockstep") as ls_dir:
+                    if args.tmpfs:  # the bot's data dir too: the journal's fsyncs cost nothing there
+                        ls_dir = Path(tempfile.mkdtemp(dir="/dev/shm", prefix="steadyhand-lockstep-")) / "var"
+                    try:
+                        row["lockstep"] = run_lockstep(csv, names, ls_dir)
+                    finally:
+                        if args.tmpfs:
+                            import shutil
+
+                            shutil.rmtree(ls_dir.parent, ignore_errors=True)
             if "backtrader" not in skip:
                 row["backtrader"] = run_backtrader(names, minutes, closes)
             if "nautilus" not in skip:
@@ -297,6 +373,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 import shutil
 
                 shutil.rmtree(base, ignore_errors=True)
+            trades = {key: r.pop("_trades") for key, r in row.items() if r and "_trades" in r}
             runs.append(row)
             for key, r in row.items():
                 if r:
@@ -304,6 +381,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     print(f"  {r['engine']:<22} {r['bars']:>8} bars in {r['seconds']:7.2f}s = "
                           f"{r['bars_per_s']:>10,.0f} bars/s  (orders {r['orders']}, fills {r['fills']})",
                           flush=True)
+            if row.get("lockstep"):
+                same, priced = _matched(trades["backtest"], trades["lockstep"])
+                n_trades = len(trades["backtest"])
+                row["lockstep"].update(trades_equal=same, trades_equal_priced=priced, backtest_trades=n_trades)
+                parity.add(100.0 * same / max(1, n_trades))
+                print(f"  lock-step {_time_per_tick(row['lockstep'])}", flush=True)
+                print(f"  lock-step trades equal to backtest(): {same} of {n_trades} (id, side, qty; "
+                      f"{priced} also at the same price in cents; lock-step made {len(trades['lockstep'])})",
+                      flush=True)
+                if row.get("backtrader"):
+                    ratio_ls.add(row["lockstep"]["bars_per_s"] / row["backtrader"]["bars_per_s"])
             share = row["steadyhand"]["orders"] / max(1, row["backtest"]["orders"])
             if share < 0.8:  # a fast run that trades much less than the strategy asks is not a result
                 print(f"  WARNING: the live path sent {share:.0%} of the orders the strategy's signals ask for "
@@ -317,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     note = f"{args.symbols} symbols x {ticks} ticks = {total} bars; data dir on {'tmpfs' if args.tmpfs else 'disk'}"
     figures["steadyhand"].note = note
     result = common.report("replay throughput (in-process, same actors)",
-                           [*figures.values(), ratio_bt, ratio_nt], {"runs": runs})
+                           [*figures.values(), ratio_bt, ratio_nt, ratio_ls, parity], {"runs": runs})
     common.write_json(args, result)
     return result
 

@@ -10,6 +10,7 @@ be looked up before anything else, a rejection is final.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Protocol, runtime_checkable
 
 from steadyhand.domain import Account, BrokerOrder, Fill, MarketClock, OrderSpec, Position
@@ -52,7 +53,21 @@ class OrderNotFound(BrokerError):
 
 
 class NotCancelable(BrokerError):
-    """The order is already terminal at the broker."""
+    """The order is already terminal at the broker (for a replace: it filled or ended first)."""
+
+
+REPLACE_SEP = "~r"  # replacement_client_id: ``sma-AAPL-...-B0`` -> ``sma-AAPL-...-B0~r1`` -> ``...~r2``
+
+
+def replacement_client_id(client_order_id: str) -> str:
+    """The client order id of the order that replaces ``client_order_id`` on a broker whose replace
+    makes a new order (Alpaca, the sim). Derived, never random: after a crash mid-replace the OMS
+    looks the replacement up by this id, and a retried replace meets its own earlier attempt as a
+    duplicate id instead of placing a second order. It keeps the strategy's prefix."""
+    base, sep, n = client_order_id.rpartition(REPLACE_SEP)
+    if sep and n.isdigit():
+        return f"{base}{REPLACE_SEP}{int(n) + 1}"
+    return f"{client_order_id}{REPLACE_SEP}1"
 
 
 @runtime_checkable
@@ -68,6 +83,22 @@ class Broker(Protocol):
 
     def cancel(self, broker_order_id: str) -> None:
         """Request cancellation. Raises OrderNotFound, NotCancelable, TransientBrokerError."""
+        ...
+
+    def replace(self, broker_order_id: str, qty: int | None = None, limit_price: Decimal | None = None,
+                stop_price: Decimal | None = None) -> BrokerOrder:
+        """Amend a working order: ``qty`` is its new total quantity (what filled included), None
+        keeps a term as it is. Two shapes, both returned as the order that now works:
+
+        - in place (IBKR: ``placeOrder`` again with the same order id): the same broker and client
+          order ids, the new terms;
+        - a new order (Alpaca ``PATCH /v2/orders/{id}``, the sim): a new broker order id, client
+          order id :func:`replacement_client_id` of the old one, ``replaces`` = the old broker id,
+          quantity what is left to trade; the old order ends REPLACED with ``replaced_by``.
+
+        Raises OrderNotFound, NotCancelable (already terminal: it filled or ended first),
+        OrderRejected (the new terms are refused; the order goes on unchanged),
+        TransientBrokerError (nothing happened), UnknownOutcome (look the order up)."""
         ...
 
     def cancel_all(self) -> int:

@@ -63,6 +63,7 @@ class OrderStatus(enum.StrEnum):
     EXPIRED = "expired"
     REJECTED = "rejected"
     NEVER_SUBMITTED = "never_submitted"
+    REPLACED = "replaced"  # replaced by a new order (Alpaca's shape, the sim's): see ``BrokerOrder.replaced_by``
 
     @property
     def is_terminal(self) -> bool:
@@ -80,6 +81,7 @@ TERMINAL_STATUSES = frozenset(
         OrderStatus.EXPIRED,
         OrderStatus.REJECTED,
         OrderStatus.NEVER_SUBMITTED,
+        OrderStatus.REPLACED,
     }
 )
 
@@ -192,6 +194,27 @@ class BrokerOrder:
     submitted_at: datetime
     updated_at: datetime
     reason: str = ""  # rejection / cancel reason when the broker gives one
+    replaces: str = ""  # the broker order id this order replaced ("" when none)
+    replaced_by: str = ""  # the broker order id that replaced this one (status REPLACED)
+    # The top of book the broker saw when it accepted the order: only on a submit's reply, and only
+    # from brokers that know it at no extra cost (the sim); None otherwise (issue 15 §2). Not part of
+    # the order's identity: a lookup of the same order compares equal to the submit's reply.
+    quote: TopOfBook | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class TopOfBook:
+    """Bid and ask of one symbol at ``ts`` (the broker's clock), and who said so (``source``)."""
+
+    symbol: str
+    ts: datetime
+    bid: float
+    ask: float
+    source: str = ""
+
+    @property
+    def mid(self) -> float:
+        return (self.bid + self.ask) / 2
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,12 @@ Write-ahead (DESIGN §5): an order is a PENDING_SUBMIT row, committed, before th
 it; a status only moves forward (:func:`advances`), so a late, older update never undoes a newer
 one; each fill is inserted once (its broker fill id is the primary key). Plain SQL on the hot
 path: these run for every order and every broker update.
+
+A replace is write-ahead too: its intent (``replace_intent``, JSON) is committed on the row with
+``replace_state`` = pending before the broker hears of it, and settles forward only
+(:func:`replace_advances`) to applied, refused or not_applied. A broker that replaces in place (IB)
+changes the row's terms; one that makes a new order (Alpaca, the sim) ends the row REPLACED with
+``replaced_by`` and journals the new order as a row of its own with ``replaces``.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ import json
 import sqlite3
 from collections import Counter
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
 from steadyhand.domain import BrokerOrder, Fill, OrderSpec, OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.state import store
+from steadyhand.strategies.specs import strategy_of
 
 OPEN_STATUSES = tuple(s.value for s in OrderStatus if s.is_open)
 _IS_OPEN = f"status IN ({','.join('?' * len(OPEN_STATUSES))})"  # SQL condition, with OPEN_STATUSES
@@ -34,6 +42,22 @@ def advances(old: OrderStatus, new: OrderStatus) -> bool:
     if old.is_terminal:
         return False
     return new.is_terminal or _RANK.get(new, 0) >= _RANK.get(old, 0)
+
+
+class ReplaceState:
+    """``orders.replace_state``: a replace intent's life (NULL: never amended)."""
+
+    PENDING = "pending"  # journaled; the broker may or may not have it: look before anything else
+    APPLIED = "applied"  # the broker took it
+    REFUSED = "refused"  # the broker said no (filled first, bad terms): the order goes on as it was
+    NOT_APPLIED = "not_applied"  # found afterwards not to have happened (a crash, a lost reply)
+
+
+def replace_advances(old: str | None, new: str) -> bool:
+    """Forward only: a new intent starts from none or a settled one; only a pending one settles."""
+    if new == ReplaceState.PENDING:
+        return old != ReplaceState.PENDING
+    return old == ReplaceState.PENDING
 
 
 def is_store_fault(exc: sqlite3.Error) -> bool:
@@ -75,6 +99,16 @@ class OrderJournal:
             pending[row["symbol"]] += Side(row["side"]).sign * (row["qty"] - (row["filled_qty"] or 0))
         return dict(by_symbol), dict(pending)
 
+    def pending_by_strategy(self) -> dict[str, dict[str, int]]:
+        """Signed qty still to fill per strategy (its client order ids' prefix) and symbol."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self.db.query(f"SELECT client_order_id, symbol, side, qty, filled_qty FROM orders WHERE {_IS_OPEN}",
+                                 OPEN_STATUSES):
+            book = out.setdefault(strategy_of(row["client_order_id"]), {})
+            book[row["symbol"]] = book.get(row["symbol"], 0) + Side(row["side"]).sign * (
+                row["qty"] - (row["filled_qty"] or 0))
+        return out
+
     def pending_since(self, cutoff: str, limit: int) -> list[dict[str, Any]]:
         """PENDING_SUBMIT rows created before ``cutoff`` (ISO text), oldest first."""
         return list(self.db.query(
@@ -110,20 +144,23 @@ class OrderJournal:
 
     # --- writes ---------------------------------------------------------------------------------
 
-    def insert_pending(self, requests: tuple[OrderSpec, ...]) -> tuple[list[OrderSpec], list[str]]:
+    def insert_pending(self, requests: tuple[OrderSpec, ...],
+                       signal_at: float = 0.0) -> tuple[list[OrderSpec], list[str]]:
         """Durable PENDING_SUBMIT rows, one transaction per batch: (the fresh ones, the client order
-        ids already journaled -- duplicate intents, dropped)."""
+        ids already journaled -- duplicate intents, dropped). ``signal_at``: wall time (epoch) the
+        bar behind these requests reached the bot; the signal's time (0: unknown)."""
         fresh, duplicates = [], []
         now = store.now_iso()
+        signal = _epoch_iso(signal_at)
         with store.transaction(self.db):
             for r in requests:
                 cursor = self.db.execute(
                     "INSERT OR IGNORE INTO orders (client_order_id, symbol, side, qty, type, time_in_force,"
-                    " limit_price, stop_price, status, filled_qty, bar_ts, created_at, updated_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?)",
+                    " limit_price, stop_price, status, filled_qty, bar_ts, created_at, updated_at,"
+                    " ref_price, signal_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
                     [r.client_order_id, r.symbol, r.side.value, r.qty, r.type.value, r.time_in_force.value,
                      _text(r.limit_price), _text(r.stop_price), OrderStatus.PENDING_SUBMIT.value,
-                     store.iso(r.bar_ts), now, now],
+                     store.iso(r.bar_ts), now, now, repr(float(r.ref_price)) if r.ref_price else None, signal],
                 )
                 if cursor.rowcount == 1:
                     fresh.append(r)
@@ -131,30 +168,130 @@ class OrderJournal:
                     duplicates.append(r.client_order_id)
         return fresh, duplicates
 
+    def revive_never_submitted(self, cids: list[str]) -> set[str]:
+        """Those of ``cids`` that reconciliation settled as never submitted, back to PENDING_SUBMIT
+        (lock-step only: its clock has not moved, so the intent is still due; live, it is final)."""
+        if not cids:
+            return set()
+        marks = ",".join("?" * len(cids))
+        with store.transaction(self.db):
+            rows = self.db.execute(
+                f"SELECT client_order_id FROM orders WHERE status = ? AND client_order_id IN ({marks})",
+                [OrderStatus.NEVER_SUBMITTED.value, *cids]).fetchall()
+            revived = {r[0] for r in rows}
+            for cid in revived:
+                self.db.execute(
+                    "UPDATE orders SET status = ?, reason = ?, updated_at = ? WHERE client_order_id = ?",
+                    [OrderStatus.PENDING_SUBMIT.value, "lock-step: its tick ran again", store.now_iso(), cid])
+        return revived
+
     def mark(self, cid: str, status: OrderStatus, reason: str) -> None:
         with store.transaction(self.db):
             self.db["orders"].update(cid, {"status": status.value, "reason": reason,
                                            "updated_at": store.now_iso()})
 
-    def apply(self, order: BrokerOrder) -> OrderStatus | None:
+    def apply(self, order: BrokerOrder, submit: tuple[float, float, str] | None = None) -> OrderStatus | None:
         """Move our row to the broker's state; the row's old status when something changed, else
-        None (not ours, nothing new, or not forward)."""
+        None (not ours, nothing new, or not forward). ``submit``: (sent, acked, broker) of the
+        submit call this order is the reply to, journaled with it (see :meth:`record_submit`)."""
         row = self.row(order.client_order_id)
         if row is None:
             return None  # not ours (reconciliation decides about unknown orders)
         old = OrderStatus(row["status"])
         same = (old == order.status and row["filled_qty"] == order.filled_qty
-                and row["broker_order_id"] == order.broker_order_id)
+                and row["broker_order_id"] == order.broker_order_id and _same_terms(row, order))
         if same or not advances(old, order.status):
+            if submit is not None:
+                self.record_submit(order, *submit)
             return None
+        # The terms follow the broker's too: an order amended in place (IB) has new ones.
+        sql = ("UPDATE orders SET broker_order_id = ?, status = ?, filled_qty = ?, avg_fill_price = ?,"
+               " submitted_at = ?, updated_at = ?, reason = ?, qty = ?, limit_price = ?, stop_price = ?")
+        values = [order.broker_order_id, order.status.value, order.filled_qty, _text(order.avg_fill_price),
+                  row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(), order.reason or row["reason"],
+                  order.qty, _text(order.limit_price), _text(order.stop_price)]
+        if submit is not None and row["sent_at"] is None:  # the first submission's times and quote only
+            sql += ", sent_at = ?, acked_at = ?, bid_at_submit = ?, ask_at_submit = ?, quote_ts = ?, quote_source = ?"
+            values += _submit_values(order, *submit)
+        with store.transaction(self.db):
+            self.db.execute(sql + " WHERE client_order_id = ?", [*values, order.client_order_id])
+        return old
+
+    def record_submit(self, order: BrokerOrder, sent_at: float, acked_at: float, broker: str = "") -> None:
+        """When the submit call went out and came back (wall epoch), and the quote the broker gave
+        with its reply (none: ``quote_source`` says ``none:<broker>``); the first submission's are
+        kept (a retry after a lookup does not move them)."""
         with store.transaction(self.db):
             self.db.execute(
-                "UPDATE orders SET broker_order_id = ?, status = ?, filled_qty = ?, avg_fill_price = ?,"
-                " submitted_at = ?, updated_at = ?, reason = ? WHERE client_order_id = ?",
-                [order.broker_order_id, order.status.value, order.filled_qty, _text(order.avg_fill_price),
-                 row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(),
-                 order.reason or row["reason"], order.client_order_id])
-        return old
+                "UPDATE orders SET sent_at = ?, acked_at = ?, bid_at_submit = ?, ask_at_submit = ?, quote_ts = ?,"
+                " quote_source = ? WHERE client_order_id = ? AND sent_at IS NULL",
+                [*_submit_values(order, sent_at, acked_at, broker), order.client_order_id])
+
+    # --- replace (orders/amend.py drives these) ---------------------------------------------------
+
+    def head(self, cid: str) -> sqlite3.Row | None:
+        """The row that works now for ``cid``: itself, or the end of its ``replaced_by`` chain."""
+        row = self.row(cid)
+        for _ in range(1000):  # a chain is as long as the replaces made: a cycle would be a bug
+            if row is None or not row["replaced_by"]:
+                return row
+            row = self.row(row["replaced_by"])
+        raise RuntimeError(f"{cid}: replaced_by chain does not end")
+
+    def pending_replaces(self) -> list[sqlite3.Row]:
+        cursor = self.db.conn.cursor()
+        cursor.row_factory = sqlite3.Row
+        return cursor.execute("SELECT * FROM orders WHERE replace_state = ? ORDER BY updated_at",
+                              [ReplaceState.PENDING]).fetchall()
+
+    def begin_replace(self, cid: str, intent: dict[str, Any]) -> bool:
+        """Commit the intent before the broker hears of it; False when one is already pending."""
+        with store.transaction(self.db):
+            cursor = self.db.execute(
+                "UPDATE orders SET replace_state = ?, replace_intent = ?, updated_at = ? WHERE client_order_id = ?"
+                " AND (replace_state IS NULL OR replace_state != ?)",
+                [ReplaceState.PENDING, json.dumps(intent), store.now_iso(), cid, ReplaceState.PENDING])
+        return cursor.rowcount == 1
+
+    def settle_replace(self, cid: str, state: str, reason: str = "") -> bool:
+        """Settle a pending intent (forward only); False when none was pending."""
+        assert state != ReplaceState.PENDING, "use begin_replace"
+        with store.transaction(self.db):
+            intent = self.db.execute(
+                "SELECT replace_intent FROM orders WHERE client_order_id = ? AND replace_state = ?",
+                [cid, ReplaceState.PENDING]).fetchone()
+            if intent is None:
+                return False
+            settled = {**json.loads(intent[0] or "{}"), "outcome": reason}
+            self.db.execute("UPDATE orders SET replace_state = ?, replace_intent = ?, updated_at = ? "
+                            "WHERE client_order_id = ?", [state, json.dumps(settled), store.now_iso(), cid])
+        return True
+
+    def record_replacement(self, old_cid: str, old: BrokerOrder | None, new: BrokerOrder) -> None:
+        """The broker made ``new`` for the row ``old_cid`` (Alpaca's shape): in one commit the new
+        order becomes a row linked by ``replaces``, the old one ends REPLACED (its final filled qty
+        from ``old`` when known) with ``replaced_by``, and the intent is applied."""
+        row = self.row(old_cid)
+        assert row is not None
+        now = store.now_iso()
+        with store.transaction(self.db):
+            self.db.execute(
+                "INSERT OR IGNORE INTO orders (client_order_id, broker_order_id, symbol, side, qty, type,"
+                " time_in_force, limit_price, stop_price, status, filled_qty, avg_fill_price, bar_ts, created_at,"
+                " submitted_at, updated_at, reason, replaces)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [new.client_order_id, new.broker_order_id, row["symbol"], row["side"], new.qty, row["type"],
+                 row["time_in_force"], _text(new.limit_price), _text(new.stop_price), new.status.value,
+                 new.filled_qty, _text(new.avg_fill_price), row["bar_ts"], now, store.iso(new.submitted_at), now,
+                 f"replaces {old_cid}", old_cid])
+            filled = old.filled_qty if old is not None else row["filled_qty"]
+            avg = _text(old.avg_fill_price) if old is not None else row["avg_fill_price"]
+            self.db.execute(
+                "UPDATE orders SET status = ?, replaced_by = ?, filled_qty = ?, avg_fill_price = ?, updated_at = ?,"
+                " reason = ? WHERE client_order_id = ?",
+                [OrderStatus.REPLACED.value, new.client_order_id, max(filled, row["filled_qty"] or 0), avg, now,
+                 f"replaced by {new.client_order_id}", old_cid])
+            self.settle_replace(old_cid, ReplaceState.APPLIED, f"replaced by {new.client_order_id}")
 
     def record_fills(self, fills: tuple[Fill, ...] | list[Fill]) -> list[Fill]:
         """Each fill of one of our orders, once; the ones that were new."""
@@ -215,6 +352,25 @@ def spec_from_row(row: dict[str, Any]) -> OrderSpec:
         limit_price=Decimal(row["limit_price"]) if row["limit_price"] else None,
         stop_price=Decimal(row["stop_price"]) if row["stop_price"] else None,
     )
+
+
+def _same_terms(row: sqlite3.Row, order: BrokerOrder) -> bool:
+    def dec(text: str | None) -> Decimal | None:
+        return None if text is None else Decimal(text)
+    return (row["qty"] == order.qty and dec(row["limit_price"]) == order.limit_price
+            and dec(row["stop_price"]) == order.stop_price)
+
+
+def _submit_values(order: BrokerOrder, sent_at: float, acked_at: float, broker: str) -> list[str | None]:
+    """sent_at, acked_at, bid, ask, quote_ts, quote_source for the journal."""
+    q = order.quote
+    if q is None:
+        return [_epoch_iso(sent_at), _epoch_iso(acked_at), None, None, None, f"none:{broker}"]
+    return [_epoch_iso(sent_at), _epoch_iso(acked_at), repr(q.bid), repr(q.ask), store.iso(q.ts), q.source]
+
+
+def _epoch_iso(epoch: float) -> str | None:
+    return datetime.fromtimestamp(epoch, UTC).isoformat() if epoch else None
 
 
 def _text(value: Decimal | None) -> str | None:

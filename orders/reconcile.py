@@ -1,7 +1,8 @@
 """Reconciliation (DESIGN §6): on every OMS start, bring the journal in line with the broker.
 
-For each open journal row: the broker's order (one ``open_orders`` request, a lookup each only for
-orders that ended or never arrived), its missed fills, its new status; a PENDING_SUBMIT the broker
+First every replace a crash left pending is settled (``orders/amend.py``). Then for each open
+journal row: the broker's order (one ``open_orders`` request, a lookup each only for orders that
+ended or never arrived), its missed fills, its new status; a PENDING_SUBMIT the broker
 never saw becomes NEVER_SUBMITTED, a working order it lost is CANCELED. Then orders open at the
 broker that the journal does not know (the ``unknown_order_policy``), stale orders, and positions:
 the broker wins, and the difference is journaled with the report (verify reads it back).
@@ -17,6 +18,7 @@ from typing import Any, Protocol
 
 from steadyhand.config import OmsSettings
 from steadyhand.domain import BrokerOrder, Fill, OrderStatus, Severity
+from steadyhand.orders import amend
 from steadyhand.orders.journal import OrderJournal
 from steadyhand.runtime.crashpoints import crash_point
 from steadyhand.state import store
@@ -40,6 +42,7 @@ class ReconcileHost(Protocol):
     def cancel(self, broker_order_id: str) -> None: ...
     def drain_updates(self) -> tuple[bool, int]: ...
     def still_alive(self) -> None: ...
+    def event(self, event: str, level: str = "info", exc_info: bool = False, **fields: Any) -> None: ...
 
 
 def reconcile(host: ReconcileHost, reason: str, oms: OmsSettings) -> dict[str, Any]:
@@ -55,6 +58,11 @@ def reconcile(host: ReconcileHost, reason: str, oms: OmsSettings) -> dict[str, A
     calls_before = host.broker_calls
     # Take the update cursor first: anything that changes while we look is polled again later.
     host.cursor = host.call("poll", None).cursor
+    # Replaces a crash left pending first: each ends applied (the row's new terms, or the broker's
+    # new order journaled as ours) or not, so the rows below and the unknown-order check see it.
+    report["replaces_settled"] = amend.settle_pending(host)
+    for cid, outcome in report["replaces_settled"].items():
+        lines.append(f"{cid}: pending replace -> {outcome}")
     # One request for what the broker still has open; a lookup each only for the rest (ended
     # while we were down, or never got there): 1 + k requests instead of 2 per order, which
     # matters at a broker's rate limit (Alpaca: 200 a minute).
@@ -181,6 +189,6 @@ def report_alerts(report: dict[str, Any]) -> list[tuple[str, Severity, str, str]
     if report["stale_canceled"]:
         alerts.append(("reconcile:stale", Severity.WARNING, "stale orders cancelled",
                        f"{len(report['stale_canceled'])} order(s) older than the stale age cancelled\n{lines}"))
-    if report["never_submitted"] or report["caught_up"] or report["fills_recovered"]:
+    if report["never_submitted"] or report["caught_up"] or report["fills_recovered"] or report.get("replaces_settled"):
         alerts.append(("reconcile:caught_up", Severity.INFO, "reconciliation caught up with the broker", lines))
     return alerts

@@ -24,6 +24,13 @@ Checks run in this fixed order; the first failure wins and its name is ``Decisio
 12. open_orders    total open orders >= max_open_orders; non-reducing also at most one open
                    order per symbol.
 13. order_rate     approvals in the last 60 wall-clock seconds >= max_orders_per_minute.
+14. signal         (judged first, by the risk actor: ``signal_problem``) a strategy's intent that
+                   cannot be an order at all: a fractional, NaN or infinite quantity, a limit or
+                   stop order without a positive finite price.
+
+A replace (:meth:`RiskBook.decide_replace`) is judged like a new order on its new terms: the
+trading state (REDUCING: it may not grow the order), reconciling, size, value, position (the
+change of quantity on the projected position) and price band. A cancel always passes.
 
 "Reducing" is judged against the *projected* position (position + pending_qty): two sells of
 a 100-share long while one is still working must not flip the book short in REDUCING mode.
@@ -40,9 +47,10 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 
 from steadyhand.config import RiskSettings
-from steadyhand.domain import Bar, OrderSpec, Side, TradingState
+from steadyhand.domain import Bar, OrderSpec, OrderType, Side, Signal, TimeInForce, TradingState
 
 CHECKS = (
     "trading_state",
@@ -58,6 +66,7 @@ CHECKS = (
     "price_band",
     "open_orders",
     "order_rate",
+    "signal",  # judged before all the others (see 14. above)
 )
 
 RATE_WINDOW_S = 60.0
@@ -76,6 +85,52 @@ class Decision:
     @classmethod
     def deny(cls, check: str, reason: str) -> Decision:
         return cls(False, check, reason)
+
+
+def signal_problem(signal: Signal) -> str | None:
+    """Why a strategy's intent cannot become an order at all (journaled as check ``signal``), or None.
+
+    A strategy's target may be anything a DataFrame holds: a fraction, NaN, infinity; its limit or
+    stop price may be missing or absurd. Those are refused here, with the value named, before the
+    limit checks (which would mis-read them).
+    """
+    qty = signal.qty
+    if isinstance(qty, bool) or not isinstance(qty, int | float) or not math.isfinite(qty):
+        return f"{signal.strategy}: qty {qty!r} for {signal.symbol} is not a number of shares"
+    if qty != int(qty):
+        return f"{signal.strategy}: target for {signal.symbol} gives {qty!r} shares, not a whole number"
+    kind = OrderType(signal.order_type)
+    needs = {OrderType.LIMIT: ("limit_price",), OrderType.STOP: ("stop_price",),
+             OrderType.STOP_LIMIT: ("limit_price", "stop_price")}.get(kind, ())
+    for name in needs:
+        price = getattr(signal, name)
+        if price is None or not isinstance(price, int | float) or not math.isfinite(price) or price <= 0:
+            return f"{signal.strategy}: {kind} order for {signal.symbol} needs a positive {name}, got {price!r}"
+    return None
+
+
+def order_spec(signal: Signal, whole: bool = True) -> OrderSpec:
+    """The order a strategy's intent asks for (type, prices, time in force carried over).
+
+    ``whole=False`` (a refused intent): the quantity and prices are journaled as best they can be.
+    """
+    qty = int(signal.qty) if whole else _journal_qty(signal.qty)
+    return OrderSpec(client_order_id=signal.intent_id, symbol=signal.symbol, side=signal.side, qty=qty,
+                     type=OrderType(signal.order_type), time_in_force=TimeInForce(signal.time_in_force),
+                     limit_price=_decimal(signal.limit_price) if whole else None,
+                     stop_price=_decimal(signal.stop_price) if whole else None,
+                     ref_price=signal.ref_price, bar_ts=signal.bar_ts)
+
+
+def _decimal(price: float | None) -> Decimal | None:
+    return None if price is None else Decimal(str(price))
+
+
+def _journal_qty(qty: object) -> int:
+    try:
+        return int(qty)  # type: ignore[call-overload]
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def is_reducing(side: Side, qty: int, position: int) -> bool:
@@ -265,6 +320,40 @@ class RiskBook:
                 "order_rate",
                 f"{recent} orders in the last 60 s >= max_orders_per_minute {lim.max_orders_per_minute}",
             )
+        return Decision.ok()
+
+    def decide_replace(self, req: OrderSpec, old_qty: int, filled: int) -> Decision:
+        """Approve or deny replacing an order of ``old_qty`` (``filled`` of it done) by ``req``, its
+        new terms with ``qty`` the new total. Nothing is recorded: the OMS's next ``OpenOrders``
+        brings the new pending quantity."""
+        lim = self.limits
+        side, grows = Side(req.side), req.qty > old_qty
+        what = f"replace {req.client_order_id}: {side} {req.qty} {req.symbol}"
+        projected = self.projected_position(req.symbol)
+        if self.trading_state is TradingState.HALTED:
+            return Decision.deny("trading_state", f"trading halted: {what} denied")
+        if self.trading_state is TradingState.REDUCING and grows:
+            return Decision.deny("trading_state", f"reducing only: {what} grows the order from {old_qty}")
+        if self.reconciling:
+            return Decision.deny("reconciling", f"OMS reconciling: {what} denied")
+        if req.qty <= filled:
+            return Decision.deny("size", f"qty {req.qty} is not above the {filled} already filled")
+        if req.qty > lim.max_order_qty:
+            return Decision.deny("size", f"qty {req.qty} > max_order_qty {lim.max_order_qty}")
+        price = self.order_price(req)
+        value = (req.qty - filled) * price
+        if not (price > 0 and math.isfinite(price)):
+            return Decision.deny("value", f"no price to value {what}")
+        if value > lim.max_order_value:
+            return Decision.deny("value", f"value {_num(value)} (qty {req.qty - filled} left x {_num(price)}) > "
+                                          f"max_order_value {_num(lim.max_order_value)}")
+        new_position = projected + side.sign * (req.qty - old_qty)
+        if grows and abs(new_position) > lim.max_position_qty and abs(new_position) > abs(projected):
+            return Decision.deny("position", f"position {req.symbol} would be {new_position} beyond "
+                                             f"max_position_qty {lim.max_position_qty}")
+        band = self._price_band(req, reducing=False)
+        if band:
+            return Decision.deny("price_band", band)
         return Decision.ok()
 
     def _price_band(self, req: OrderSpec, reducing: bool) -> str | None:

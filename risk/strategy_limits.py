@@ -13,8 +13,8 @@ any other, with check name ``strategy`` and a reason naming the strategy. In thi
 
 ``max_daily_loss`` is carried and shown but not enforced yet (README). The sub-book comes from the
 portfolio (``PositionsSnapshot.by_strategy``); in between, fills move it at once (attributed by their
-client order id) and approvals are added as pending, dropped when a fill arrives for the order or
-when the OMS reports nothing working on the symbol.
+client order id), and its working orders are the OMS's last ``OpenOrders.pending_by_strategy``
+plus what risk approved since.
 """
 
 from __future__ import annotations
@@ -30,47 +30,40 @@ from steadyhand.strategies.specs import strategy_of
 
 @dataclass
 class StrategyBooks:
-    """What risk knows of every strategy: its positions and its approved orders still working."""
+    """What risk knows of every strategy: its positions and its orders still working."""
 
     specs: dict[str, StrategySpec]
     positions: dict[str, dict[str, int]] = field(default_factory=dict)  # strategy -> symbol -> qty
-    pending: dict[str, dict[str, int]] = field(default_factory=dict)  # client_order_id -> {symbol: signed qty}
+    working: dict[str, dict[str, int]] = field(default_factory=dict)  # the OMS's last report, per strategy
+    sent: dict[str, dict[str, int]] = field(default_factory=dict)  # approved since that report
 
     @classmethod
     def of(cls, specs: Iterable[StrategySpec]) -> StrategyBooks:
         return cls({s.name: s for s in specs if s.name})
 
     def projected(self, strategy: str, symbol: str) -> int:
-        held = self.positions.get(strategy, {}).get(symbol, 0)
-        working = sum(q.get(symbol, 0) for cid, q in self.pending.items() if strategy_of(cid) == strategy)
-        return held + working
+        return sum(book.get(strategy, {}).get(symbol, 0) for book in (self.positions, self.working, self.sent))
 
     def note_snapshot(self, by_strategy: Mapping[str, Mapping[str, int]]) -> None:
         self.positions = {name: dict(book) for name, book in by_strategy.items()}
 
     def note_fills(self, fills: Iterable[Fill]) -> None:
+        """Positions move at once (the portfolio's next snapshot confirms them), as in RiskBook."""
         for fill in fills:
-            strategy = strategy_of(fill.client_order_id)
-            book = self.positions.setdefault(strategy, {})
+            book = self.positions.setdefault(strategy_of(fill.client_order_id), {})
             book[fill.symbol] = book.get(fill.symbol, 0) + fill.side.sign * fill.qty
-            working = self.pending.get(fill.client_order_id)
-            if working is not None:
-                was = working.get(fill.symbol, 0)
-                left = was - fill.side.sign * fill.qty
-                if left and (left > 0) == (was > 0):  # partly filled: the rest still works
-                    working[fill.symbol] = left
-                else:
-                    del self.pending[fill.client_order_id]
 
-    def note_open_orders(self, pending_qty: Mapping[str, int]) -> None:
-        """Nothing working on a symbol at the OMS: no strategy has an order pending there."""
-        for cid in [c for c, q in self.pending.items() if all(not pending_qty.get(s) for s in q)]:
-            del self.pending[cid]
+    def note_open_orders(self, pending_by_strategy: Mapping[str, Mapping[str, int]]) -> None:
+        """The OMS's report of what still works replaces the estimate."""
+        self.working = {name: dict(book) for name, book in pending_by_strategy.items()}
+        self.sent = {}
 
     def record(self, req: OrderSpec) -> None:
-        """An approved order of a strategy: pending until filled or no longer working."""
-        if strategy_of(req.client_order_id) in self.specs:
-            self.pending[req.client_order_id] = {req.symbol: Side(req.side).sign * req.qty}
+        """An approved order of a strategy: counted until the OMS's next report includes it."""
+        name = strategy_of(req.client_order_id)
+        if name in self.specs:
+            book = self.sent.setdefault(name, {})
+            book[req.symbol] = book.get(req.symbol, 0) + Side(req.side).sign * req.qty
 
     def check(self, req: OrderSpec, price: float, last_prices: Mapping[str, float]) -> Decision | None:
         """A denial by the order's strategy's own limits, or None (not a strategy's order, or within them)."""

@@ -33,6 +33,8 @@ POINTS: tuple[str, ...] = (
     "oms.after_fill_received",  # fills polled from the broker, not journaled yet
     "oms.mid_reconcile",  # between two orders of a reconciliation
     "oms.mid_cancel_all",  # between two cancels of a cancel-all
+    "oms.after_replace_journal",  # a replace intent committed, the broker not asked yet
+    "oms.after_replace",  # the broker replaced the order, the result not journaled yet
 )
 
 

@@ -39,6 +39,8 @@ def row_to_order(r: sqlite3.Row) -> BrokerOrder:
         submitted_at=parse_iso(r["submitted_at"]),
         updated_at=parse_iso(r["updated_at"]),
         reason=r["reason"],
+        replaces=r["replaces"] or "",
+        replaced_by=r["replaced_by"] or "",
     )
 
 

@@ -21,6 +21,7 @@ import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -32,6 +33,7 @@ from steadyhand.brokers.base import (
     OrderNotFound,
     OrderRejected,
     UnknownOutcome,
+    replacement_client_id,
 )
 from steadyhand.config import Settings
 from steadyhand.domain import (
@@ -45,6 +47,7 @@ from steadyhand.domain import (
     Position,
     Side,
     TimeInForce,
+    TopOfBook,
     market_hours,
 )
 from steadyhand.sim.book_reads import OPEN_IN as _OPEN_IN
@@ -343,47 +346,44 @@ class SimExchange(BookReads):
                 "SELECT 1 FROM orders WHERE client_order_id = ?", (spec.client_order_id,)
             ).fetchone():
                 raise DuplicateClientOrderId(spec.client_order_id)
+            quote = self._reference_quote(spec.symbol, now)  # in memory: costs no round trip
             if side is Side.BUY:
-                self._check_buying_power(spec, otype, now)
+                self._check_buying_power(spec, otype, quote)
             # A day order belongs to the session it is submitted in, or (submitted while closed)
             # to the next one.
             expires_at = market_hours.next_close(now) if tif is TimeInForce.DAY else None
-            broker_order_id = str(uuid.uuid4())
-            conn.execute(
-                "INSERT INTO orders (broker_order_id, client_order_id, symbol, side, qty, type, "
-                "time_in_force, limit_price, stop_price, status, submitted_at, eligible_at, "
-                "expires_at, updated_at, slippage_bps, partial_fill_probability, rng_seed) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    broker_order_id,
-                    spec.client_order_id,
-                    spec.symbol,
-                    side.value,
-                    spec.qty,
-                    otype.value,
-                    tif.value,
-                    None if spec.limit_price is None else str(spec.limit_price),
-                    None if spec.stop_price is None else str(spec.stop_price),
-                    OrderStatus.SUBMITTED.value,
-                    iso(now),
-                    iso(now + self.latency),
-                    None if expires_at is None else iso(expires_at),
-                    iso(now),
-                    self.slippage_bps,
-                    self.partial_fill_probability,
-                    self.seed,
-                ),
-            )
+            broker_order_id = self._insert_order(spec, otype, tif, side, now, expires_at)
             self._changed("order", broker_order_id, iso(now))
             self._hook("submit:before_commit")
             row = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))[0]
         self._hook("submit:after_commit")
-        return _row_to_order(row)
+        order = _row_to_order(row)
+        if quote is None:
+            return order
+        # The quote the order met at submission (the execution report's bid/ask/mid at submit).
+        return replace(order, quote=TopOfBook(spec.symbol, quote.ts, quote.bid, quote.ask, "sim"))
 
-    def _check_buying_power(self, spec: OrderSpec, otype: OrderType, now: datetime) -> None:
+    def _insert_order(self, spec: OrderSpec, otype: OrderType, tif: TimeInForce, side: Side, now: datetime,
+                      expires_at: datetime | None, replaces: str | None = None) -> str:
+        """A new working order row (call inside a write transaction); its broker order id."""
+        broker_order_id = str(uuid.uuid4())
+        self._conn.execute(
+            "INSERT INTO orders (broker_order_id, client_order_id, symbol, side, qty, type, "
+            "time_in_force, limit_price, stop_price, status, submitted_at, eligible_at, "
+            "expires_at, updated_at, slippage_bps, partial_fill_probability, rng_seed, replaces) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (broker_order_id, spec.client_order_id, spec.symbol, side.value, spec.qty, otype.value, tif.value,
+             None if spec.limit_price is None else str(spec.limit_price),
+             None if spec.stop_price is None else str(spec.stop_price),
+             OrderStatus.SUBMITTED.value, iso(now), iso(now + self.latency),
+             None if expires_at is None else iso(expires_at), iso(now),
+             self.slippage_bps, self.partial_fill_probability, self.seed, replaces),
+        )
+        return broker_order_id
+
+    def _check_buying_power(self, spec: OrderSpec, otype: OrderType, q: Quote | None) -> None:
         # What the order may cost at most: a limit buy never pays more than its limit (as real
         # brokers reserve it); otherwise the current ask (a stop buy: the higher of ask and stop).
-        q = self._reference_quote(spec.symbol, now)
         ask = None if q is None else cents(q.ask)
         if otype in LIMIT_TYPES:
             price = spec.limit_price
@@ -445,6 +445,52 @@ class SimExchange(BookReads):
                  None if spec.stop_price is None else str(spec.stop_price), iso(now), broker_order_id))
             self._changed("order", broker_order_id, iso(now))
             row = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))[0]
+        return _row_to_order(row)
+
+    def replace(self, broker_order_id: str, qty: int | None = None, limit_price: Decimal | None = None,
+                stop_price: Decimal | None = None, *, client_order_id: str | None = None) -> BrokerOrder:
+        """The Broker protocol's replace, in Alpaca's shape (DESIGN §5): in one transaction the old
+        order ends REPLACED (``replaced_by``) and a new one (``replaces``) works on the new terms
+        for what is left to trade. ``qty`` is the new total, filled part included; the new order's
+        client id is ``client_order_id`` or :func:`replacement_client_id` of the old. What filled
+        before now filled under the old terms. Raises OrderNotFound, NotCancelable (it filled or
+        ended first), OrderRejected (bad terms: the old order goes on), DuplicateClientOrderId
+        (that replacement id exists: an earlier attempt got here), UnknownOutcome (fault switch)."""
+        lose_reply = self._injected("replace")
+        with self._write() as conn:
+            now = self._now()
+            self._catch_up(now)
+            rows = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))
+            if not rows:
+                raise OrderNotFound(broker_order_id)
+            old = _row_to_order(rows[0])
+            if old.status.is_terminal:
+                raise NotCancelable(f"{broker_order_id} is {old.status.value}: it cannot be replaced")
+            total = old.qty if qty is None else qty
+            if isinstance(total, int) and not isinstance(total, bool) and total <= old.filled_qty:
+                raise OrderRejected(f"qty {total} is not above the {old.filled_qty} already filled")
+            spec = OrderSpec(client_order_id or replacement_client_id(old.client_order_id), old.symbol, old.side,
+                             total - old.filled_qty if isinstance(total, int) else total, old.type,
+                             old.time_in_force, old.limit_price if limit_price is None else limit_price,
+                             old.stop_price if stop_price is None else stop_price)
+            otype, tif, side = self._validate(spec)
+            if conn.execute("SELECT 1 FROM orders WHERE client_order_id = ?", (spec.client_order_id,)).fetchone():
+                raise DuplicateClientOrderId(spec.client_order_id)
+            if side is Side.BUY:
+                self._check_buying_power(spec, otype, self._reference_quote(spec.symbol, now))
+            expires = rows[0]["expires_at"]  # a day order stays in its session
+            new_id = self._insert_order(spec, otype, tif, side, now, None if expires is None else parse_iso(expires),
+                                        replaces=broker_order_id)
+            conn.execute("UPDATE orders SET status = ?, replaced_by = ?, updated_at = ?, reason = ? "
+                         "WHERE broker_order_id = ?",
+                         (OrderStatus.REPLACED.value, new_id, iso(now), f"replaced by {new_id}", broker_order_id))
+            self._changed("order", broker_order_id, iso(now))
+            self._changed("order", new_id, iso(now))
+            self._hook("replace:before_commit")
+            row = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (new_id,))[0]
+        self._hook("replace:after_commit")
+        if lose_reply:
+            raise UnknownOutcome(f"timed out (simulated fault) replacing {broker_order_id}")
         return _row_to_order(row)
 
     def cancel_all(self) -> int:

@@ -12,7 +12,7 @@ from steadyhand.brokers.base import OrderRejected, TransientBrokerError, Unknown
 
 FAULTS_FILE = "sim_faults.json"  # next to exchange.db
 FAULT_MODES = ("reject", "error", "timeout", "slow", "disconnect")
-OPS = ("submit", "cancel", "get_by_client_id", "fills_for", "open_orders", "positions", "account",
+OPS = ("submit", "cancel", "replace", "get_by_client_id", "fills_for", "open_orders", "positions", "account",
        "clock", "poll")
 
 
@@ -85,7 +85,7 @@ class FaultSwitch:
         if mode == "reject" and op == "submit":
             raise OrderRejected("simulated fault: the exchange rejects every order")
         if mode == "timeout":
-            if op in ("submit", "cancel"):
+            if op in ("submit", "cancel", "replace"):
                 return True
             raise UnknownOutcome(f"timed out (simulated fault) on {op}")
         return False

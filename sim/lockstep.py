@@ -8,9 +8,13 @@ back to it through every actor that must have finished with it (DESIGN "Lock-ste
 2. fills (only while an order is open): ``Step`` feed -> oms (drains the broker: orders placed on
    the symbol's previous bar fill at this bar's open, the first quote of the path in [prev, now))
    -> portfolio (applies the fills, sends positions to strategy and risk) -> feed;
-3. bars: ``Bars`` to risk, portfolio and strategy, then ``Step`` feed -> strategy (its signals are
-   on their way to risk before the token) -> risk (decisions journaled, requests on their way to
-   the OMS) -> oms (journaled and submitted) -> feed.
+3. bars: ``Step`` feed -> risk -> portfolio -> strategy (each of these three handles the tick's
+   ``Bars``, read by row index from its own copy of the file; the strategy's signals are on their
+   way to risk before the token) -> risk (decisions journaled, requests on their way to the OMS)
+   -> oms (journaled and submitted) -> feed.
+
+After an actor restart the tick in flight runs again: the strategy is rewound to just before it,
+a probe waits until everyone is ready, and the OMS's journal drops the intents it already has.
 
 Thespian delivers the messages of one sender to one receiver in order, so a token behind a
 message on the same hop proves that message handled. The clock is a shared 16-byte file every
@@ -48,7 +52,9 @@ PROBE_RETRY_S = 0.02  # wall seconds between readiness probes while an actor is 
 WATCH_EVERY_S = 0.25
 # Who has finished with a tick, in the order the token visits them (the feed is the last hop).
 FILLS_ROUTE = ("oms", "portfolio", "feed")
-BARS_ROUTE = ("strategy", "risk", "oms", "feed")
+# Risk and the portfolio take the bars first, the strategy last (its signals then reach risk
+# ahead of the token on the same hop); risk a second time for the signals.
+BARS_ROUTE = ("risk:bars", "portfolio:bars", "strategy:bars", "risk", "oms", "feed")
 # The strategy twice: first behind a Rewind (same hop), last behind the portfolio's positions.
 PROBE_ROUTE = ("strategy", "oms", "risk", "portfolio", "strategy", "feed")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -124,6 +130,20 @@ def is_lockstep(clock: Any) -> bool:
     return isinstance(clock, LockstepClock)
 
 
+_MARKETS: dict[str, ReplayMarket] = {}  # this process's copy of the replay file, read once
+
+
+def tick_bars(replay: str, rows: tuple[int, ...], ts: datetime) -> Bars:
+    """The Bars message the feed would have sent for these rows of ``replay`` (its good rows of
+    one tick, already validated by the feed), made from this process's copy of the file."""
+    market = _MARKETS.get(replay)
+    if market is None:
+        from steadyhand.sim.replay import ReplayMarket
+
+        market = _MARKETS[replay] = ReplayMarket(replay)
+    return Bars(ts=ts, bars=tuple(market.bars_at(rows)))
+
+
 def lockstep_settings(settings: Settings) -> Settings:
     """``settings`` for a lock-step run, or a ConfigError naming what does not fit.
 
@@ -158,7 +178,10 @@ class _Stats:
     fill_steps: int = 0
     reruns: int = 0
     started: float = 0.0
-    phase_s: dict[str, float] = dataclasses.field(default_factory=lambda: {"fills": 0.0, "bars": 0.0})
+    # Wall time of the two token rounds, and the feed's own share: reading and validating a tick
+    # (prepare) and handing its Bars to the transport (publish).
+    phase_s: dict[str, float] = dataclasses.field(
+        default_factory=lambda: {"fills": 0.0, "bars": 0.0, "prepare": 0.0, "publish": 0.0})
     busy_s: dict[str, float] = dataclasses.field(default_factory=dict)
 
 
@@ -180,6 +203,7 @@ class LockstepFeed:
         self.ls_open_orders = True  # unknown at the start: look once
         self.ls_tick: tuple[int, int, datetime] | None = None  # rows [start, stop) and their ts
         self.ls_bars: tuple[Any, ...] = ()  # the tick's validated bars, kept for a re-run
+        self.ls_rows: tuple[int, ...] = ()  # their row indices in the file (what the token carries)
         self.ls_stats = _Stats()
         self.handlers[Step] = self.on_step_back  # type: ignore[attr-defined]
         self.timers["ls_probe"] = self._ls_probe  # type: ignore[attr-defined]
@@ -211,25 +235,30 @@ class LockstepFeed:
 
     # --- the token ---------------------------------------------------------------------------
 
-    def _send_step(self, phase: str, route: tuple[str, ...], poll: bool = False) -> None:
+    def _send_step(self, phase: str, route: tuple[str, ...], poll: bool = False, **tick: Any) -> None:
         self.ls_seq += 1
         self.ls_phase = phase
         self.ls_sent_at = time.perf_counter()
-        step = Step(seq=self.ls_seq, phase=phase, route=route[1:], poll=poll)
-        if not self.tell_peer(route[0], step):  # type: ignore[attr-defined]
+        peer, _, take = route[0].partition(":")
+        step = Step(seq=self.ls_seq, phase=phase, route=route[1:], poll=poll, take_bars=take == "bars", **tick)
+        if not self.tell_peer(peer, step):  # type: ignore[attr-defined]
             self.after(PROBE_RETRY_S, "ls_probe")  # type: ignore[attr-defined]
 
     def on_step_back(self, message: Step, sender: Any) -> None:
         if message.seq != self.ls_seq:
             return  # a token from before a re-run
         took = time.perf_counter() - self.ls_sent_at
-        for name, busy in message.busy.items():
-            self.ls_stats.busy_s[name] = self.ls_stats.busy_s.get(name, 0.0) + busy
+        if message.phase != "probe":  # a probe's busy times include start-up and reconciliation
+            for name, busy in message.busy.items():
+                self.ls_stats.busy_s[name] = self.ls_stats.busy_s.get(name, 0.0) + busy
         if message.phase == "probe":
             if message.not_ready:
                 self.after(PROBE_RETRY_S, "ls_probe")  # type: ignore[attr-defined]
                 return
             self.ls_open_orders = True  # after a restart nobody knows: look
+            if not self.ls_stats.ticks and self.ls_tick is None:
+                self._busy_s = 0.0  # type: ignore[attr-defined]  # the feed's start-up is not a tick's
+                self.ls_stats.started = time.perf_counter()
             self._ls_run_tick()
         elif message.phase == "fills":
             self.ls_stats.phase_s["fills"] += took
@@ -260,6 +289,7 @@ class LockstepFeed:
         """The current tick from its start: the clock to its close, then fills, then bars."""
         replay = self.replay
         assert replay is not None
+        began = time.perf_counter()
         while self.ls_tick is None or self.ls_tick[0] != self.replay_index:
             if self.replay_index >= len(replay):
                 self._ls_finish()
@@ -267,14 +297,18 @@ class LockstepFeed:
             start = self.replay_index
             stop = replay.run_end(start)
             ts = replay.ts_at(start)
-            good, rejected = self.validator.validate(replay.bars(start, stop))  # type: ignore[attr-defined]
+            bars = replay.bars(start, stop)
+            good, rejected = self.validator.validate(bars)  # type: ignore[attr-defined]
             if rejected:
                 self._journal_rejected(rejected)  # type: ignore[attr-defined]
             if good:
+                kept = {id(b) for b in good}
                 self.ls_tick, self.ls_bars = (start, stop, ts), tuple(good)
+                self.ls_rows = tuple(start + k for k, b in enumerate(bars) if id(b) in kept)
             else:
                 self.replay_index = stop  # nothing to release on this tick
         self.clock.set(max(self.ls_tick[2] + MINUTE, self.clock.now()))  # never backwards (a late row)
+        self.ls_stats.phase_s["prepare"] += time.perf_counter() - began
         if self.ls_open_orders:
             self._send_step("fills", FILLS_ROUTE, poll=True)
         else:
@@ -282,11 +316,13 @@ class LockstepFeed:
 
     def _ls_bars(self) -> None:
         assert self.ls_tick is not None
-        batch = Bars(ts=self.ls_tick[2], bars=self.ls_bars)
+        began = time.perf_counter()
         self.last_bar_at = self.ls_tick[2] + MINUTE
-        for peer in ("risk", "portfolio", "strategy"):  # risk knows the bar before the signal on it
-            self.tell_peer(peer, batch)  # type: ignore[attr-defined]
-        self._send_step("bars", BARS_ROUTE)
+        # The bars travel as row indices in the token (each hop reads them from the file): three
+        # Bars messages of a hundred bars cost the feed more than the rest of a tick together.
+        self._send_step("bars", BARS_ROUTE, rows=self.ls_rows, tick_ts=self.ls_tick[2])
+        self.ls_stats.phase_s["publish"] += time.perf_counter() - began
+        self._journal_bars(list(self.ls_bars), "live")  # type: ignore[attr-defined]  # the parity report's input
 
     def _ls_tick_done(self) -> None:
         assert self.ls_tick is not None

@@ -233,6 +233,10 @@ class ReplayMarket:
         """The rows ``[start, stop)`` in file order, as Bars."""
         return self._bars(np.arange(max(start, 0), min(stop, len(self._ts))))
 
+    def bars_at(self, rows: Sequence[int]) -> list[Bar]:
+        """The rows at these indices (file order), as Bars."""
+        return self._bars(np.asarray(rows, dtype=np.intp))
+
     def rows(self) -> list[Bar]:
         """Every readable row, in file order, values as given."""
         return self.bars(0, len(self._ts))

@@ -85,10 +85,17 @@ def _m2_duplicate_submits(conn: sqlite3.Connection) -> None:
     )
 
 
+def _m3_replace_links(conn: sqlite3.Connection) -> None:
+    # A replace (Alpaca's shape) ends the old order REPLACED and links both ways by broker order id.
+    conn.execute("ALTER TABLE orders ADD COLUMN replaces TEXT")
+    conn.execute("ALTER TABLE orders ADD COLUMN replaced_by TEXT")
+
+
 # Numbered migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite3.Connection], None]]] = [
     (1, "order book, fills, positions, change log", _m1_book),
     (2, "log of submissions that reused a client order id", _m2_duplicate_submits),
+    (3, "replace links between orders", _m3_replace_links),
 ]
 
 

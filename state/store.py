@@ -42,6 +42,8 @@ TABLE_OWNERS: dict[str, str] = {
     "alerts": "alerter",  # the alert outbox
     "operator_commands": "supervisor",  # every operator command: who, when, what, result
     "portfolio_state": "portfolio",  # e.g. the last session summarized
+    "runs": "supervisor",  # the run ledger: one row per `steadyhand run` (state/runs.py)
+    "bars": "feed",  # every good bar the feed sent, per run (the parity report's backtest input)
     "strategy_positions": "portfolio",  # each strategy's sub-book, derived from fills (portfolio/books.py)
 }
 
@@ -184,7 +186,57 @@ def _m5_retention(db: sqlite_utils.Database) -> None:
         db[table].add_column("clock_ts", str)
 
 
-def _m6_strategy_books(db: sqlite_utils.Database) -> None:
+def _m6_order_replace(db: sqlite_utils.Database) -> None:
+    # A replace (orders/amend.py): the write-ahead intent and its outcome on the amended row, and the
+    # links between an order and the new one a broker made for it (Alpaca, the sim), by client id.
+    for column in ("replace_state", "replace_intent", "replaces", "replaced_by"):
+        db["orders"].add_column(column, str)
+    # The poll looks for pending intents every cycle: an index of just those keeps it O(pending).
+    db.execute("CREATE INDEX orders_replace_pending ON orders (replace_state) WHERE replace_state = 'pending'")
+
+
+def _m7_runs(db: sqlite_utils.Database) -> None:
+    # One row per `steadyhand run`; ended_by stays 'running' until the run stops, and the next start
+    # turns a 'running' row it finds into 'crash' (state/runs.py).
+    db["runs"].create(
+        {
+            "run_id": int,
+            "started_at": str,
+            "ended_at": str,
+            "last_seen_at": str,  # refreshed while running: a crashed run's best-known end
+            "broker": str,
+            "strategies": str,  # JSON list of names
+            "start_equity": str,
+            "end_equity": str,
+            "fills": int,
+            "ended_by": str,  # stop | crash | halt | running
+            "clock_start": str,  # the run clock's time at start and at the last refresh (simulated on the sim)
+            "clock_end": str,
+            "pid": int,
+            "config": str,  # JSON: the strategy settings and start cash the run traded with (parity backtest)
+        },
+        pk="run_id",
+        not_null={"started_at", "ended_by"},
+    )
+
+
+def _m8_execution_data(db: sqlite_utils.Database) -> None:
+    # Where each order came from and what it met (issue 15 §2, DESIGN §5): the strategy's reference
+    # price (bar close), wall times of the signal, the submit call and its acknowledgement, and the
+    # broker's top of book at submission (NULL where the broker gives none).
+    for column in ("ref_price", "signal_at", "sent_at", "acked_at", "bid_at_submit", "ask_at_submit",
+                   "quote_ts", "quote_source"):
+        db["orders"].add_column(column, str)
+    db["risk_decisions"].add_column("rule", str)  # the check that decided (risk/checks.py Decision.check)
+    db["bars"].create(
+        {"run_id": int, "symbol": str, "ts": str, "open": float, "high": float, "low": float,
+         "close": float, "volume": int, "kind": str,  # kind: live | history (the warm-up window)
+         "sent_at": str},  # wall time the feed sent it on (the parity report: what the bot knew by then)
+        pk=("run_id", "symbol", "ts"),
+    )
+
+
+def _m9_strategy_books(db: sqlite_utils.Database) -> None:
     # Sub-books per strategy ([[strategies]]); rebuilt from the fills journal when missing, so an
     # existing data dir gets its books on the first start (portfolio/books.py).
     db["strategy_positions"].create(
@@ -201,7 +253,10 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (3, "alert acknowledgement and escalation", _m3_alert_acknowledgement),
     (4, "portfolio key/value state", _m4_portfolio_state),
     (5, "retention: daily equity roll-up, run-clock stamps", _m5_retention),
-    (6, "strategy sub-books", _m6_strategy_books),
+    (6, "order replace: intent, outcome, links", _m6_order_replace),
+    (7, "run ledger", _m7_runs),
+    (8, "execution data on orders, journaled bars", _m8_execution_data),
+    (9, "strategy sub-books", _m9_strategy_books),
 ]
 
 

@@ -72,9 +72,34 @@ def newest_rows(targets: pd.DataFrame, bars: pd.DataFrame) -> pd.DataFrame:
     """The rows of ``targets`` at each symbol's newest bar in ``bars``."""
     if targets.empty or bars.empty:
         return targets.iloc[0:0]
-    last = bars.groupby("symbol", sort=False)["ts"].max()
-    ts = targets["symbol"].map(last)
-    return targets.loc[targets["ts"].to_numpy() == ts.to_numpy()].reset_index(drop=True)
+    ts = pd.to_datetime(targets["ts"], utc=True).dt.as_unit("ns").array.asi8  # int64: no Timestamp per row
+    newest = pd.Series(pd.to_datetime(bars["ts"], utc=True).dt.as_unit("ns").array.asi8,
+                       index=bars["symbol"].to_numpy()).groupby(level=0).max()
+    wanted = newest.reindex(targets["symbol"].to_numpy()).to_numpy()
+    return targets.loc[ts == wanted].reset_index(drop=True)
+
+
+def wide(bars: pd.DataFrame, columns: tuple[str, ...]) -> tuple[list[np.ndarray], np.ndarray, np.ndarray, np.ndarray]:
+    """``columns`` of long bars as (k-th bar of its symbol) x symbol arrays, for vectorized strategies.
+
+    Each symbol's own bars line up by their count (a symbol missing a minute is not NaN-padded).
+    Returns the arrays, the symbol names (sorted), and each input row's (k, symbol index), so a
+    result can be read back in the input's row order: ``result[k, col]``.
+    """
+    codes, names = pd.factorize(bars["symbol"].to_numpy(dtype=object), sort=True)
+    order = np.argsort(codes, kind="stable")  # each symbol's rows, in time order
+    counts = np.bincount(codes, minlength=len(names))
+    starts = np.cumsum(counts) - counts
+    k_sorted = np.arange(len(order)) - np.repeat(starts, counts)
+    k = np.empty(len(order), dtype=np.int64)
+    k[order] = k_sorted
+    rows = int(counts.max()) if len(counts) else 0
+    out = []
+    for column in columns:
+        grid = np.full((rows, len(names)), np.nan)
+        grid[k, codes] = bars[column].to_numpy(dtype=np.float64)
+        out.append(grid)
+    return out, np.asarray(names, dtype=object), k, codes
 
 
 class TargetError(ValueError):

@@ -18,16 +18,20 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from steadyhand.strategies.base import Strategy, TargetError
+from steadyhand.strategies.base import Strategy, TargetError, wide
 from steadyhand.strategies.sma import _window_sums
 
 
-def _wide(bars: pd.DataFrame, column: str) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
-    """``column`` per symbol's own k-th bar (rows) x symbol (columns), and each row's (k, column)."""
-    k = bars.groupby("symbol", sort=False).cumcount().to_numpy()
-    frame = pd.DataFrame({"k": k, "symbol": bars["symbol"].to_numpy(), "v": bars[column].to_numpy()})
-    wide = frame.pivot(index="k", columns="symbol", values="v")
-    return wide, k, wide.columns.get_indexer(bars["symbol"])
+def _rolling(values: np.ndarray, window: int, op: np.ufunc) -> np.ndarray:
+    """``op`` (np.maximum / np.minimum) over each trailing window along axis 0; NaN until full or if any NaN."""
+    out = np.full(values.shape, np.nan)
+    n = values.shape[0] - window + 1
+    if n > 0:
+        acc = values[0:n].copy()
+        for j in range(1, window):
+            op(acc, values[j : j + n], out=acc)  # NaN propagates, as pandas' min_periods=window
+        out[window - 1 :] = acc
+    return out
 
 
 def _mean_std(values: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +74,7 @@ class BollingerReversion(Strategy):
         self.warmup = window
 
     def targets(self, bars: pd.DataFrame) -> pd.DataFrame:
-        wide, k, col = _wide(bars, "close")
-        close = wide.to_numpy(dtype=np.float64, na_value=np.nan)
+        (close,), _, k, col = wide(bars, ("close",))
         mid, sd = _mean_std(close, self.window)
         lower, upper = mid - self.k * sd, mid + self.k * sd
         below = close <= mid
@@ -104,11 +107,8 @@ class Breakout(Strategy):
         self.warmup = window
 
     def targets(self, bars: pd.DataFrame) -> pd.DataFrame:
-        high, k, col = _wide(bars, "high")
-        low = _wide(bars, "low")[0].reindex(columns=high.columns)
-        close = _wide(bars, "close")[0].reindex(columns=high.columns).to_numpy()
-        hh = high.rolling(self.window, min_periods=self.window).max().to_numpy()
-        ll = low.rolling(self.window, min_periods=self.window).min().to_numpy()
+        (high, low, close), _, k, col = wide(bars, ("high", "low", "close"))
+        hh, ll = _rolling(high, self.window, np.maximum), _rolling(low, self.window, np.minimum)
         upper_half = close >= (hh + ll) / 2
         target = np.where(np.isnan(hh) | np.isnan(ll), np.nan, np.where(upper_half, float(self.qty), 0.0))
         stop = np.where(upper_half, hh, ll).round(2)

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from steadyhand.config import StrategySettings
 from steadyhand.domain import Bar, Side, Signal
-from steadyhand.strategies.base import Strategy
+from steadyhand.strategies.base import Strategy, wide
 
 STRATEGY = "sma"
 MAX_ID_LEN = 48  # Alpaca's client_order_id limit is 48 characters; IB's is laxer
@@ -157,12 +157,11 @@ def _reason(sig: int, settings: StrategySettings) -> str:
 
 
 def make_signal(
-    settings: StrategySettings, symbol: str, ts: datetime, sig: int, side: Side, qty: int, close: float,
-    strategy: str = STRATEGY,
+    settings: StrategySettings, symbol: str, ts: datetime, sig: int, side: Side, qty: int, close: float
 ) -> Signal:
     return Signal(
-        intent_id=intent_id(strategy, symbol, ts, side),
-        strategy=strategy,
+        intent_id=intent_id(STRATEGY, symbol, ts, side),
+        strategy=STRATEGY,
         symbol=symbol,
         side=side,
         qty=qty,
@@ -196,27 +195,25 @@ class SmaCross(Strategy):
         self.warmup = slow + 1  # the slow average on the newest row and the one before
 
     def targets(self, bars: pd.DataFrame) -> pd.DataFrame:
-        k = bars.groupby("symbol", sort=False).cumcount().to_numpy()
-        closes = pd.DataFrame({"k": k, "symbol": bars["symbol"].to_numpy(), "close": bars["close"].to_numpy()})
-        wide = closes.pivot(index="k", columns="symbol", values="close")
-        sig = sma_crossover(wide, self.fast, self.slow).to_numpy()
-        col = wide.columns.get_indexer(bars["symbol"])
+        (closes,), _, k, col = wide(bars, ("close",))
+        closes[~np.isfinite(closes)] = np.nan  # as sma_crossover does
+        sig = _crossings(_sma(closes, self.fast), _sma(closes, self.slow))
         return self._frame(bars["ts"].array, bars["symbol"].to_numpy(), sig[k, col])
 
     def latest(self, bars: pd.DataFrame) -> pd.DataFrame:
-        """Only the newest crossing per symbol: the last ``slow + 1`` closes, counted from the end."""
-        grouped = bars.groupby("symbol", sort=False)
-        back = grouped.cumcount(ascending=False).to_numpy()
+        """Only the newest crossing per symbol, in numpy: the last ``slow + 1`` closes, counted from the end."""
+        codes, names = pd.factorize(bars["symbol"].to_numpy(dtype=object), sort=True)
+        order = np.argsort(codes, kind="stable")  # each symbol's rows, in time order
+        counts = np.bincount(codes, minlength=len(names))
+        ends = np.cumsum(counts)
+        back = np.repeat(ends, counts) - 1 - np.arange(len(order))  # 0 = the symbol's newest row
         keep = back <= self.slow
-        tail = pd.DataFrame({"k": self.slow - back[keep], "symbol": bars["symbol"].to_numpy()[keep],
-                             "close": bars["close"].to_numpy()[keep]})
-        wide = tail.pivot(index="k", columns="symbol", values="close").reindex(range(self.slow + 1))
-        values = wide.to_numpy(dtype=np.float64, na_value=np.nan, copy=True)
+        values = np.full((self.slow + 1, len(names)), np.nan)
+        values[self.slow - back[keep], codes[order][keep]] = bars["close"].to_numpy(dtype=np.float64)[order][keep]
         values[~np.isfinite(values)] = np.nan
         fast, slow = self.fast, self.slow
         sig = _crossings(_window_sums(values, fast, 2) / fast, _window_sums(values, slow, 2) / slow)[-1]
-        last_ts = grouped["ts"].max().reindex(wide.columns)
-        return self._frame(last_ts.array, np.asarray(wide.columns, dtype=object), sig)
+        return self._frame(bars["ts"].array[order[ends - 1]], np.asarray(names, dtype=object), sig)
 
     def _frame(self, ts: Any, symbols: np.ndarray, sig: np.ndarray) -> pd.DataFrame:
         short = -self.qty if self.allow_short else 0
@@ -241,15 +238,14 @@ class SmaCrossover:
     DataFrame per tick, which cost more than the arithmetic).
     """
 
-    def __init__(self, settings: StrategySettings, symbols: Sequence[str], strategy_id: str = STRATEGY) -> None:
+    def __init__(self, settings: StrategySettings, symbols: Sequence[str]) -> None:
         _check_windows(settings.fast, settings.slow)
         if settings.qty < 1:
             raise ValueError(f"strategy qty must be >= 1, got {settings.qty}")
         self.settings = settings
-        self.strategy_id = strategy_id  # the client order ids' prefix: [[strategies]] name
         self.symbols: tuple[str, ...] = tuple(dict.fromkeys(symbols))  # dedupe, keep order
         for symbol in self.symbols:  # fail at start, not on the first crossing
-            intent_id(strategy_id, symbol, datetime(2000, 1, 1, tzinfo=UTC), Side.BUY)
+            intent_id(STRATEGY, symbol, datetime(2000, 1, 1, tzinfo=UTC), Side.BUY)
         self._index = {s: i for i, s in enumerate(self.symbols)}
         self.window = settings.slow + 1  # slow SMA on this row and the previous one
         self._buf = np.full((len(self.symbols), self.window), np.nan)
@@ -295,8 +291,7 @@ class SmaCrossover:
                 if symbol not in orders:
                     continue
                 side, qty = orders[symbol]
-                signals.append(make_signal(self.settings, symbol, ts, int(sigs[k]), side, qty, closes[k],
-                                               self.strategy_id))
+                signals.append(make_signal(self.settings, symbol, ts, int(sigs[k]), side, qty, closes[k]))
                 projected[symbol] = projected.get(symbol, 0) + side.sign * qty
         return signals
 

@@ -139,7 +139,8 @@ def test_daily_summary_after_the_close(make_bot: Any, receiver: Receiver) -> Non
     bot = make_bot(args=("--speed", "3000"), env={"STEADYHAND_ALERT_URLS": receiver.url}).start()
     poll(lambda: any("daily summary" in t for t in receiver.titles()), timeout=40, what="the daily summary")
     post = next(p for p in receiver.posts if "daily summary" in p["title"])
-    for line in ("pnl:", "trades:", "fill rate:", "slippage bps:"):
+    for line in ("pnl:", "trades:", "fill rate:", "slippage bps:", "slippage split bps: delay",
+                 "signal to submit ms p50:"):
         assert line in post["message"]
     assert sum("daily summary" in t for t in receiver.titles()) == 1
     assert '"daily_summary"' in (bot.data_dir / "logs" / "portfolio.jsonl").read_text()

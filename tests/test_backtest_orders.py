@@ -73,6 +73,7 @@ def test_a_new_target_amends_the_working_order_and_day_orders_expire() -> None:
     amended = run_backtest(bars(FLAT), Scripted({0: {"target": 5, "order_type": "limit", "limit_price": 8.0},
                                                  2: {"target": 5, "order_type": "limit", "limit_price": 9.5}}))
     assert [(t.ts, t.price) for t in amended.trades] == [(T0 + timedelta(minutes=3), 9.5)]
+    assert [s.intent_id for s in amended.signals] == [amended.trades[0].intent_id], "amended in place, as live"
     days = pd.concat([bars(FLAT[:3]), bars(FLAT[3:], start=T0 + timedelta(days=1))], ignore_index=True)
     day = run_backtest(days, Scripted({0: {"target": 5, "order_type": "limit", "limit_price": 9.0}}))
     assert day.trades == ()  # 8.9 is touched only on the next day

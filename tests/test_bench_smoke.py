@@ -31,6 +31,8 @@ def test_replay_bench_produces_bars_per_second(tmp_path: Path) -> None:
     figures = _values(_bench("replay", tmp_path, "--skip", "backtrader,nautilus"))
     assert figures["replay_steadyhand_live_path"][0] > 0
     assert figures["replay_steadyhand_backtest_fn"][0] > 0
+    assert figures["replay_steadyhand_lockstep"][0] > 0  # a real `run --lockstep`, side by side
+    assert figures["lockstep_trades_equal_to_backtest"] == [100.0]
 
 
 def test_recovery_bench_measures_a_real_crash_and_leaves_nothing(tmp_path: Path) -> None:
@@ -58,3 +60,9 @@ def test_exchange_bench_measures_round_trips_and_leaves_nothing(tmp_path: Path) 
     leftovers = [p for p in procs.psutil.process_iter(["cmdline"]) if p.pid not in before
                  and "steadyhand-bench-exchange" in " ".join(p.info["cmdline"] or [])]
     assert not leftovers
+
+
+def test_replace_bench_times_a_replace_on_each_broker(tmp_path: Path) -> None:
+    figures = _values(_bench("replace", tmp_path))
+    for venue in ("sim", "alpaca", "tws"):
+        assert 0 < figures[f"replace_{venue}_p50_ms"][0] <= figures[f"replace_{venue}_p99_ms"][0]

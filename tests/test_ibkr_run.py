@@ -51,6 +51,10 @@ def test_bot_trades_through_tws_protocol_survives_a_kill_and_verifies(make_bot: 
     # Read through reqExecutions; the bot may have traded on between the listing above and its stop.
     assert counts["broker_fills"] == counts["journal_fills"] >= len(fills) > 0
     assert counts["journal_orders"] >= len(orders)
+    # The TWS face gives no quotes (no reqMktData ticks): the execution report says so (issue 15).
+    execution = json.loads(steadyhand("report", "execution", "--json", data_dir=data_dir).stdout)["summary"]
+    assert execution["filled_orders"] > 0 and "ibkr" in execution["no_quote_from"]
+    assert "none from ibkr" in execution["quotes"]
 
 
 def test_face_admin_knobs_over_loopback(data_dir: Path) -> None:

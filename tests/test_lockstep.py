@@ -130,6 +130,27 @@ def test_lockstep_survives_a_killed_actor_with_the_same_trades(make_bot: Any, tm
     assert json.loads((bot.data_dir / "lockstep.json").read_text())["reruns"] >= 1
 
 
+@pytest.mark.parametrize("point", ["oms.after_journal:8", "oms.after_submit:8", "oms.after_fill_received:4"])
+def test_lockstep_survives_an_oms_crash_point_with_the_same_trades(make_bot: Any, tmp_path: Path, point: str) -> None:
+    # The OMS dies at an exact place in the order path (runtime/crashpoints.py). After its journal
+    # commit but before the broker heard of it is the hard one: reconciliation settles the intent
+    # as never submitted, and the tick's re-run must submit it after all (the clock has not moved).
+    replay = write_replay(tmp_path / "bars.csv")
+    expected = backtest_trades(replay, tmp_path)
+    bot = make_bot(config=CONFIG, args=("--replay", str(replay), "--lockstep"),
+                   env={"STEADYHAND_CRASH_AT": point}).start()
+    assert wait_exit(bot, 120) == 0, "".join(bot.output[-20:])
+    assert (bot.data_dir / "crashpoint.fired").exists()  # it did die there
+    assert_same_trades(expected, lockstep_fills(bot.data_dir))
+    if point.startswith("oms.after_journal"):
+        db = sqlite3.connect(bot.data_dir / "steadyhand.db")
+        try:
+            reports = [json.loads(r[0]) for r in db.execute("SELECT report FROM reconciliations")]
+        finally:
+            db.close()
+        assert any(r["never_submitted"] for r in reports)  # settled as never submitted, then revived
+
+
 def test_lockstep_needs_a_replay_file(tmp_path: Path) -> None:
     done = steadyhand("run", "--lockstep", data_dir=tmp_path / "var")
     assert done.returncode == 2

@@ -107,18 +107,38 @@ def test_two_strategies_keep_their_own_books_through_kills(make_bot: Any) -> Non
     assert {s: q for s, q in net.items() if q} == broker
     assert dict(_query(db, "SELECT symbol, qty FROM positions WHERE qty != 0")) == broker
     assert _query(db, "SELECT count(*) FROM alerts WHERE key = 'books:mismatch'") == [(0,)]
+    # each trades on its own book: a long-only SMA holds 0 or its own qty, whatever the other holds
+    assert {q for (n, _), (q, _, _) in expected.items() if n == "fast"} <= {0, 10}
+    assert {q for (n, _), (q, _, _) in expected.items() if n == "slow"} <= {0, 7}
     after = json.loads(bot.cli("status", "--json").stdout)  # read from the database, bot stopped
     assert {n: {s: p["qty"] for s, p in v["positions"].items()} for n, v in after["strategies"].items()} == \
         {n: {s: q for (m, s), (q, _, _) in expected.items() if m == n and q} for n in ("fast", "slow")}
 
 
-def test_a_strategy_crashing_in_a_loop_is_left_down_alone(make_bot: Any) -> None:
-    config = CONFIG.replace('name = "slow"', 'name = "bad"') + "[supervisor]\nmax_restarts = 2\nperiod_s = 60.0\n"
-    bot = make_bot(config=config, args=SPEED, env={"STEADYHAND_TEST_CRASH_ON_START": "strategy.bad"}).start()
+BOOM = """
+import pandas as pd
+from steadyhand import Strategy
+
+
+class Boom(Strategy):
+    warmup = 2
+
+    def targets(self, bars: pd.DataFrame) -> pd.DataFrame:
+        raise ValueError("boom on every bar")
+"""
+
+
+def test_a_strategy_raising_on_every_bar_is_left_down_alone(make_bot: Any, tmp_path: Path) -> None:
+    boom = tmp_path / "boom.py"
+    boom.write_text(BOOM)
+    config = (CONFIG.replace('name = "slow"\nclass = "sma"', f'name = "bad"\nclass = "{boom}:Boom"')
+              .replace("fast = 3\nslow = 8\nqty = 7\n", "")
+              + "[supervisor]\nmax_restarts = 2\nperiod_s = 60.0\n")
+    bot = make_bot(config=config, args=SPEED).start()
     alert = poll(lambda: _query(bot.data_dir / "steadyhand.db",
                                 "SELECT title, body FROM alerts WHERE severity = 'critical'"),
-                 timeout=40, what="a CRITICAL alert for the crashing strategy")
-    assert any("strategy.bad" in title and "RuntimeError" in body for title, body in alert), alert
+                 timeout=60, what="a CRITICAL alert for the raising strategy")
+    assert any("strategy.bad" in title and "ValueError: boom on every bar" in body for title, body in alert), alert
     status = bot.status()
     assert status["trading_state"] == "active"
     assert status["actors"]["strategy.bad"]["alive"] is False and status["actors"]["strategy.bad"]["restarts"] == 2

@@ -118,3 +118,16 @@ def test_example_strategy_is_a_strategy() -> None:
     strategy = module.Momentum(lookback=10)
     result = check_targets(strategy.targets(parity_bars()), "mom")
     assert set(result["target"].dropna()) == {0.0, 10.0}
+
+
+def test_the_plugin_bench_runs(tmp_path: Path) -> None:
+    """bench/bench_plugin.py on a toy size, so it does not rot (its figures go to BENCHMARKS.md)."""
+    bench = REPO / "bench" / "bench_plugin.py"
+    live = subprocess.run([sys.executable, str(bench), "live", "--symbols", "20", "--ticks", "3"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert live.returncode == 0, live.stderr
+    assert {line.split()[1] for line in live.stdout.splitlines()} == set(SHIPPED)
+    back = subprocess.run([sys.executable, str(bench), "backtest", "--symbols", "5", "--days", "1",
+                           "--skip-backtrader"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert back.returncode == 0, back.stderr
+    assert "bars/s" in back.stdout

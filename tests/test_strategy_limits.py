@@ -47,14 +47,14 @@ def test_own_symbols_order_size_position_and_exposure() -> None:
     assert check(b, order("flat-x-AAPL", Side.SELL, 500)) is None  # no strategy's order: run limits only
 
 
-def test_working_orders_count_until_filled_or_gone() -> None:
+def test_working_orders_count_until_the_oms_reports_them_gone() -> None:
     b = books()
     b.note_snapshot({"a": {"AAPL": 10}})
-    first = order("a-AAPL-1-S0", Side.SELL, 10)
-    b.record(first)
+    b.record(order("a-AAPL-1-S0", Side.SELL, 10))
     assert b.projected("a", "AAPL") == 0
     assert "only sells" in (check(b, order("a-AAPL-2-S0", Side.SELL, 10)) or "")  # the first still works
-    b.note_fills([Fill("f1", first.client_order_id, "x", "AAPL", Side.SELL, 4, Decimal("100"), TS)])
-    assert b.projected("a", "AAPL") == 0 and b.pending[first.client_order_id] == {"AAPL": -6}
-    b.note_open_orders({})  # nothing working any more (canceled): the rest is no longer pending
+    b.note_open_orders({"a": {"AAPL": -6}})  # the OMS: 4 of it filled ...
+    b.note_fills([Fill("f1", "a-AAPL-1-S0", "x", "AAPL", Side.SELL, 4, Decimal("100"), TS)])
+    assert b.projected("a", "AAPL") == 0
+    b.note_open_orders({})  # ... and the rest canceled: nothing works any more
     assert b.projected("a", "AAPL") == 6

@@ -30,12 +30,16 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, TypeVar
 
 import requests
 from alpaca.common.exceptions import APIError
+from alpaca.data.enums import DataFeed
+from alpaca.data.historical import StockHistoricalDataClient
+from alpaca.data.requests import StockLatestQuoteRequest
 from alpaca.trading.client import TradingClient
 from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import (
@@ -43,6 +47,7 @@ from alpaca.trading.requests import (
     GetOrdersRequest,
     LimitOrderRequest,
     MarketOrderRequest,
+    ReplaceOrderRequest,
     StopLimitOrderRequest,
     StopOrderRequest,
 )
@@ -57,9 +62,20 @@ from steadyhand.brokers.base import (
     OrderRejected,
     TransientBrokerError,
     UnknownOutcome,
+    replacement_client_id,
 )
 from steadyhand.config import AlpacaSettings, Settings
-from steadyhand.domain import Account, BrokerOrder, Fill, MarketClock, OrderSpec, OrderStatus, OrderType, Position
+from steadyhand.domain import (
+    Account,
+    BrokerOrder,
+    Fill,
+    MarketClock,
+    OrderSpec,
+    OrderStatus,
+    OrderType,
+    Position,
+    TopOfBook,
+)
 from steadyhand.runtime.logs import module_logger
 from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
 
@@ -72,6 +88,7 @@ PAPER_STREAM_URL, LIVE_STREAM_URL = "wss://paper-api.alpaca.markets/stream", "ws
 DATA_STREAM_URL = "wss://stream.data.alpaca.markets/v2/{feed}"
 _ACTIVITY_PAGE = 100
 _MAX_ACTIVITY_PAGES = 50
+QUOTE_TIMEOUT_S = 1.0  # the latest-quote request after a submit: short, it only feeds the execution report
 _ORDER_PAGE = 500  # Alpaca's largest page of orders
 _MAX_ORDER_PAGES = 1000
 T = TypeVar("T")
@@ -140,17 +157,29 @@ class RateLimiter:
             time.sleep(need)  # rate limiting itself, not synchronisation
             waited += need
 
+    def try_acquire(self) -> bool:
+        """Take a token if one is free now; never waits."""
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.capacity, self._tokens + (now - self._at) * self.rate)
+            self._at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            return False
 
-def tune_rest_client(client: Any, timeout_s: float, limiter: RateLimiter) -> None:
+
+def tune_rest_client(client: Any, timeout_s: float, limiter: RateLimiter | None) -> None:
     """Turn off alpaca-py's own 429/504 retries (fixed 3 s sleeps) and give every request a
-    timeout and a rate-limiter token, so our own retry policy is the only one."""
+    timeout and a rate-limiter token (None: the caller takes its tokens), so our own retry policy is the only one."""
     client._retry = 0
     client._retry_codes = []
     session: requests.Session = client._session
     send = session.request
 
     def request(method: str, url: str, **kwargs: Any) -> requests.Response:
-        limiter.acquire()
+        if limiter is not None:
+            limiter.acquire()
         kwargs.setdefault("timeout", (min(timeout_s, 5.0), timeout_s))
         return send(method, url, **kwargs)
 
@@ -296,6 +325,12 @@ class AlpacaBroker:
         self._client = TradingClient(api_key, secret_key, paper=self.endpoints.paper,
                                      url_override=self.endpoints.trading_url)
         tune_rest_client(self._client, settings.timeout_s, self.limiter)
+        # The quote at submit (issue 15): Alpaca's latest quote, on its own budget of data requests.
+        self._data: StockHistoricalDataClient | None = None
+        self.data_limiter = RateLimiter(settings.max_requests_per_minute)
+        if settings.quote_at_submit:
+            self._data = StockHistoricalDataClient(api_key, secret_key, url_override=self.endpoints.data_url)
+            tune_rest_client(self._data, min(settings.timeout_s, QUOTE_TIMEOUT_S), None)
         self._instance = uuid.uuid4().hex[:8]  # a cursor from another instance starts over
         self._lock = threading.Lock()
         self._events: list[tuple[int, BrokerOrder | Fill]] = []
@@ -503,7 +538,24 @@ class AlpacaBroker:
             if found is None:
                 raise
             return found  # our own earlier attempt landed although it reported an error
-        return self._watch(order)
+        quote = self._quote_at_submit(spec.symbol)  # after the submit: the order never waits for it
+        return replace(self._watch(order), quote=quote)
+
+    def _quote_at_submit(self, symbol: str) -> TopOfBook | None:
+        """Alpaca's latest quote, one data request, best effort: None when it would wait for the
+        rate limiter, fails or times out (the execution report then says the broker gave none)."""
+        if self._data is None or not self.data_limiter.try_acquire():
+            return None
+        try:
+            quotes = self._data.get_stock_latest_quote(
+                StockLatestQuoteRequest(symbol_or_symbols=symbol, feed=DataFeed(self.settings.feed)))
+            q = quotes.get(symbol) if isinstance(quotes, dict) else None
+        except Exception as exc:  # a quote is worth no error in the order path
+            log.debug("alpaca latest quote for %s failed: %r", symbol, exc)
+            return None
+        if q is None or not q.bid_price or not q.ask_price:
+            return None
+        return TopOfBook(symbol, q.timestamp, float(q.bid_price), float(q.ask_price), "alpaca")
 
     def cancel(self, broker_order_id: str) -> None:
         try:
@@ -513,6 +565,38 @@ class AlpacaBroker:
             if isinstance(cause, APIError) and cause.status_code == 422:
                 raise NotCancelable(str(exc)) from cause
             raise
+
+    def replace(self, broker_order_id: str, qty: int | None = None, limit_price: Decimal | None = None,
+                stop_price: Decimal | None = None) -> BrokerOrder:
+        """PATCH /v2/orders/{id} (alpaca-py ``replace_order_by_id``): Alpaca makes a new order for what
+        is left to trade (``qty`` is the new total: what the old order filled is subtracted), with the
+        derived client id :func:`replacement_client_id`, so an attempt that landed although its reply
+        was lost is found again instead of replaced twice. Raises as :meth:`Broker.replace`."""
+        old = self._get_order(broker_order_id)
+        new_cid = replacement_client_id(old.client_order_id)
+        if old.status.is_terminal:
+            found = self.get_by_client_id(new_cid) if old.status is OrderStatus.REPLACED else None
+            if found is not None and found.replaces == broker_order_id:
+                return found  # an earlier attempt of this replace got there
+            raise NotCancelable(f"alpaca: order {broker_order_id} is {old.status.value}: not replaceable")
+        if qty is not None and qty <= old.filled_qty:
+            raise OrderRejected(f"alpaca: qty {qty} is not above the {old.filled_qty} already filled")
+        request = ReplaceOrderRequest(
+            qty=None if qty is None else qty - old.filled_qty, client_order_id=new_cid,
+            limit_price=None if limit_price is None else float(limit_price),
+            stop_price=None if stop_price is None else float(stop_price))
+        try:
+            order = wire.order_from_alpaca(self._call(
+                lambda: self._client.replace_order_by_id(broker_order_id, request), submit=True))
+        except (DuplicateClientOrderId, OrderRejected) as exc:
+            found = self.get_by_client_id(new_cid)
+            if found is not None and found.replaces == broker_order_id:
+                return found  # our own earlier attempt (a retry after a lost reply) replaced it
+            cause = exc.__cause__
+            if isinstance(cause, APIError) and cause.status_code == 422 and "not open" in str(exc):
+                raise NotCancelable(str(exc)) from cause  # it filled or ended first
+            raise
+        return self._watch(order)
 
     def cancel_all(self) -> int:
         """DELETE /v2/orders: Alpaca cancels every open order at once (207, one status per order)."""

@@ -51,6 +51,7 @@ TO_ALPACA_STATUS = {
     OrderStatus.CANCELED: "canceled",
     OrderStatus.EXPIRED: "expired",
     OrderStatus.REJECTED: "rejected",
+    OrderStatus.REPLACED: "replaced",
 }
 # Alpaca statuses that are still working; how far they got is read from filled_qty.
 _WORKING = {"new", "accepted", "pending_new", "accepted_for_bidding", "pending_cancel", "pending_replace",
@@ -58,7 +59,7 @@ _WORKING = {"new", "accepted", "pending_new", "accepted_for_bidding", "pending_c
 FROM_ALPACA_STATUS = {
     "filled": OrderStatus.FILLED,
     "canceled": OrderStatus.CANCELED,
-    "replaced": OrderStatus.CANCELED,  # steadyhand never replaces; treat as gone
+    "replaced": OrderStatus.REPLACED,  # a PATCH made a new order (``replaced_by``) for what was left
     "expired": OrderStatus.EXPIRED,
     "rejected": OrderStatus.REJECTED,
 }
@@ -119,9 +120,9 @@ def order_json(
         "expired_at": done_at if alpaca_status == "expired" else None,
         "canceled_at": done_at if alpaca_status == "canceled" else None,
         "failed_at": done_at if alpaca_status == "rejected" else None,
-        "replaced_at": None,
-        "replaced_by": None,
-        "replaces": None,
+        "replaced_at": done_at if alpaca_status == "replaced" else None,
+        "replaced_by": o.replaced_by or None,
+        "replaces": o.replaces or None,
         "asset_id": derived_uuid("asset", o.symbol),
         "symbol": o.symbol,
         "asset_class": "us_equity",
@@ -311,7 +312,9 @@ def order_from_alpaca(o: Any) -> BrokerOrder:
         avg_fill_price=_dec_or_none(o.filled_avg_price) if filled else None,
         submitted_at=o.submitted_at or o.created_at,
         updated_at=o.updated_at or o.submitted_at or o.created_at,
-        reason="" if status not in ("rejected", "canceled", "expired") else f"alpaca: {status}",
+        reason="" if status not in ("rejected", "canceled", "expired", "replaced") else f"alpaca: {status}",
+        replaces=str(o.replaces or ""),
+        replaced_by=str(o.replaced_by or ""),
     )
 
 

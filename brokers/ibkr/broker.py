@@ -422,12 +422,12 @@ class IbkrBroker:
             self.ib.cancelOrder(trade.order)
         self._run(go)
 
-    def replace(self, broker_order_id: str, *, qty: int | None = None, limit_price: Decimal | None = None,
+    def replace(self, broker_order_id: str, qty: int | None = None, limit_price: Decimal | None = None,
                 stop_price: Decimal | None = None) -> BrokerOrder:
         """Modify a working order: IB takes ``placeOrder`` again with the same order id (and keeps
-        the id, the permId and the orderRef). Not in the Broker protocol yet (issue 12: the OMS's
-        write-ahead replace comes with it). Raises OrderNotFound, NotCancelable (finished),
-        OrderRejected (the Gateway refused the change: the order goes on unchanged),
+        the id, the permId and the orderRef): :meth:`Broker.replace`'s in-place shape. Raises
+        OrderNotFound, NotCancelable (finished, or IB's 104 "Can't modify a filled order": it filled
+        first), OrderRejected (the Gateway refused the change: the order goes on unchanged),
         TransientBrokerError, UnknownOutcome (no answer in time: look the order up)."""
         async def go() -> BrokerOrder:
             trade = self._find(broker_order_id)
@@ -462,6 +462,8 @@ class IbkrBroker:
             finally:
                 trade.statusEvent -= wake
             refused = [e for e in trade.log[seen:] if e.errorCode]
+            if refused and refused[-1].errorCode == 104:  # it filled or ended before the change arrived
+                raise NotCancelable(f"ibkr: order {broker_order_id} cannot be modified: {refused[-1].message}")
             if refused:
                 raise OrderRejected(f"ibkr: modification refused: {refused[-1].message}")
             return self._order(trade)

@@ -80,8 +80,10 @@ ACTORS = ("alerter", "portfolio", "oms", "risk", "strategy", "feed", "heartbeat"
 ARM_TIMEOUT_S = 6.0  # a crash point that needs open orders may not fire: give up after this
 # Market orders fill at once on the sim, so the points that need open orders (at a reconciliation,
 # at a cancel-all) are reached less often: arm the order-path points more often.
+# The replace points weigh 0 while the bundled strategy never replaces: armed, they would never fire.
 POINT_WEIGHTS = {"oms.after_journal": 3, "oms.after_submit": 3, "oms.after_fill_received": 3,
-                 "oms.mid_reconcile": 2, "oms.mid_cancel_all": 1}
+                 "oms.mid_reconcile": 2, "oms.mid_cancel_all": 1, "oms.after_replace_journal": 0,
+                 "oms.after_replace": 0}
 STOP = threading.Event()  # set by SIGTERM: a long drill stopped early still checks and reports
 # The Alpaca keys the bot and verify use; the local exchange accepts any non-empty pair.
 ALPACA_ENV = {"ALPACA_API_KEY": "drill-key", "ALPACA_SECRET_KEY": "drill-secret"}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -221,6 +222,7 @@ class AlpacaFace:
             ("GET", "/v2/orders:by_client_order_id", self._order_by_client_id),
             ("GET", "/v2/orders/{oid}", self._get_order),
             ("DELETE", "/v2/orders/{oid}", self._cancel),
+            ("PATCH", "/v2/orders/{oid}", self._replace),
             ("GET", "/v2/positions", self._positions),
             ("DELETE", "/v2/positions", self._close_all_positions),
             ("GET", "/v2/positions/{symbol}", self._position),
@@ -228,6 +230,7 @@ class AlpacaFace:
             ("GET", "/v2/clock", self._clock),
             ("GET", "/v2/calendar", self._calendar),
             ("GET", "/v2/stocks/bars", self._bars),
+            ("GET", "/v2/stocks/quotes/latest", self._latest_quotes),
         ]
         routes: list[BaseRoute] = [Route(path, endpoint(self._on_book(handler)), methods=[method])
                                    for method, path, handler in rest]
@@ -345,6 +348,41 @@ class AlpacaFace:
             raise HttpError(422, f'order is already in "{wire.TO_ALPACA_STATUS[current.status]}" state') from None
         return 204, None
 
+    def _replace(self, request: HttpRequest, oid: str) -> Reply:
+        """PATCH /v2/orders/{id}, as Alpaca: a new order (new id, the body's ``client_order_id`` or a
+        derived one, ``replaces``) for ``qty`` more shares on the new terms; the old order becomes
+        ``replaced`` with ``replaced_by``. 422 when it is no longer open (it filled first)."""
+        old = self._find(oid)  # 422 / 404 first, as Alpaca
+        body = request.json()
+        if body.get("trail") not in (None, ""):
+            raise HttpError(422, "trail is only for trailing_stop orders")
+        if body.get("time_in_force") not in (None, "", old.time_in_force.value):
+            raise HttpError(422, "time_in_force cannot be changed here")
+        qty = None if body.get("qty") in (None, "") else _whole(body["qty"], "qty")
+        limit, stop = _price(body.get("limit_price"), "limit_price"), _price(body.get("stop_price"), "stop_price")
+        if qty is None and limit is None and stop is None:
+            raise HttpError(422, "order parameters are not changed")
+        cid = body.get("client_order_id") or None
+        if cid is not None and len(str(cid)) > 128:
+            raise HttpError(422, "client_order_id must be at most 128 characters")
+        try:
+            current = self.sim.get_order(oid)
+            order = self.sim.replace(oid, qty=None if qty is None else qty + current.filled_qty,
+                                     limit_price=limit, stop_price=stop,
+                                     client_order_id=None if cid is None else str(cid))
+        except OrderNotFound:
+            raise HttpError(404, "order not found") from None
+        except NotCancelable:
+            current = self.sim.get_order(oid)
+            raise HttpError(422, f'order is not open: it is already in "{wire.TO_ALPACA_STATUS[current.status]}"'
+                                 ' state') from None
+        except DuplicateClientOrderId:
+            raise HttpError(422, wire.DUPLICATE_CLIENT_ID_MESSAGE) from None
+        except OrderRejected as exc:
+            text = str(exc)
+            raise HttpError(403 if "buying power" in text else 422, text) from None
+        return 200, wire.order_json(order)
+
     def _cancel_all(self, request: HttpRequest) -> Reply:
         results = []
         for order in self.sim.open_orders():
@@ -443,6 +481,27 @@ class AlpacaFace:
             activities = [a for a in activities if (a["id"] < token if desc else a["id"] > token)]
         size = min(max(_int_arg(request, "page_size", 100), 1), 100)
         return 200, activities[:size]
+
+    def _latest_quotes(self, request: HttpRequest) -> Reply:
+        """Alpaca's latest quote per symbol: the sim's bid/ask now, or while closed the last of the latest
+        session (as Alpaca gives the last quote it has). Sizes and venue are fixed: the sim has none."""
+        symbols = sorted({s for s in (request.arg("symbols") or "").split(",") if s})
+        if not symbols:
+            raise HttpError(422, "symbols is required")
+        now = self.server.clock.now()
+        quotes: dict[str, Any] = {}
+        for symbol in symbols:
+            if symbol not in self.server.market.symbols:
+                continue
+            q = self.server.market.quote(symbol, now)
+            if q is None:
+                with contextlib.suppress(ValueError):
+                    close = market_hours.next_close(market_hours.previous_open(now))
+                    q = self.server.market.quote(symbol, close - timedelta(seconds=1)) if close <= now else None
+            if q is not None:
+                quotes[symbol] = {"t": q.ts.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), "bp": q.bid, "bs": 1,
+                                  "bx": "V", "ap": q.ask, "as": 1, "ax": "V", "c": ["R"], "z": "C"}
+        return 200, {"quotes": quotes}
 
     def _bars(self, request: HttpRequest) -> Reply:
         timeframe = request.arg("timeframe", "1Min")

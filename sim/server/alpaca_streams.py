@@ -4,7 +4,7 @@ pushers behind them.
 
 The trade-update poller reads the book's change log on the book thread every
 ``server.poll_interval_s`` (which also drives matching, as it is lazy) and turns it into Alpaca's
-events: ``new``, ``partial_fill``, ``fill``, ``canceled``, ``expired``, ``rejected``. The market-data
+events: ``new``, ``partial_fill``, ``fill``, ``canceled``, ``expired``, ``rejected``, ``replaced``. The market-data
 pusher sends each closed minute's bar to its subscribers, and quotes about once a second.
 """
 
@@ -244,7 +244,8 @@ class AlpacaStreams:
             fills = fills_by_order.get(oid, [])
             if fills:
                 updates.extend(self._fill_updates(order, fills))
-            if order.status in (OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED):
+            if order.status in (OrderStatus.CANCELED, OrderStatus.EXPIRED, OrderStatus.REJECTED,
+                                OrderStatus.REPLACED):
                 self._announced.discard(oid)
                 event = wire.TO_ALPACA_STATUS[order.status]
                 updates.append(trade_update(event, wire.order_json(order), order.updated_at))

@@ -38,7 +38,7 @@ Test knobs, loopback only (the whole server is), no authentication:
   connections (no close handshake, as a network failure would).
 - ``GET /_admin/status``: connections, pending faults, request counts, the simulated now.
 
-Not implemented (404): assets, watchlists, portfolio history, replace (PATCH), crypto and options.
+Not implemented (404): assets, watchlists, portfolio history, crypto and options.
 Server-side rejections (the ``reject`` knob) live in memory only and are gone after a restart.
 """
 
@@ -54,10 +54,9 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -77,6 +76,7 @@ from steadyhand.sim.clock import NowSource, anchor_run_clock, start_of
 from steadyhand.sim.exchange import SimExchange, open_sim_exchange
 from steadyhand.sim.market import MarketModel, load_market
 from steadyhand.sim.server import alpaca, alpaca_streams
+from steadyhand.sim.server.loop_thread import LoopThread
 
 log = logging.getLogger("steadyhand.exchange")
 
@@ -386,62 +386,20 @@ def _anchor(db_path: Path, settings: Settings) -> NowSource:
 # ---------------------------------------------------------------------------------------------
 
 
-class ServerThread:
+class ServerThread(LoopThread[ExchangeServer]):
     """Run an :class:`ExchangeServer` on its own event loop thread; ``start()`` returns once bound."""
 
+    what = "exchange server"
+
     def __init__(self, server: ExchangeServer) -> None:
-        self.server = server
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="exchange-server", daemon=True)
+        super().__init__(server, name="exchange-server")
 
     def start(self, timeout_s: float = 30.0) -> ServerThread:
-        if self._thread.is_alive() or self._ready.is_set():
-            return self  # already running (``with start_exchange(...)`` after a start)
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise TimeoutError("exchange server did not start")
-        if self._error is not None:
-            raise RuntimeError("exchange server failed to start") from self._error
+        super().start(timeout_s)
         return self
-
-    def _run(self) -> None:
-        asyncio.run(self._main())
-
-    async def _main(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        try:
-            await self.server.start()
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await self.server.close()
-
-    def run_coroutine(self, make: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
-        """Run a coroutine on the server's loop (tests use it to poke at live state)."""
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(timeout_s)  # type: ignore[arg-type]
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            raise TimeoutError("exchange server thread did not stop")
 
     def __enter__(self) -> ServerThread:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def credentials_from_env(environ: dict[str, str] | None = None) -> tuple[str, str] | None:
@@ -450,18 +408,27 @@ def credentials_from_env(environ: dict[str, str] | None = None) -> tuple[str, st
     return (key, secret) if key and secret else None
 
 
-async def _serve(server: ExchangeServer, data_dir: Path) -> None:
+async def _serve(server: ExchangeServer, data_dir: Path, tws_port: int | None = None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     await server.start()
+    try:
+        tws = await _start_tws(server, data_dir, tws_port) if tws_port is not None else None
+    except BaseException:
+        await server.close()  # the TWS port is taken, say: nothing half-started is left behind
+        raise
     info = data_dir / INFO_FILE
-    info.write_text(json.dumps({"port": server.port, "pid": os.getpid(), **server.urls}) + "\n")
+    info.write_text(json.dumps({"port": server.port, "pid": os.getpid(), **server.urls,
+                                **({"tws_port": tws[0].port} if tws else {})}) + "\n")
     print(f"steadyhand exchange: serving on {LOOPBACK}:{server.port} (data dir {data_dir}, "
           f"sim now {server.clock.now():%Y-%m-%d %H:%M:%S} UTC)", flush=True)
     for name, url in server.urls.items():
         print(f"  {name} = \"{url}\"", flush=True)
+    if tws:
+        print(f"  tws_port = {tws[0].port} (TWS face: [ibkr] port, account {tws[0].account}, server version "
+              f"{tws[0].server_version}, admin port {tws[1].port})", flush=True)
     auth = "the key pair in " + KEY_ENV + "/" + SECRET_ENV if server.credentials else "any non-empty key pair"
     print(f"  accepting {auth}; Ctrl-C stops", flush=True)
     stopping = asyncio.create_task(stop.wait())
@@ -472,14 +439,34 @@ async def _serve(server: ExchangeServer, data_dir: Path) -> None:
         for task in (stopping, broken):
             task.cancel()
         info.unlink(missing_ok=True)
+        if tws:
+            (data_dir / "tws.json").unlink(missing_ok=True)
+            await tws[1].close()
+            await tws[0].close()
         await server.close()
         print("steadyhand exchange: stopped", flush=True)
     if not stop.is_set():
         raise OSError("the web server stopped by itself (see the log above)")
 
 
+async def _start_tws(server: ExchangeServer, data_dir: Path, port: int) -> tuple[Any, Any]:
+    """The TWS face in this process, on this loop, the same book (exchange.db) and the same clock
+    object as the Alpaca face; with its loopback admin (fault knobs) and ``tws.json`` as the
+    stand-alone face writes it."""
+    from steadyhand.sim.server.tws import TwsServer
+    from steadyhand.sim.server.tws_admin import TwsAdmin
+
+    tws = TwsServer(data_dir, server.settings, port=port, clock=server.clock)
+    await tws.start()
+    admin = TwsAdmin(tws, 0)
+    await admin.start()
+    (data_dir / "tws.json").write_text(json.dumps({"port": tws.port, "pid": os.getpid(),
+                                                   "admin_port": admin.port}) + "\n")
+    return tws, admin
+
+
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    """``steadyhand exchange serve [--port N] [--data-dir DIR] [--config F] [--start S]``."""
+    """``steadyhand exchange serve [--port N] [--tws-port N] [--data-dir DIR] [--config F] [--start S]``."""
     given = getattr(args, "data_dir", None) or os.environ.get("STEADYHAND_DATA_DIR") or "./var"
     data_dir = Path(given).expanduser().resolve()
     start_of(settings.sim)  # a start outside the calendar: exit 2 before anything is created
@@ -491,7 +478,7 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         server = ExchangeServer(data_dir, settings, port=int(getattr(args, "port", 0) or 0), clock=clock,
                                 credentials=credentials_from_env())
-        asyncio.run(_serve(server, data_dir))
+        asyncio.run(_serve(server, data_dir, getattr(args, "tws_port", None)))
     except OSError as exc:
         print(f"steadyhand exchange: cannot serve: {exc}", file=sys.stderr)
         return 1

@@ -68,7 +68,7 @@ DEFAULT_ACCOUNT = "DU1234567"
 MINUTE = timedelta(minutes=1)
 _IB_STATUS = {OrderStatus.SUBMITTED: "Submitted", OrderStatus.PARTIALLY_FILLED: "Submitted",
               OrderStatus.FILLED: "Filled", OrderStatus.CANCELED: "Cancelled", OrderStatus.EXPIRED: "Cancelled",
-              OrderStatus.REJECTED: "Cancelled"}
+              OrderStatus.REJECTED: "Cancelled", OrderStatus.REPLACED: "Cancelled"}  # replaced: by the Alpaca face
 _FARMS = ((2104, "Market data farm connection is OK:usfarm"), (2106, "HMDS data farm connection is OK:ushmds"),
           (2158, "Sec-def data farm connection is OK:secdefnj"))
 Frames = list[bytes]
@@ -296,7 +296,8 @@ class TwsServer(BarsMixin):
             fills = self.sim.fills_for(o.broker_order_id)
             last = float(fills[-1].price) if fills else 0.0
         completed = {OrderStatus.FILLED: "Filled", OrderStatus.CANCELED: "Cancelled by Trader",
-                     OrderStatus.EXPIRED: "Cancelled by System", OrderStatus.REJECTED: f"Rejected: {o.reason}"}
+                     OrderStatus.EXPIRED: "Cancelled by System", OrderStatus.REJECTED: f"Rejected: {o.reason}",
+                     OrderStatus.REPLACED: "Cancelled by Trader"}
         return w.OrderView(
             order_id=row.order_id, client_id=row.client_id, perm_id=row.perm_id, order_ref=row.order_ref,
             account=self.account, symbol=o.symbol, action="BUY" if o.side is Side.BUY else "SELL", qty=o.qty,

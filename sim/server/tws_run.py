@@ -4,15 +4,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import threading
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from steadyhand.config import Settings
 from steadyhand.sim.server import tws_wire as w
+from steadyhand.sim.server.loop_thread import LoopThread
 
 if TYPE_CHECKING:
     from steadyhand.sim.server.tws import TwsServer
@@ -21,55 +20,20 @@ LOOPBACK = "127.0.0.1"
 INFO_FILE = "tws.json"  # port, pid and admin port of a running TWS face, in the data dir
 
 
-class TwsServerThread:
+class TwsServerThread(LoopThread["TwsServer"]):
     """Run a :class:`TwsServer` on its own event loop thread; ``start()`` returns once bound."""
 
+    what = "tws face"
+
     def __init__(self, server: TwsServer) -> None:
-        self.server = server
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._main()), name="tws-face", daemon=True)
+        super().__init__(server, name="tws-face")
 
     def start(self, timeout_s: float = 30.0) -> TwsServerThread:
-        self._thread.start()
-        if not self._ready.wait(timeout_s):
-            raise TimeoutError("tws face did not start")
-        if self._error is not None:
-            raise RuntimeError("tws face failed to start") from self._error
+        super().start(timeout_s)
         return self
-
-    async def _main(self) -> None:
-        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
-        try:
-            await self.server.start()
-        except BaseException as exc:  # noqa: BLE001 - reported to start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        try:
-            await self._stop.wait()
-        finally:
-            await self.server.close()
-
-    def run_coroutine(self, make: Callable[[], Awaitable[Any]], timeout_s: float = 10.0) -> Any:
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(make(), self._loop).result(timeout_s)  # type: ignore[arg-type]
-
-    def stop(self, timeout_s: float = 15.0) -> None:
-        if self._loop is not None and self._stop is not None and self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            raise TimeoutError("tws face thread did not stop")
 
     def __enter__(self) -> TwsServerThread:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
