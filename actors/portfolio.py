@@ -106,7 +106,7 @@ class PortfolioActor(SteadyActor):
                 store.set_portfolio_state(self.db, fills_applied_through=str(applied_through),
                                           books_applied_through=str(applied_through))
             if books:
-                self.db.conn.executemany(UPSERT_BOOK, self.books.rows(books, now))
+                self.db.conn.executemany(UPSERT_BOOK, self.books.rows(books, now, self.marks))
             rows = []
             for symbol in symbols:
                 p = self.positions[symbol]

@@ -113,12 +113,16 @@ class Books:
         return {s: {"books": ours.get(s, 0), "net": theirs.get(s, 0)}
                 for s in sorted(set(ours) | set(theirs)) if ours.get(s, 0) != theirs.get(s, 0)}
 
-    def rows(self, touched: Iterable[tuple[str, str]], now: str) -> list[tuple[Any, ...]]:
-        """``UPSERT_BOOK`` parameters for the touched ``(strategy, symbol)`` pairs."""
+    def rows(self, touched: Iterable[tuple[str, str]], now: str,
+             marks: Mapping[str, float] | None = None) -> list[tuple[Any, ...]]:
+        """``UPSERT_BOOK`` parameters for the touched ``(strategy, symbol)`` pairs; ``marks``: the
+        newest prices seen, so a position just opened is not shown with a price from an older one."""
         out = []
         for strategy, symbol in sorted(set(touched)):
             p = self.books[strategy][symbol]
-            out.append((strategy, symbol, p.qty, str(p.avg_cost), str(p.realized), None, now))
+            mark = (marks or {}).get(symbol)
+            out.append((strategy, symbol, p.qty, str(p.avg_cost), str(p.realized),
+                        None if mark is None else str(mark), now))
         return out
 
 

@@ -107,6 +107,9 @@ def test_portfolio_persists_books_rebuilds_them_and_sends_each_strategy_its_own(
     out = summary(db.query("SELECT * FROM strategy_positions"))
     assert out["slow"]["unrealized_pnl"] == "25.00"  # 20 x (102 - 101) + -5 x (299 - 300)
     assert out["fast"]["realized_pnl"] == "50.00"
+    _journal(db, [("fast-AAPL-20261120T1506Z-B0", "AAPL", "buy", 1, "102")], start=4)  # opened after the bar:
+    system.ask(portfolio, Fills(()), 1)  # shown at the newest price, not at one from when it was last held
+    assert db.execute("SELECT last_price FROM strategy_positions WHERE strategy = 'fast'").fetchone() == ("102",)
     system.tell(portfolio, ActorExitRequest())
 
 

@@ -107,6 +107,9 @@ def test_two_strategies_keep_their_own_books_through_kills(make_bot: Any) -> Non
     assert {s: q for s, q in net.items() if q} == broker
     assert dict(_query(db, "SELECT symbol, qty FROM positions WHERE qty != 0")) == broker
     assert _query(db, "SELECT count(*) FROM alerts WHERE key = 'books:mismatch'") == [(0,)]
+    marks = _query(db, "SELECT symbol, count(DISTINCT last_price) FROM strategy_positions WHERE qty != 0"
+                       " GROUP BY symbol")
+    assert all(n == 1 for _, n in marks), marks  # one price per symbol, whichever book holds it
     # each trades on its own book: a long-only SMA holds 0 or its own qty, whatever the other holds
     assert {q for (n, _), (q, _, _) in expected.items() if n == "fast"} <= {0, 10}
     assert {q for (n, _), (q, _, _) in expected.items() if n == "slow"} <= {0, 7}
