@@ -55,10 +55,6 @@ class StrategyActor(SteadyActor):
         if "feed" in names and not self._warm:
             self.tell_peer("feed", HistoryRequest(self.live.window))
 
-    @property
-    def strategy_warm(self) -> bool:
-        return getattr(self, "_warm", False)
-
     def step_ready(self) -> bool:
         return self.strategy_warm  # lock-step: history first
 
