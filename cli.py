@@ -36,6 +36,14 @@ from steadyhand.control.client import (
     write_run_file,
 )
 from steadyhand.control.commands import SecretError
+from steadyhand.dashboard.status import (
+    dashboard_url,
+    equity_text,
+    portfolio_lines,
+    portfolio_of,
+    public,
+    utilization_of,
+)
 from steadyhand.portfolio.books import read_strategies, strategy_lines
 from steadyhand.runtime import procs
 from steadyhand.state import store
@@ -128,6 +136,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"steadyhand running: data dir {data_dir}, admin port {port} (127.0.0.1), "
                   f"pid {os.getpid()}, broker {settings.broker}, clock {_clock_text(clock)}", flush=True)
             print("  actors: " + ", ".join(f"{n}={p}" for n, p in started.children.items()), flush=True)
+            if dashboard_url(data_dir):
+                print(f"  dashboard: {dashboard_url(data_dir)}", flush=True)
             code = _live_view(Connection(system, supervisor, data_dir), data_dir, stop, clock,
                               period=LOCKSTEP_VIEW_PERIOD_S if lockstep else LIVE_VIEW_PERIOD_S)
     finally:
@@ -231,7 +241,7 @@ def _status_line(status: dict[str, Any], data_dir: Path, clock: Any) -> str:
     restarts = sum(a["restarts"] for a in status["actors"].values())
     down = [n for n, a in status["actors"].items() if not a["alive"]]
     positions = " ".join(f"{s}:{q}" for s, q in sorted(report["positions"].items())) or "flat"
-    text = (f"{status['trading_state'].upper()} "
+    text = (f"{status['trading_state'].upper()} {equity_text(report['portfolio'])} "
             f"orders {report['orders']} (open {report['open_orders']}) fills {report['fills']} "
             f"positions {positions} restarts {restarts}, {_market_text(clock)}")
     return text + (f" DOWN: {','.join(down)}" if down else "")
@@ -260,7 +270,7 @@ def _shutdown(system: Any, data_dir: Path, port: int) -> None:
 def read_report(data_dir: Path) -> dict[str, Any]:
     db = store.open_readonly(data_dir)
     empty = {"positions": {}, "open_orders": 0, "orders": 0, "fills": 0, "last_reconciliation": None,
-             "trading_state": "active", "halt_reason": "", "strategies": {}}
+             "trading_state": "active", "halt_reason": "", "portfolio": portfolio_of(None), "strategies": {}}
     if db is None or "orders" not in db.table_names():
         return empty
     try:
@@ -276,7 +286,7 @@ def read_report(data_dir: Path) -> dict[str, Any]:
                 "last_reconciliation": json.loads(row[0]) if row else None,
                 "trading_state": store.get_control(db, "trading_state", "active"),
                 "halt_reason": store.get_control(db, "halt_reason", "") or "",
-                "strategies": read_strategies(db)}
+                "portfolio": portfolio_of(db), "strategies": read_strategies(db)}
     finally:
         db.close()
 
@@ -289,7 +299,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                               "positions": report["positions"], "open_orders": report["open_orders"],
                               "orders": report["orders"], "fills": report["fills"],
                               "last_reconciliation": report["last_reconciliation"],
-                              "strategies": report["strategies"], "data_dir": str(data_dir)}
+                              "data_dir": str(data_dir), "portfolio": public(report["portfolio"]),
+                              "dashboard_url": None, "risk_limits": {}, "strategies": report["strategies"]}
     try:
         reply = connect(data_dir).command("status", timeout=ASK_TIMEOUT_S)
     except NotRunning as exc:
@@ -304,7 +315,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         result.update(running=True, trading_state=status["trading_state"], halt_reason=status["halt_reason"],
                       actors={n: {"pid": a["pid"], "restarts": a["restarts"], "alive": a["alive"]}
                               for n, a in status["actors"].items()},
-                      started_at=status["started_at"])
+                      started_at=status["started_at"], dashboard_url=dashboard_url(data_dir),
+                      risk_limits=utilization_of(data_dir, status.get("risk_limits") or {}, report["portfolio"]))
     elif reply is not None:
         print(f"steadyhand: {reply.error}", file=sys.stderr)
     if args.json:
@@ -351,7 +363,7 @@ def _print_status(result: dict[str, Any]) -> None:
     positions = ", ".join(f"{s} {q}" for s, q in sorted(result["positions"].items())) or "flat"
     print(f"positions:      {positions}")
     print(f"orders:         {result['orders']} ({result['open_orders']} open), fills {result['fills']}")
-    for line in strategy_lines(result.get("strategies", {})):
+    for line in [*portfolio_lines(result), *strategy_lines(result.get("strategies", {}))]:
         print(line)
     rec = result["last_reconciliation"]
     if rec:

@@ -154,6 +154,16 @@ class RetentionSettings:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """The web dashboard (dashboard/): on 127.0.0.1 only, whenever the bot runs."""
+
+    enabled: bool = True
+    port: int = 0  # 0: a free port, written with the full URL to <data dir>/dashboard.json
+    stream_backlog: int = 200  # frames a late /stream client gets first
+    client_queue: int = 1000  # frames queued for one slow client before it is dropped
+
+
+@dataclass(frozen=True)
 class AlpacaSettings:
     paper: bool = True
     allow_live: bool = False
@@ -199,6 +209,7 @@ class Settings:
     alerts: AlertSettings = field(default_factory=AlertSettings)
     logging: LogSettings = field(default_factory=LogSettings)
     retention: RetentionSettings = field(default_factory=RetentionSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
     alpaca: AlpacaSettings = field(default_factory=AlpacaSettings)
     ibkr: IbkrSettings = field(default_factory=IbkrSettings)
 

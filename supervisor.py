@@ -36,6 +36,7 @@ from typing import Any, Literal
 
 from steadyhand.actors.alerter import AlerterActor
 from steadyhand.actors.base import SteadyActor
+from steadyhand.actors.dashboard import DashboardActor
 from steadyhand.actors.feed import FeedActor
 from steadyhand.actors.heartbeat import HeartbeatActor
 from steadyhand.actors.messages import (
@@ -81,6 +82,8 @@ class ChildSpec:
     restart: Literal["permanent", "temporary"] = "permanent"  # temporary: never restarted
     max_restarts: int | None = None  # MaxR; None: the [supervisor] setting
     period_s: float | None = None  # MaxT; None: the [supervisor] setting
+    essential: bool = True  # False: crashing too often leaves it down with an alert, trading goes on
+    section: str = ""  # a settings section whose `enabled = false` leaves this child out
 
 
 #                 name         actor            restart
@@ -91,6 +94,7 @@ CHILD_SPECS: tuple[ChildSpec, ...] = (
     ChildSpec("risk",      RiskActor),       # denies everything until the OMS has reconciled
     ChildSpec("strategy",  StrategyActor),
     ChildSpec("feed",      FeedActor),       # data flows only once everyone is there
+    ChildSpec("dashboard", DashboardActor, essential=False, section="dashboard"),  # watches, never trades
     ChildSpec("heartbeat", HeartbeatActor),  # last: watches the others
 )  # fmt: skip
 
@@ -197,6 +201,8 @@ class Supervisor(OperatorControl, SteadyActor):
         self.secret = commands.load_secret(self.run.data_dir, create=True)
         self._open_ledger()  # before the children: the feed stamps its bars with this run's id
         for spec in child_specs(self.run.settings):
+            if spec.section and not getattr(self.run.settings, spec.section).enabled:
+                continue
             self.children[spec.name] = Child(
                 spec=spec, recent=deque(maxlen=(spec.max_restarts or sup.max_restarts) + 1)
             )
@@ -336,6 +342,11 @@ class Supervisor(OperatorControl, SteadyActor):
         self._broadcast_wiring()  # peers learn it is gone
         if is_strategy_child(name) and self._strategies_up():
             self._escalate_strategy(child)
+            return
+        if not child.spec.essential:  # an observer (the dashboard): trading does not depend on it
+            self.alert(f"escalation:{name}", Severity.HIGH, f"steadyhand: {name} keeps crashing",
+                       f"{name} crashed {child.down_reason}; it is left down, trading goes on.")
+            self._answer_starter()
             return
         self._set_trading_state(TradingState.HALTED, f"{name} left down: {child.down_reason}")
         why = f" Last error: {child.last_error}" if child.last_error else ""

@@ -18,6 +18,7 @@ from typing import Any
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import ActorUnresponsive, FeedFresh, FeedStale, Ping, Pong
 from steadyhand.domain import Severity, market_hours
+from steadyhand.runtime import liveness
 from steadyhand.runtime.liveness import PingLedger
 from thespian.actors import ActorAddress
 
@@ -32,6 +33,7 @@ class HeartbeatActor(SteadyActor):
         settings = self.run.settings.heartbeat
         self.ledger = PingLedger(settings.deadline_s, settings.startup_deadline_s)  # monotonic times
         self.pids: dict[str, int] = {}
+        self.answered_at: dict[str, float] = {}  # wall time of each actor's last pong (heartbeat.json)
         self.last_beat: float | None = None  # monotonic time of the previous beat
         self.feed_last_bar: datetime | None = None
         self.watching_since = self.clock.now()  # silence before the monitor started is not judged
@@ -97,11 +99,15 @@ class HeartbeatActor(SteadyActor):
         gap = now - self.last_beat if self.last_beat is not None else 0.0
         self.last_beat = now
         self._check_feed(gap)
+        liveness.write_heartbeats(self.run.data_dir, {
+            "at": time.time(), "answered_at": self.answered_at, "pids": self.pids,
+            "feed_last_bar": self.feed_last_bar, "sim_now": self.clock.now(), "feed_stale": self.feed_stale})
 
     def on_pong(self, message: Pong, sender: ActorAddress) -> None:
         if self.peers.get(message.name) != sender:
             return  # from a process that has since been replaced
         self.pids[message.name] = message.pid
+        self.answered_at[message.name] = time.time()
         if self.ledger.answered(message.name, message.seq, time.monotonic()):  # news: a first answer
             self.event("responsive", actor_name=message.name, pid=message.pid)
         if message.name == "feed":

@@ -14,7 +14,8 @@ Who sends what (-> receiver):
 
     Feed        Bars -> strategy, risk, portfolio; HistoryReply -> strategy
     Strategy    Signals, ReplaceOrder, CancelOrder -> risk; HistoryRequest -> feed
-    Risk        OrderRequests, ReplaceOrder, CancelOrder -> oms; OpenOrders -> strategy; RequestHalt -> supervisor
+    Risk        OrderRequests, ReplaceOrder, CancelOrder -> oms; OpenOrders -> strategy (forwarded);
+                RequestHalt -> supervisor
     OMS         Fills -> portfolio, risk; OpenOrders -> risk; ReconcileStarted/Completed -> risk;
                 BrokerSnapshot -> portfolio
     Portfolio   PositionsSnapshot -> strategy, risk; PnlUpdate -> risk

@@ -14,6 +14,7 @@ from typing import Any
 
 from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import Bars, BrokerSnapshot, Fills, PnlUpdate, PositionsSnapshot
+from steadyhand.dashboard.book import BOOK_KEY, book_json
 from steadyhand.domain import Severity, Side, market_hours
 from steadyhand.portfolio.books import SET_MARK, UPSERT_BOOK, Books, Position
 from steadyhand.reports import execution
@@ -50,6 +51,7 @@ class PortfolioActor(SteadyActor):
         self.day_start_equity: Decimal | None = None
         self.peak_equity: Decimal | None = None
         self.last_equity: Decimal | None = None
+        self.last_bar_ts: datetime | None = None
         self.mismatch_seen: dict[str, Any] | None = None
         self.handlers = {Fills: self.on_fills, Bars: self.on_bars, BrokerSnapshot: self.on_broker_snapshot}
         self.timers = {"summary": self.daily_summary}
@@ -107,11 +109,25 @@ class PortfolioActor(SteadyActor):
                                           books_applied_through=str(applied_through))
             if books:
                 self.db.conn.executemany(UPSERT_BOOK, self.books.rows(books, now, self.marks))
+            self._save_book()
             rows = []
             for symbol in symbols:
                 p = self.positions[symbol]
                 rows.append((symbol, p.qty, str(p.avg_cost), str(p.realized), now))
             self.db.conn.executemany(UPSERT_POSITION, rows)
+
+    def _save_book(self, bar_ts: datetime | None = None) -> None:
+        """Cash and marks beside the positions, in the caller's transaction: `status` and the dashboard
+        read them (read-only) and value the positions exactly as this actor does."""
+        if bar_ts is not None:
+            self.last_bar_ts = bar_ts
+        store.set_portfolio_state(self.db, **{BOOK_KEY: book_json(
+            self.cash, {s: self._mark(s) for s, p in self.positions.items() if p.qty}, self.day_start_equity,
+            self.peak_equity, self.last_bar_ts)})
+
+    def _mark(self, symbol: str) -> Decimal:
+        """The last close seen, else the average cost (a position not priced yet is worth what it cost)."""
+        return Decimal(str(self.marks.get(symbol, self.positions[symbol].avg_cost)))
 
     def _send_positions(self) -> None:
         books = self.books.quantities()
@@ -145,7 +161,7 @@ class PortfolioActor(SteadyActor):
         for symbol, p in self.positions.items():
             if not p.qty:
                 continue
-            mark = Decimal(str(self.marks.get(symbol, p.avg_cost)))
+            mark = self._mark(symbol)
             market_value += p.qty * mark
             gross += abs(p.qty) * mark
             unrealized += p.qty * (mark - p.avg_cost)
@@ -164,6 +180,7 @@ class PortfolioActor(SteadyActor):
             self.db.conn.executemany(SET_MARK, [(str(b.close), b.symbol) for b in message.bars if b.symbol in held])
             self.db.conn.execute(UPSERT_EQUITY, (store.iso(message.ts), str(equity), str(self.cash.quantize(CENT)),
                                                  str(realized), str(unrealized.quantize(CENT))))
+            self._save_book(message.ts)
         assert self.day_start_equity is not None
         self.tell_peer("risk", PnlUpdate(equity=equity, day_pnl=equity - self.day_start_equity,
                                          peak_equity=self.peak_equity, gross_exposure=gross, ts=message.ts))
@@ -230,6 +247,7 @@ class PortfolioActor(SteadyActor):
                        for s in set(ours) | set(theirs) if ours.get(s, 0) != theirs.get(s, 0)}
         if message.authoritative or self.cash is None:
             self.cash = message.cash
+            self._save_book()  # status shows equity even before the first bar (a closed market)
         if not differences:
             self.mismatch_seen = None
             return

@@ -56,7 +56,7 @@ class StrategyActor(SteadyActor):
             self.tell_peer("feed", HistoryRequest(self.live.window))
 
     def step_ready(self) -> bool:
-        return self.strategy_warm  # lock-step: history first
+        return self._warm  # lock-step: history first
 
     def on_history(self, message: HistoryReply, sender: ActorAddress) -> None:
         self.live.warm_up(message.bars)
@@ -64,7 +64,10 @@ class StrategyActor(SteadyActor):
         self.event("warmed_up", bars=len(message.bars), strategy=self.live.name)
 
     def on_positions(self, message: PositionsSnapshot, sender: ActorAddress) -> None:
-        self.positions = dict(message.positions)
+        new = dict(message.positions)
+        moved = {s for s in set(new) | set(self.positions) if new.get(s, 0) != self.positions.get(s, 0)}
+        self.positions = new
+        self.live.on_positions_moved(moved)
 
     def on_open_orders(self, message: OpenOrders, sender: ActorAddress) -> None:
         self.live.on_open_orders(message.pending_qty)

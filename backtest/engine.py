@@ -20,7 +20,10 @@ as risk refuses them live (``BacktestResult.refused``).
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -115,11 +118,12 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy, start_cash: float = 100
     last_close: dict[str, float] = {}
     ts_ns = merged["ts"].array.asi8  # int64 ns UTC: datetimes are made only for the rows used
     bounds = np.flatnonzero(np.r_[True, merged["symbol"].to_numpy()[1:] != merged["symbol"].to_numpy()[:-1], True])
-    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
-        series = merged.iloc[lo:hi]
-        symbol = str(series["symbol"].iat[0])
-        last_close[symbol] = float(series["close"].iat[-1])
-        _run_symbol(name, symbol, series, ts_ns[lo:hi], fills, signals, trades, refused)
+    with _no_gc():
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            series = merged.iloc[lo:hi]
+            symbol = str(series["symbol"].iat[0])
+            last_close[symbol] = float(series["close"].iat[-1])
+            _run_symbol(name, symbol, series, ts_ns[lo:hi], fills, signals, trades, refused)
     # The book applies fills in time order across symbols: the same float sums whatever the layout.
     book = _Book(start_cash)
     for _, symbol, qty, price in sorted(fills, key=lambda f: (f[0], f[1])):
@@ -131,6 +135,19 @@ def run_backtest(bars: pd.DataFrame, strategy: Strategy, start_cash: float = 100
         trades=tuple(trades), final_positions={s: q for s, q in book.positions.items() if q},
         realized_pnl=book.realized, bars=len(df), signals=tuple(signals), final_cash=book.cash,
         final_equity=equity, refused=tuple(refused), strategy=name)
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The per-order loop makes millions of small acyclic objects (signals, trades): the cyclic
+    collector's passes over them cost ~30 % of a resting-order backtest and free nothing."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 class _Stamps:

@@ -24,7 +24,7 @@ from bench import common  # noqa: E402
 
 # Cheapest first; the ones that start real bots after.
 BENCHES = ("strategy", "exchange", "replay", "restart", "killswitch", "recovery", "latency", "burst", "idle",
-           "memory", "ibkr", "replace")
+           "dashboard", "memory", "ibkr", "replace")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,7 +136,14 @@ class OperatorControl:
         return CommandResult(command.command_id, True, {
             "trading_state": self.trading_state.value, "halt_reason": self.halt_reason,
             "actors": self._actor_table(), "started_at": self.started_at.isoformat(),
-            "stopping": self.shutting_down})
+            "stopping": self.shutting_down, "risk_limits": self._risk_limits()})
+
+    def _risk_limits(self) -> dict[str, float]:
+        """The numeric risk limits in force (after any `reload`), for status' utilization figures."""
+        risk = self.run.settings.risk
+        return {k: getattr(risk, k) for k in ("max_order_qty", "max_position_qty", "max_order_value",
+                                              "max_gross_exposure", "max_daily_loss", "max_drawdown",
+                                              "max_open_orders", "max_orders_per_minute")}
 
     def _cmd_pause(self, command: OperatorCommand, sender: ActorAddress, received: float) -> CommandResult:
         self._set_trading_state(TradingState.REDUCING, f"operator pause ({command.operator})")

@@ -114,3 +114,34 @@ class PingLedger:
         """Treat every outstanding ping as sent ``now`` (the monitor itself was not running)."""
         for actor in self._actors.values():
             actor.outstanding = deque((seq, now) for seq, _ in actor.outstanding)
+
+
+# --- what the monitor last heard, for the dashboard and /metrics ---------------------------------
+
+HEARTBEAT_FILE = "heartbeat.json"  # in the data dir: wall time of each actor's last answer, feed's last bar
+
+
+def write_heartbeats(data_dir: str, info: dict[str, object]) -> None:
+    """Replace ``<data dir>/heartbeat.json`` atomically (one small write per beat; readers never see
+    half a file). A failed write is not the monitor's problem: the dashboard shows the age grow."""
+    import json
+    import os
+
+    path = os.path.join(data_dir, HEARTBEAT_FILE)
+    try:
+        with open(path + ".tmp", "w") as f:
+            json.dump(info, f, default=str)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        pass
+
+
+def read_heartbeats(data_dir: str) -> dict[str, object]:
+    import json
+    import os
+
+    try:
+        with open(os.path.join(data_dir, HEARTBEAT_FILE)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}

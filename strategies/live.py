@@ -80,6 +80,7 @@ class LiveStrategy:
         self.pending: dict[str, int] = {}  # the OMS's last OpenOrders report (signed qty still to fill)
         self.sent: dict[str, int] = {}  # signed qty sent since that report
         self.working: dict[str, Signal] = {}  # the strategy's own limit/stop order per symbol
+        self.cancelling: set[str] = set()  # cancel sent: no new order until the OMS reports none pending
         self.ignored_unknown = 0
         self.ignored_old = 0
 
@@ -95,6 +96,14 @@ class LiveStrategy:
         self.sent = {}
         for symbol in [s for s in self.working if not self.pending.get(s)]:
             del self.working[symbol]
+        self.cancelling = {s for s in self.cancelling if self.pending.get(s)}
+
+    def on_positions_moved(self, symbols: Iterable[str]) -> None:
+        """Positions that moved have taken fills: what was pending or sent for them is stale until the
+        OMS's next report (which may still be on its way through risk), so it no longer counts."""
+        for symbol in symbols:
+            self.pending.pop(symbol, None)
+            self.sent.pop(symbol, None)
 
     def on_bars(self, bars: Sequence[Bar], positions: Mapping[str, int]) -> TickResult:
         """Intents for this tick's bars (the newest target of each symbol that got a bar)."""
@@ -131,6 +140,7 @@ class LiveStrategy:
             if want == 0 or (want > 0) != (working.side is Side.BUY) or kind is OrderType.MARKET:
                 result.amends.append(Amend(working.intent_id, 0, None, None, f"{reason}: cancel"))
                 del self.working[symbol]
+                self.cancelling.add(symbol)
                 return  # a later bar places the new order, once the OMS reports the cancel
             # ReplaceOrder's qty is the new total, what already filled included.
             filled = max(working.qty - abs(self.pending.get(symbol, working.side.sign * working.qty)), 0)
@@ -141,6 +151,8 @@ class LiveStrategy:
                 result.amends.append(Amend(working.intent_id, amended.qty, limit, stop, reason))
                 self.working[symbol] = amended
             return
+        if symbol in self.cancelling:
+            return  # risk would deny a second open order for the symbol while the cancel is on its way
         delta = target - (position + self.pending.get(symbol, 0) + self.sent.get(symbol, 0))
         if delta == 0:
             return

@@ -29,7 +29,8 @@ def test_default_run_fills_an_order_within_30s_and_sigint_leaves_nothing(make_bo
     bot = make_bot().start()
     status = poll(lambda: filled(bot), timeout=30, what="a fill at default speed")
     assert status["trading_state"] == "active"
-    assert set(status["actors"]) == {"alerter", "portfolio", "oms", "risk", "strategy", "feed", "heartbeat"}
+    assert set(status["actors"]) == {"alerter", "portfolio", "oms", "risk", "strategy", "feed", "dashboard",
+                                     "heartbeat"}
     assert all(a["alive"] and a["pid"] > 0 for a in status["actors"].values())
     assert status["last_reconciliation"]["reason"] == "start"
     fills = json.loads(bot.cli("fills", "--json").stdout)
@@ -67,7 +68,7 @@ def test_commands_say_not_running_and_start_nothing(data_dir: Path) -> None:
 def test_killing_each_actor_restarts_it_and_trading_goes_on(make_bot: Any) -> None:
     bot = make_bot(args=STEADY).start()
     before = poll(lambda: filled(bot), timeout=30, what="first fill")
-    for name in ("feed", "strategy", "risk", "oms", "portfolio", "alerter", "heartbeat"):
+    for name in ("feed", "strategy", "risk", "oms", "portfolio", "alerter", "dashboard", "heartbeat"):
         old_pid = bot.status()["actors"][name]["pid"]
         os.kill(old_pid, signal.SIGKILL)
 
@@ -79,7 +80,7 @@ def test_killing_each_actor_restarts_it_and_trading_goes_on(make_bot: Any) -> No
         assert actor["restarts"] == 1
     status = poll(lambda: filled(bot, more_than=before["fills"]), timeout=40, what="fills after the kills")
     assert status["trading_state"] == "active"
-    assert sum(a["restarts"] for a in status["actors"].values()) == 7
+    assert sum(a["restarts"] for a in status["actors"].values()) == 8
     rows = _query(bot.data_dir, "SELECT actor, event FROM restarts WHERE event = 'restarted'")
     assert sorted(r[0] for r in rows) == sorted(status["actors"])
 

@@ -123,3 +123,34 @@ def test_the_window_frame_is_the_contracts_long_format() -> None:
     assert frame["ts"].is_monotonic_increasing
     assert frame.sort_values(["ts", "symbol"]).index.tolist() == frame.index.tolist()
     assert np.array_equal(frame[frame.symbol == "A"]["close"].to_numpy(), [12.0, 13.0, 14.0, 15.0])
+
+
+def test_a_fill_seen_before_the_oms_report_does_not_double_the_next_order() -> None:
+    """The whipsaw lock-step found: bought, filled (the portfolio's snapshot arrives first), then the
+    target flips while the OMS's "nothing pending" report is still on its way through risk."""
+    strategy = Constant(5)
+    live = LiveStrategy(strategy, ["A"])
+    assert [s.qty for s in live.on_bars([bar(0)], {}).signals] == [5]
+    live.on_open_orders({"A": 5})  # working at the broker
+    live.on_positions_moved({"A"})  # the fill, seen in a snapshot before the OMS's next report
+    strategy.target = 0.0
+    again = live.on_bars([bar(1)], {"A": 5})
+    assert [(s.side, s.qty) for s in again.signals] == [(Side.SELL, 5)]
+
+
+def test_no_new_order_until_the_cancel_is_reported() -> None:
+    boll = BollingerReversion(window=5, k=1.0, qty=10)
+    live = LiveStrategy(boll, ["A"])
+    closes = [10.0, 10.2, 9.9, 10.1, 9.8, 9.7, 10.6, 10.7, 9.0]
+    pending: dict[str, int] = {}
+    placed = []
+    for i, c in enumerate(closes[:-1]):
+        result = live.on_bars([bar(i, c)], {"A": 0})
+        placed += result.signals
+        for s in result.signals:
+            pending[s.symbol] = s.side.sign * s.qty
+        live.on_open_orders(pending)  # the cancel is sent but not yet done: still pending
+    assert live.cancelling == {"A"} and len(placed) == 1
+    assert live.on_bars([bar(len(closes) - 1, closes[-1])], {"A": 0}).signals == []
+    live.on_open_orders({})  # the cancel went through
+    assert live.cancelling == set()
