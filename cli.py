@@ -44,6 +44,7 @@ from steadyhand.dashboard.status import (
     public,
     utilization_of,
 )
+from steadyhand.portfolio.books import read_strategies, strategy_lines
 from steadyhand.runtime import procs
 from steadyhand.state import store
 
@@ -153,10 +154,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def _checked_for_run(settings: Settings, config_path: str | None) -> Settings:
     """The strategy loads and the replay file is usable (ConfigError otherwise), before anything starts."""
     from steadyhand.data.bar_files import with_replay_symbols
-    from steadyhand.strategies.loader import load_strategy
+    from steadyhand.strategies.specs import check_strategies
 
     settings = with_replay_symbols(settings, config_path)
-    load_strategy(settings.strategy)
+    check_strategies(settings)
     return settings
 
 
@@ -271,7 +272,7 @@ def _shutdown(system: Any, data_dir: Path, port: int) -> None:
 def read_report(data_dir: Path) -> dict[str, Any]:
     db = store.open_readonly(data_dir)
     empty = {"positions": {}, "open_orders": 0, "orders": 0, "fills": 0, "last_reconciliation": None,
-             "trading_state": "active", "halt_reason": "", "portfolio": portfolio_of(None)}
+             "trading_state": "active", "halt_reason": "", "portfolio": portfolio_of(None), "strategies": {}}
     if db is None or "orders" not in db.table_names():
         return empty
     try:
@@ -287,7 +288,7 @@ def read_report(data_dir: Path) -> dict[str, Any]:
                 "last_reconciliation": json.loads(row[0]) if row else None,
                 "trading_state": store.get_control(db, "trading_state", "active"),
                 "halt_reason": store.get_control(db, "halt_reason", "") or "",
-                "portfolio": portfolio_of(db)}
+                "portfolio": portfolio_of(db), "strategies": read_strategies(db)}
     finally:
         db.close()
 
@@ -301,7 +302,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                               "orders": report["orders"], "fills": report["fills"],
                               "last_reconciliation": report["last_reconciliation"],
                               "data_dir": str(data_dir), "portfolio": public(report["portfolio"]),
-                              "dashboard_url": None, "risk_limits": {}}
+                              "dashboard_url": None, "risk_limits": {}, "strategies": report["strategies"]}
     try:
         reply = connect(data_dir).command("status", timeout=ASK_TIMEOUT_S)
     except NotRunning as exc:
@@ -364,7 +365,7 @@ def _print_status(result: dict[str, Any]) -> None:
     positions = ", ".join(f"{s} {q}" for s, q in sorted(result["positions"].items())) or "flat"
     print(f"positions:      {positions}")
     print(f"orders:         {result['orders']} ({result['open_orders']} open), fills {result['fills']}")
-    for line in portfolio_lines(result):
+    for line in [*portfolio_lines(result), *strategy_lines(result.get("strategies", {}))]:
         print(line)
     rec = result["last_reconciliation"]
     if rec:
@@ -526,7 +527,9 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError(f"broker: {settings.broker!r} is not available in this version yet ({known})")
                 return cmd_run(args, _checked_for_run(settings, config_path))
             from steadyhand.backtest.command import cmd_backtest
+            from steadyhand.strategies.specs import require_single
 
+            require_single(settings, "backtest")
             return cmd_backtest(args, settings)
         if args.command == "strategies":
             from steadyhand.strategies.listing import cmd_strategies

@@ -59,6 +59,26 @@ class StrategySettings:
 
 
 @dataclass(frozen=True)
+class StrategySpec:
+    """One strategy of the run: ``[[strategies]]`` (several) or the old ``[strategy]`` table (one).
+
+    ``name`` is the prefix of its client order ids (``name-SYMBOL-...``), the key of its sub-book
+    and of its ``status`` entry; ``symbols`` the ones it trades. The limits are its own, checked by
+    risk on top of the run's ``[risk]`` limits; None: only the run's limit applies.
+    """
+
+    name: str
+    class_name: str  # as [strategy] class: a file/module spec or a shipped name
+    params: dict[str, Any] = field(default_factory=dict)
+    symbols: tuple[str, ...] = ()
+    max_position_qty: int | None = None  # shares held by this strategy, per symbol
+    max_order_qty: int | None = None
+    max_gross_exposure: float | None = None  # this strategy's sum of |qty| x price
+    max_daily_loss: float | None = None  # journaled and shown; not yet enforced by risk (README)
+    allow_short: bool = False  # may sell beyond what it bought (else refused by risk)
+
+
+@dataclass(frozen=True)
 class RiskSettings:
     max_order_qty: int = 1_000
     max_position_qty: int = 2_000
@@ -181,6 +201,8 @@ class Settings:
     admin_port: int = 0  # 0: pick a free port and record it in the data dir
     sim: SimSettings = field(default_factory=SimSettings)
     strategy: StrategySettings = field(default_factory=StrategySettings)
+    # [[strategies]]: several strategies at once; empty means the one [strategy] (strategy_specs()).
+    strategies: tuple[StrategySpec, ...] = ()
     risk: RiskSettings = field(default_factory=RiskSettings)
     oms: OmsSettings = field(default_factory=OmsSettings)
     heartbeat: HeartbeatSettings = field(default_factory=HeartbeatSettings)
@@ -341,6 +363,8 @@ def _validate(settings: Settings) -> None:
         )
     if strategy.qty < 1 and not strategy.class_name:
         raise ConfigError("strategy.qty: must be at least 1")
+    if settings.sim.lockstep and len(settings.strategies) > 1:
+        raise ConfigError("sim.lockstep: lock-step replay runs one strategy; this file has several [[strategies]]")
     if settings.sim.speed <= 0:
         raise ConfigError(f"sim.speed: must be positive, got {settings.sim.speed}")
     if not 0 <= settings.sim.partial_fill_probability <= 1:
@@ -387,7 +411,12 @@ def check_secrets(settings: Settings, environ: typing.Mapping[str, str] | None =
 
 def parse_settings(data: dict[str, Any]) -> Settings:
     """Settings from an already-parsed TOML document (validated)."""
-    settings = _build(Settings, _strategy_table(data), "")
+    from steadyhand.strategies.specs import parse_strategies
+
+    rest = {k: v for k, v in data.items() if k != "strategies"}
+    settings = _build(Settings, _strategy_table(rest), "")
+    if "strategies" in data:
+        settings = parse_strategies(settings, data, _check_value)
     _validate(settings)
     return settings
 
@@ -396,6 +425,8 @@ def with_strategy(settings: Settings, spec: str | None) -> Settings:
     """Settings with ``[strategy] class`` replaced (``--strategy``); ``[strategy.params]`` are kept."""
     if not spec:
         return settings
+    if settings.strategies:
+        raise ConfigError("--strategy: replaces [strategy] class; this file has [[strategies]] (name each class there)")
     return dataclasses.replace(settings, strategy=dataclasses.replace(settings.strategy, class_name=spec))
 
 

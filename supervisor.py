@@ -8,7 +8,11 @@ Read ``CHILD_SPECS`` as the table it is: who runs, in which order, and how often
   doubles with each recent restart. A second ``ChildActorExited`` for the same death (Thespian
   often sends two on a normal exit) names an address that is no longer current and is ignored.
 - Intensity: more than ``max_restarts`` restarts within ``period_s`` escalates: trading HALTED
-  (persisted), a CRITICAL alert, and the child is left down.
+  (persisted), a CRITICAL alert, and the child is left down. A strategy actor is escalated alone:
+  left down with a CRITICAL alert naming the strategy and its last exception, while the other
+  strategies keep trading; only when no strategy is left is trading halted as before.
+- Several strategies (``[[strategies]]``): the ``strategy`` row stands for one child per strategy,
+  ``strategy.NAME`` (``child_specs``); a single strategy keeps the name ``strategy``.
 - Hung: the heartbeat monitor reports an actor that missed its deadline; the supervisor kills that
   process by pid and the crash path above restarts it.
 - Stop: children are stopped one by one in reverse start order.
@@ -56,11 +60,12 @@ from steadyhand.actors.oms import OmsActor
 from steadyhand.actors.portfolio import PortfolioActor
 from steadyhand.actors.risk import RiskActor
 from steadyhand.actors.strategy import StrategyActor
-from steadyhand.config import RunSettings
+from steadyhand.config import RunSettings, Settings
 from steadyhand.control import commands
 from steadyhand.control.operator import OperatorControl
 from steadyhand.domain import Severity, TradingState
 from steadyhand.state import runs, store
+from steadyhand.strategies.specs import child_names, is_strategy_child
 from thespian.actors import ActorAddress, ActorExitRequest, ChildActorExited
 
 SUPERVISOR_NAME = "steadyhand-supervisor"  # Thespian globalName: how the CLI finds us
@@ -92,6 +97,17 @@ CHILD_SPECS: tuple[ChildSpec, ...] = (
     ChildSpec("dashboard", DashboardActor, essential=False, section="dashboard"),  # watches, never trades
     ChildSpec("heartbeat", HeartbeatActor),  # last: watches the others
 )  # fmt: skip
+
+
+def child_specs(settings: Settings) -> tuple[ChildSpec, ...]:
+    """``CHILD_SPECS`` for this run: the ``strategy`` row once per strategy (strategies/specs.py)."""
+    out: list[ChildSpec] = []
+    for spec in CHILD_SPECS:
+        if spec.name == "strategy":
+            out.extend(dataclasses.replace(spec, name=name) for name in child_names(settings))
+        else:
+            out.append(spec)
+    return tuple(out)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +200,7 @@ class Supervisor(OperatorControl, SteadyActor):
         self.halt_reason = store.get_control(self.db, "halt_reason", "") or ""
         self.secret = commands.load_secret(self.run.data_dir, create=True)
         self._open_ledger()  # before the children: the feed stamps its bars with this run's id
-        for spec in CHILD_SPECS:
+        for spec in child_specs(self.run.settings):
             if spec.section and not getattr(self.run.settings, spec.section).enabled:
                 continue
             self.children[spec.name] = Child(
@@ -205,6 +221,8 @@ class Supervisor(OperatorControl, SteadyActor):
             self.event("runs_crashed", run_ids=crashed, level="warning")
         strategy = self.run.settings.strategy
         strategies = [strategy.class_name or strategy.name]  # the [strategy] class, or the shipped SMA
+        if self.run.settings.strategies:  # [[strategies]]: their names (the order-id prefixes)
+            strategies = [spec.name for spec in self.run.settings.strategies]
         config = {"strategy": _plain(self.run.settings.strategy), "start_cash": self.run.settings.sim.start_cash}
         self.run_id = runs.open_run(self.db, self.run.settings.broker, strategies,
                                     store.iso(self.run.clock.now()), os.getpid(), config)
@@ -322,6 +340,9 @@ class Supervisor(OperatorControl, SteadyActor):
         self._record_actor(child)
         self._journal_restart(name, "escalated", child.down_reason)
         self._broadcast_wiring()  # peers learn it is gone
+        if is_strategy_child(name) and self._strategies_up():
+            self._escalate_strategy(child)
+            return
         if not child.spec.essential:  # an observer (the dashboard): trading does not depend on it
             self.alert(f"escalation:{name}", Severity.HIGH, f"steadyhand: {name} keeps crashing",
                        f"{name} crashed {child.down_reason}; it is left down, trading goes on.")
@@ -331,6 +352,19 @@ class Supervisor(OperatorControl, SteadyActor):
         why = f" Last error: {child.last_error}" if child.last_error else ""
         self.alert(f"escalation:{name}", Severity.CRITICAL, f"steadyhand HALTED: {name} keeps crashing",
                    f"{name} crashed {child.down_reason}; it is left down and trading is halted.{why}")
+        self._answer_starter()
+
+    def _strategies_up(self) -> bool:
+        """Whether any strategy actor is still running (or being restarted), i.e. not left down."""
+        return any(is_strategy_child(n) and not c.down_reason for n, c in self.children.items())
+
+    def _escalate_strategy(self, child: Child) -> None:
+        """One strategy keeps crashing: it alone is left down; the others keep trading."""
+        name = child.spec.name
+        error = child.last_error or "no exception reported (killed?)"
+        self.alert(f"escalation:{name}", Severity.CRITICAL, f"steadyhand: strategy {name} left down",
+                   f"{name} crashed {child.down_reason} (last: {error}); it is left down, "
+                   f"the other strategies keep trading. `steadyhand restart {name}` to try again.")
         self._answer_starter()
 
     def on_crash_report(self, message: CrashReport, sender: ActorAddress) -> None:

@@ -70,6 +70,7 @@ class SteadyActor(Actor):
         self._sleeping_slow: set[str] = set()  # periodic timers now waiting out a slow period
         self.timer_late_s = 0.0  # how late the running periodic timer fired after its slot
         self._crashed = False
+        self._crash_reported = False  # report_crash() already said why (CrashReport)
         self._last_alive = 0.0
         self._wired_once = False
         self._retention_steps: dict[str, retention.Step] = {}
@@ -128,6 +129,8 @@ class SteadyActor(Actor):
         self._crashed = True
         self.event("crashed", level="error", exc_info=True, error=repr(exc),
                    message=type(message).__name__)
+        if not self._crash_reported:  # so an escalation alert can name the exception
+            self.report_crash(f"{type(exc).__name__}: {exc}")
         self.send(self.myAddress, ActorExitRequest())
 
     @property
@@ -238,6 +241,7 @@ class SteadyActor(Actor):
 
     def report_crash(self, error: str) -> None:
         """Tell the supervisor why this actor is about to crash: its escalation alert then says it."""
+        self._crash_reported = True  # the first, most specific reason wins (see _crash)
         if self.supervisor is not None:
             self.send(self.supervisor, CrashReport(self.name, error))
 

@@ -22,6 +22,7 @@ from steadyhand.sim.lockstep import LockstepFeed, is_lockstep
 from steadyhand.sim.market import MarketModel, load_market
 from steadyhand.sim.replay import ReplayMarket
 from steadyhand.state import retention, runs, store
+from steadyhand.strategies.specs import strategy_peers
 from thespian.actors import ActorAddress
 
 MINUTE = timedelta(minutes=1)
@@ -158,7 +159,7 @@ class FeedActor(LockstepFeed, SteadyActor):
             return
         batch = Bars(ts=minute, bars=tuple(good))
         self.last_bar_at = minute + MINUTE
-        for peer in ("strategy", "risk", "portfolio"):
+        for peer in (*strategy_peers(self.peers), "risk", "portfolio"):  # every strategy ([[strategies]])
             self.tell_peer(peer, batch)
         self._journal_bars(good, "live")  # after sending: the bar's way to an order does not wait for it
 

@@ -136,6 +136,8 @@ class OpenOrders:
 
     by_symbol: dict[str, int]  # symbol -> number of open orders
     pending_qty: dict[str, int]  # symbol -> signed qty still to fill
+    # strategy (client order id prefix) -> symbol -> signed qty still to fill ([[strategies]])
+    pending_by_strategy: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,9 +163,13 @@ class BrokerSnapshot:
 
 @dataclass(frozen=True, slots=True)
 class PositionsSnapshot:
-    """Portfolio -> strategy, risk: current positions (symbol -> signed qty)."""
+    """Portfolio -> strategy, risk: current positions (symbol -> signed qty).
+
+    Risk gets the net and, in ``by_strategy``, every strategy's sub-book (strategy -> symbol -> qty);
+    with several strategies each strategy actor gets its own sub-book as ``positions``."""
 
     positions: dict[str, int]
+    by_strategy: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -583,7 +583,9 @@ class OmsActor(SteadyActor):
 
     def _open_orders(self) -> OpenOrders:
         by_symbol, pending = self.journal.open_by_symbol()
-        return OpenOrders(by_symbol=by_symbol, pending_qty=pending)
+        # Several strategies: each one's own working orders (risk passes each strategy its share).
+        mine = self.journal.pending_by_strategy() if self.run.settings.strategies else {}
+        return OpenOrders(by_symbol=by_symbol, pending_qty=pending, pending_by_strategy=mine)
 
     def _send_snapshot(self, authoritative: bool = False) -> None:
         """Broker positions and cash to the portfolio. An authoritative one (the portfolio adopts

@@ -8,7 +8,6 @@ and the broker's figures adopted.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -17,8 +16,10 @@ from steadyhand.actors.base import SteadyActor
 from steadyhand.actors.messages import Bars, BrokerSnapshot, Fills, PnlUpdate, PositionsSnapshot
 from steadyhand.dashboard.book import BOOK_KEY, book_json
 from steadyhand.domain import Severity, Side, market_hours
+from steadyhand.portfolio.books import SET_MARK, UPSERT_BOOK, Books, Position
 from steadyhand.reports import execution
 from steadyhand.state import retention, store
+from steadyhand.strategies.specs import CHILD_PREFIX, SINGLE_CHILD, is_strategy_child, strategy_peers
 from thespian.actors import ActorAddress
 
 ZERO = Decimal(0)
@@ -32,29 +33,6 @@ UPSERT_EQUITY = ("INSERT INTO equity (ts, equity, cash, realized, unrealized) VA
                  " realized = excluded.realized, unrealized = excluded.unrealized")
 
 
-@dataclass
-class Position:
-    qty: int = 0
-    avg_cost: Decimal = ZERO
-    realized: Decimal = ZERO
-
-    def apply(self, signed_qty: int, price: Decimal) -> None:
-        """A fill of ``signed_qty`` at ``price``: average in, or realize what it closes."""
-        if self.qty == 0 or (self.qty > 0) == (signed_qty > 0):
-            total = abs(self.qty) + abs(signed_qty)
-            self.avg_cost = (abs(self.qty) * self.avg_cost + abs(signed_qty) * price) / total
-            self.qty += signed_qty
-            return
-        closed = min(abs(signed_qty), abs(self.qty))
-        direction = 1 if self.qty > 0 else -1
-        self.realized += closed * (price - self.avg_cost) * direction
-        self.qty += signed_qty
-        if self.qty == 0:
-            self.avg_cost = ZERO
-        elif (self.qty > 0) != (direction > 0):  # crossed through zero: the rest is a new position
-            self.avg_cost = price
-
-
 class PortfolioActor(SteadyActor):
     def setup(self) -> None:
         self.db = store.connect(self.run.db_path, synchronous="NORMAL")
@@ -63,6 +41,10 @@ class PortfolioActor(SteadyActor):
             for row in self.db.query("SELECT * FROM positions")
         }
         self.fills_applied_through = int(store.get_portfolio_state(self.db, "fills_applied_through") or 0)
+        # Sub-books (portfolio/books.py): a data dir from before them starts at 0 and is rebuilt.
+        self.books = Books.from_rows(self.db.query("SELECT * FROM strategy_positions"))
+        self.books_applied_through = int(store.get_portfolio_state(self.db, "books_applied_through") or 0)
+        self.books_mismatch: dict[str, Any] = {}
         self.cash: Decimal | None = None  # from the broker's first snapshot
         self.marks: dict[str, float] = {}
         self.session_day = ""
@@ -82,7 +64,7 @@ class PortfolioActor(SteadyActor):
         self.start_retention({"equity": lambda now: retention.roll_up_equity(self.db.conn, now, days)})
 
     def on_peers_changed(self, names: set[str]) -> None:
-        if names & {"strategy", "risk"}:
+        if "risk" in names or any(is_strategy_child(n) for n in names):
             self._send_positions()
 
     # --- fills ------------------------------------------------------------------------------
@@ -94,29 +76,39 @@ class PortfolioActor(SteadyActor):
         self._catch_up_fills()
 
     def _catch_up_fills(self) -> None:
-        rows = self.db.conn.execute("SELECT rowid, symbol, side, qty, price FROM fills WHERE rowid > ? ORDER BY rowid",
-                                    (self.fills_applied_through,)).fetchall()
+        rows = self.db.conn.execute(
+            "SELECT rowid, symbol, side, qty, price, client_order_id FROM fills WHERE rowid > ? ORDER BY rowid",
+            (min(self.fills_applied_through, self.books_applied_through),)).fetchall()
         if not rows:
             return
-        touched = set()
-        for _, symbol, side, qty, price_text in rows:
-            position = self.positions.setdefault(symbol, Position())
+        touched, books_touched = set(), set()
+        for rowid, symbol, side, qty, price_text, client_order_id in rows:
             price = Decimal(price_text)
+            if rowid > self.books_applied_through:
+                books_touched.add(self.books.apply(client_order_id, symbol, side, qty, price))
+            if rowid <= self.fills_applied_through:
+                continue  # a book being rebuilt: the net has this fill already
+            position = self.positions.setdefault(symbol, Position())
             signed = Side(side).sign * int(qty)
             position.apply(signed, price)
             if self.cash is not None:
                 self.cash -= signed * price
             touched.add(symbol)
-        self.fills_applied_through = rows[-1][0]
-        self._save(touched, applied_through=self.fills_applied_through)
+        self.fills_applied_through = self.books_applied_through = rows[-1][0]
+        self._save(touched, applied_through=self.fills_applied_through, books=books_touched)
+        self._check_books()
         self._send_positions()
 
-    def _save(self, symbols: set[str], applied_through: int | None = None) -> None:
+    def _save(self, symbols: set[str], applied_through: int | None = None,
+              books: set[tuple[str, str]] | None = None) -> None:
         # Plain SQL on the hot path (sqlite-utils' upsert re-reads the schema on every call).
         now = store.now_iso()
         with store.transaction(self.db):
-            if applied_through is not None:  # same transaction: positions and cursor never disagree
-                store.set_portfolio_state(self.db, fills_applied_through=str(applied_through))
+            if applied_through is not None:  # same transaction: positions, books and cursors never disagree
+                store.set_portfolio_state(self.db, fills_applied_through=str(applied_through),
+                                          books_applied_through=str(applied_through))
+            if books:
+                self.db.conn.executemany(UPSERT_BOOK, self.books.rows(books, now, self.marks))
             self._save_book()
             rows = []
             for symbol in symbols:
@@ -138,9 +130,23 @@ class PortfolioActor(SteadyActor):
         return Decimal(str(self.marks.get(symbol, self.positions[symbol].avg_cost)))
 
     def _send_positions(self) -> None:
-        snapshot = PositionsSnapshot({s: p.qty for s, p in self.positions.items() if p.qty})
-        self.tell_peer("strategy", snapshot)
+        books = self.books.quantities()
+        snapshot = PositionsSnapshot({s: p.qty for s, p in self.positions.items() if p.qty}, books)
+        for peer in strategy_peers(self.peers):  # several: each its own sub-book; one: the net, as ever
+            own = snapshot if peer == SINGLE_CHILD else PositionsSnapshot(books.get(peer[len(CHILD_PREFIX):], {}))
+            self.tell_peer(peer, own)
         self.tell_peer("risk", snapshot)
+
+    def _check_books(self) -> None:
+        """The sub-books must sum to the net; a difference (e.g. broker positions adopted) is alerted once."""
+        differences = self.books.differences({s: p.qty for s, p in self.positions.items()})
+        if differences == self.books_mismatch:
+            return
+        self.books_mismatch = differences
+        if differences:
+            self.event("books_mismatch", level="warning", differences=differences)
+            self.alert("books:mismatch", Severity.HIGH, "strategy sub-books do not sum to the net position",
+                       f"per symbol, books vs net: {differences}")
 
     # --- marks and equity -------------------------------------------------------------------
 
@@ -170,6 +176,8 @@ class PortfolioActor(SteadyActor):
         # crash; rows on change only would stall that progress marker while flat. Either saves only
         # ~0.1 ms a tick: this connection is synchronous=NORMAL, so in WAL mode a commit has no fsync.
         with store.transaction(self.db):
+            held = self.books.held_symbols()  # marks for the sub-books' unrealized P&L (status)
+            self.db.conn.executemany(SET_MARK, [(str(b.close), b.symbol) for b in message.bars if b.symbol in held])
             self.db.conn.execute(UPSERT_EQUITY, (store.iso(message.ts), str(equity), str(self.cash.quantize(CENT)),
                                                  str(realized), str(unrealized.quantize(CENT))))
             self._save_book(message.ts)
@@ -260,4 +268,5 @@ class PortfolioActor(SteadyActor):
                 position.avg_cost = position.avg_cost or mark
         self.cash = message.cash
         self._save(set(differences))
+        self._check_books()
         self._send_positions()

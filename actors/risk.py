@@ -39,8 +39,10 @@ from steadyhand.domain import OrderSpec, OrderStatus, OrderType, Severity, Side,
 from steadyhand.orders import amend
 from steadyhand.orders.journal import OrderJournal
 from steadyhand.risk.checks import Decision, RiskBook, breaker_check, order_spec, signal_problem
+from steadyhand.risk.strategy_limits import StrategyBooks
 from steadyhand.sim.lockstep import is_lockstep
 from steadyhand.state import retention, store
+from steadyhand.strategies.specs import CHILD_PREFIX, SINGLE_CHILD, strategy_peers
 from thespian.actors import ActorAddress
 
 
@@ -50,6 +52,7 @@ class RiskActor(SteadyActor):
         self.clock = self.run.clock
         self.book = RiskBook(settings.risk, settings.whitelist)
         self.book.reconciling = True  # until the OMS says otherwise
+        self.strategies = StrategyBooks.of(settings.strategies)  # [[strategies]]: each one's own limits
         self.db = store.connect(self.run.db_path, synchronous="NORMAL")
         self.session_day: str = store.get_risk_state(self.db, "session_day") or ""
         self.handlers = {
@@ -108,7 +111,9 @@ class RiskActor(SteadyActor):
         for signal in message.signals:
             problem = signal_problem(signal)
             request = order_spec(signal, whole=problem is None)
-            decision = Decision.deny("signal", problem) if problem else self.book.decide(request, now_wall, now_sim)
+            decision = (Decision.deny("signal", problem) if problem else
+                        self.strategies.check(request, self.book.order_price(request), self.book.last_prices)
+                        or self.book.decide(request, now_wall, now_sim))
             if decision.approved and (self.broker_down or self.store_fault):
                 decision = Decision.deny("broker" if self.broker_down else "store",
                                          f"broker unavailable: {self.broker_down}" if self.broker_down
@@ -119,6 +124,7 @@ class RiskActor(SteadyActor):
                        check=decision.check, reason=decision.reason)
             if decision.approved:
                 approved.append(request)
+                self.strategies.record(request)
         try:
             # Plain SQL, one transaction: sqlite-utils' insert_all re-reads the schema on every call.
             with store.transaction(self.db):
@@ -191,6 +197,7 @@ class RiskActor(SteadyActor):
 
     def on_positions(self, message: PositionsSnapshot, sender: ActorAddress) -> None:
         self.book.positions = dict(message.positions)
+        self.strategies.note_snapshot(message.by_strategy)
 
     def on_pnl(self, message: PnlUpdate, sender: ActorAddress) -> None:
         self.book.day_pnl = float(message.day_pnl)
@@ -205,12 +212,15 @@ class RiskActor(SteadyActor):
     def on_open_orders(self, message: OpenOrders, sender: ActorAddress) -> None:
         self.book.open_orders = dict(message.by_symbol)
         self.book.pending_qty = dict(message.pending_qty)
-        self.tell_peer("strategy", message)  # what still works, so a repeated target does not order twice
+        self.strategies.note_open_orders(message.pending_by_strategy)
+        for peer in strategy_peers(self.peers):  # what still works, so a repeated target does not order twice
+            self.tell_peer(peer, own_open_orders(message, peer))
 
     def on_fills(self, message: Fills, sender: ActorAddress) -> None:
         for fill in message.fills:  # positions move now; the portfolio snapshot confirms later
             pos = self.book.positions.get(fill.symbol, 0) + fill.side.sign * fill.qty
             self.book.positions[fill.symbol] = pos
+        self.strategies.note_fills(message.fills)
 
     def on_broker_health(self, message: BrokerHealth, sender: ActorAddress) -> None:
         down = "" if message.ok else (message.reason or "broker unavailable")
@@ -267,3 +277,11 @@ def _decision_row(ts: str, clock_ts: str, request: OrderSpec, decision: Decision
 
 def _dec(text: str | None) -> Decimal | None:
     return None if text is None else Decimal(text)
+
+
+def own_open_orders(message: OpenOrders, peer: str) -> OpenOrders:
+    """What a strategy actor is told still works: everything for the one ``strategy``, only its own
+    orders for ``strategy.NAME`` (so it does not count another strategy's order as its own)."""
+    if peer == SINGLE_CHILD:
+        return message
+    return OpenOrders(by_symbol={}, pending_qty=dict(message.pending_by_strategy.get(peer[len(CHILD_PREFIX):], {})))

@@ -25,6 +25,7 @@ from steadyhand.actors.messages import (
 )
 from steadyhand.strategies.live import Amend, LiveStrategy
 from steadyhand.strategies.loader import load_strategy, spec_and_params
+from steadyhand.strategies.specs import spec_for_child, spec_settings
 from thespian.actors import ActorAddress
 
 
@@ -35,8 +36,9 @@ class StrategyError(RuntimeError):
 class StrategyActor(SteadyActor):
     def setup(self) -> None:
         settings = self.run.settings
-        self.spec = spec_and_params(settings.strategy)[0]
-        self.live = LiveStrategy(load_strategy(settings.strategy), settings.symbols)
+        spec = spec_for_child(self.name, settings)  # which strategy this instance runs ([[strategies]])
+        self.spec = spec_and_params(spec_settings(spec, settings))[0]
+        self.live = LiveStrategy(load_strategy(spec_settings(spec, settings)), spec.symbols, name=spec.name)
         self.positions: dict[str, int] = {}
         self._warm = False
         self.handlers = {

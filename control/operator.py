@@ -215,7 +215,8 @@ class OperatorControl:
         old = self.run.settings
         applied = [section for section in ("risk", "alerts") if getattr(new, section) != getattr(old, section)]
         needs_restart = [k for k in ("broker", "symbols", "sim", "strategy", "oms", "heartbeat", "supervisor",
-                                     "admin_port", "alpaca", "ibkr") if getattr(new, k) != getattr(old, k)]
+                                     "admin_port", "alpaca", "ibkr", "strategies")
+                         if getattr(new, k) != getattr(old, k)]
         merged = type(old)(**{**{f: getattr(old, f) for f in old.__dataclass_fields__},
                               "risk": new.risk, "alerts": new.alerts})
         self.run = type(self.run)(**{**{f: getattr(self.run, f) for f in self.run.__dataclass_fields__},

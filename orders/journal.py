@@ -24,6 +24,7 @@ from typing import Any
 
 from steadyhand.domain import BrokerOrder, Fill, OrderSpec, OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.state import store
+from steadyhand.strategies.specs import strategy_of
 
 OPEN_STATUSES = tuple(s.value for s in OrderStatus if s.is_open)
 _IS_OPEN = f"status IN ({','.join('?' * len(OPEN_STATUSES))})"  # SQL condition, with OPEN_STATUSES
@@ -97,6 +98,16 @@ class OrderJournal:
             by_symbol[row["symbol"]] += 1
             pending[row["symbol"]] += Side(row["side"]).sign * (row["qty"] - (row["filled_qty"] or 0))
         return dict(by_symbol), dict(pending)
+
+    def pending_by_strategy(self) -> dict[str, dict[str, int]]:
+        """Signed qty still to fill per strategy (its client order ids' prefix) and symbol."""
+        out: dict[str, dict[str, int]] = {}
+        for row in self.db.query(f"SELECT client_order_id, symbol, side, qty, filled_qty FROM orders WHERE {_IS_OPEN}",
+                                 OPEN_STATUSES):
+            book = out.setdefault(strategy_of(row["client_order_id"]), {})
+            book[row["symbol"]] = book.get(row["symbol"], 0) + Side(row["side"]).sign * (
+                row["qty"] - (row["filled_qty"] or 0))
+        return out
 
     def pending_since(self, cutoff: str, limit: int) -> list[dict[str, Any]]:
         """PENDING_SUBMIT rows created before ``cutoff`` (ISO text), oldest first."""

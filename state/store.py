@@ -44,6 +44,7 @@ TABLE_OWNERS: dict[str, str] = {
     "portfolio_state": "portfolio",  # e.g. the last session summarized
     "runs": "supervisor",  # the run ledger: one row per `steadyhand run` (state/runs.py)
     "bars": "feed",  # every good bar the feed sent, per run (the parity report's backtest input)
+    "strategy_positions": "portfolio",  # each strategy's sub-book, derived from fills (portfolio/books.py)
 }
 
 
@@ -235,6 +236,16 @@ def _m8_execution_data(db: sqlite_utils.Database) -> None:
     )
 
 
+def _m9_strategy_books(db: sqlite_utils.Database) -> None:
+    # Sub-books per strategy ([[strategies]]); rebuilt from the fills journal when missing, so an
+    # existing data dir gets its books on the first start (portfolio/books.py).
+    db["strategy_positions"].create(
+        {"strategy": str, "symbol": str, "qty": int, "avg_cost": str, "realized_pnl": str,
+         "last_price": str, "updated_at": str},
+        pk=("strategy", "symbol"),
+    )
+
+
 # Numbered migrations: append, never edit a released one.
 MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (1, "initial schema", _m1_initial),
@@ -245,6 +256,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[sqlite_utils.Database], None]]] = [
     (6, "order replace: intent, outcome, links", _m6_order_replace),
     (7, "run ledger", _m7_runs),
     (8, "execution data on orders, journaled bars", _m8_execution_data),
+    (9, "strategy sub-books", _m9_strategy_books),
 ]
 
 

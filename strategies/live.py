@@ -64,9 +64,9 @@ class TickResult:
 class LiveStrategy:
     """A loaded Strategy fed one tick at a time (see the module docstring)."""
 
-    def __init__(self, strategy: Strategy, symbols: Sequence[str]) -> None:
+    def __init__(self, strategy: Strategy, symbols: Sequence[str], name: str = "") -> None:
         self.strategy = strategy
-        self.name = strategy.strategy_id()
+        self.name = name or strategy.strategy_id()  # [[strategies]] name: its order ids' prefix
         self.symbols: tuple[str, ...] = tuple(sorted(dict.fromkeys(symbols)))  # sorted: frames sort by symbol
         for symbol in self.symbols:  # fail at start, not on the first intent
             intent_id(self.name, symbol, datetime(2000, 1, 1, tzinfo=UTC), Side.BUY)

@@ -1,0 +1,1 @@
+"""The portfolio's logic: the strategies' sub-books (books.py), behind actors/portfolio.py."""
