@@ -74,7 +74,7 @@ class StrategySpec:
     max_position_qty: int | None = None  # shares held by this strategy, per symbol
     max_order_qty: int | None = None
     max_gross_exposure: float | None = None  # this strategy's sum of |qty| x price
-    max_daily_loss: float | None = None  # journaled and shown; not yet enforced by risk (README)
+    max_daily_loss: float | None = None  # its own loss today; risk refuses its non-reducing orders beyond it
     allow_short: bool = False  # may sell beyond what it bought (else refused by risk)
 
 

@@ -181,6 +181,8 @@ class PnlUpdate:
     peak_equity: Decimal
     gross_exposure: Decimal
     ts: datetime
+    # [[strategies]]: each strategy's P&L since the session's first tick (its max_daily_loss).
+    strategy_day_pnl: tuple[tuple[str, Decimal], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

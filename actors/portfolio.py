@@ -8,6 +8,7 @@ and the broker's figures adopted.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -47,6 +48,7 @@ class PortfolioActor(SteadyActor):
         self.books_mismatch: dict[str, Any] = {}
         self.cash: Decimal | None = None  # from the broker's first snapshot
         self.marks: dict[str, float] = {}
+        self.strategy_day_start: dict[str, Any] = {}  # {"day", "start": {strategy: P&L text}}
         self.session_day = ""
         self.day_start_equity: Decimal | None = None
         self.peak_equity: Decimal | None = None
@@ -183,7 +185,25 @@ class PortfolioActor(SteadyActor):
             self._save_book(message.ts)
         assert self.day_start_equity is not None
         self.tell_peer("risk", PnlUpdate(equity=equity, day_pnl=equity - self.day_start_equity,
-                                         peak_equity=self.peak_equity, gross_exposure=gross, ts=message.ts))
+                                         peak_equity=self.peak_equity, gross_exposure=gross, ts=message.ts,
+                                         strategy_day_pnl=self._strategy_day_pnl(message.ts)))
+
+    def _strategy_day_pnl(self, ts: datetime) -> tuple[tuple[str, Decimal], ...]:
+        """Each strategy's P&L since the session's first tick, for its ``max_daily_loss``; only
+        computed when some strategy has one. The baseline is kept in ``portfolio_state`` so that a
+        restarted portfolio measures the day from the same point."""
+        if not any(spec.max_daily_loss is not None for spec in self.run.settings.strategies):
+            return ()
+        totals = self.books.total_pnl(self.marks)
+        day = ts.date().isoformat()
+        if self.strategy_day_start.get("day") != day:
+            saved = json.loads(store.get_portfolio_state(self.db, "strategy_day_start") or "{}")
+            if saved.get("day") != day:
+                saved = {"day": day, "start": {name: str(total) for name, total in totals.items()}}
+                store.set_portfolio_state(self.db, strategy_day_start=json.dumps(saved))
+            self.strategy_day_start = saved
+        start = self.strategy_day_start["start"]
+        return tuple((name, total - Decimal(start.get(name, "0"))) for name, total in sorted(totals.items()))
 
     def _roll_session(self, ts: datetime, equity: Decimal) -> None:
         day = ts.date().isoformat()

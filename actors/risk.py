@@ -201,6 +201,7 @@ class RiskActor(SteadyActor):
 
     def on_pnl(self, message: PnlUpdate, sender: ActorAddress) -> None:
         self.book.day_pnl = float(message.day_pnl)
+        self.strategies.day_pnl = {name: float(pnl) for name, pnl in message.strategy_day_pnl}
         self.book.drawdown = float(message.peak_equity - message.equity)
         self.book.gross_exposure = float(message.gross_exposure)
         reason = breaker_check(self.book.day_pnl, self.book.drawdown, self.run.settings.risk)

@@ -95,6 +95,18 @@ class Books:
         """Non-zero positions per strategy (what risk and each strategy actor get)."""
         return {name: {s: p.qty for s, p in book.items() if p.qty} for name, book in self.books.items()}
 
+    def total_pnl(self, marks: Mapping[str, float]) -> dict[str, Decimal]:
+        """Realized + unrealized P&L per strategy at ``marks`` (a symbol without a mark: its cost)."""
+        out: dict[str, Decimal] = {}
+        for name, book in self.books.items():
+            total = ZERO
+            for symbol, p in book.items():
+                total += p.realized
+                if p.qty and symbol in marks:
+                    total += p.qty * (Decimal(str(marks[symbol])) - p.avg_cost)
+            out[name] = total
+        return out
+
     def held_symbols(self) -> set[str]:
         """Symbols some strategy holds (long or short)."""
         return {s for book in self.books.values() for s, p in book.items() if p.qty}

@@ -11,7 +11,11 @@ any other, with check name ``strategy`` and a reason naming the strategy. In thi
 4. max_position_qty  |own projected position after the order| beyond the limit, unless it shrinks.
 5. max_gross_exposure  non-reducing: own gross (|qty| x last price over its symbols) + the order's value.
 
-``max_daily_loss`` is carried and shown but not enforced yet (README). The sub-book comes from the
+6. max_daily_loss  non-reducing: refused once the strategy's P&L since the session's first tick
+                   (realized + unrealized on its sub-book, from the portfolio's ``PnlUpdate``) is a
+                   loss of at least the limit; it may still reduce, and the other strategies go on.
+
+The sub-book comes from the
 portfolio (``PositionsSnapshot.by_strategy``); in between, fills move it at once (attributed by their
 client order id), and its working orders are the OMS's last ``OpenOrders.pending_by_strategy``
 plus what risk approved since.
@@ -36,6 +40,7 @@ class StrategyBooks:
     positions: dict[str, dict[str, int]] = field(default_factory=dict)  # strategy -> symbol -> qty
     working: dict[str, dict[str, int]] = field(default_factory=dict)  # the OMS's last report, per strategy
     sent: dict[str, dict[str, int]] = field(default_factory=dict)  # approved since that report
+    day_pnl: dict[str, float] = field(default_factory=dict)  # strategy -> P&L today (the portfolio's)
 
     @classmethod
     def of(cls, specs: Iterable[StrategySpec]) -> StrategyBooks:
@@ -91,4 +96,8 @@ class StrategyBooks:
             if gross + qty * price > spec.max_gross_exposure:
                 return Decision.deny("strategy", f"{what}: its gross exposure {_num(gross)} + {_num(qty * price)} "
                                                  f"> its max_gross_exposure {_num(spec.max_gross_exposure)}")
+        day_pnl = self.day_pnl.get(name, 0.0)
+        if spec.max_daily_loss is not None and not reducing and -day_pnl >= spec.max_daily_loss:
+            return Decision.deny("strategy", f"{what}: its loss today {_num(-day_pnl)} reached its max_daily_loss "
+                                             f"{_num(spec.max_daily_loss)}")
         return None

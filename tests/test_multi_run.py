@@ -28,6 +28,7 @@ qty = 10
 [[strategies]]
 name = "slow"
 class = "sma"
+max_daily_loss = 1000000.0  # never reached: the portfolio's per-strategy day P&L runs in a real run
 [strategies.params]
 fast = 3
 slow = 8
@@ -93,6 +94,8 @@ def test_two_strategies_keep_their_own_books_through_kills(make_bot: Any) -> Non
     fills = _query(db, "SELECT client_order_id, symbol, side, qty, price FROM fills ORDER BY rowid")
     assert all(cid.split("-")[0] in ("fast", "slow") for cid, *_ in fills)
     assert not [f for f in fills if f[0].startswith("fast-") and f[1] == "SPY"]  # fast trades its own symbols
+    day_start = _query(db, "SELECT value FROM portfolio_state WHERE key = 'strategy_day_start'")
+    assert day_start and "start" in json.loads(day_start[0][0])  # slow's max_daily_loss baseline was kept
     expected = _recompute(fills)
     books = {(s, sym): (q, Decimal(a), Decimal(r)) for s, sym, q, a, r in
              _query(db, "SELECT strategy, symbol, qty, avg_cost, realized_pnl FROM strategy_positions")}

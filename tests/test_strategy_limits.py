@@ -58,3 +58,25 @@ def test_working_orders_count_until_the_oms_reports_them_gone() -> None:
     assert b.projected("a", "AAPL") == 0
     b.note_open_orders({})  # ... and the rest canceled: nothing works any more
     assert b.projected("a", "AAPL") == 6
+
+
+def test_a_strategy_past_its_daily_loss_may_only_reduce() -> None:
+    b = StrategyBooks.of([StrategySpec("a", "sma", symbols=("AAPL",), max_daily_loss=500.0),
+                          StrategySpec("b", "sma", symbols=("AAPL",))])
+    b.note_snapshot({"a": {"AAPL": 10}, "b": {"AAPL": 10}})
+    b.day_pnl = {"a": -499.99, "b": -10_000.0}  # b has no limit of its own (the run's breaker covers it)
+    assert check(b, order("a-AAPL-1-B0", Side.BUY, 5)) is None
+    b.day_pnl["a"] = -500.0
+    reason = check(b, order("a-AAPL-2-B0", Side.BUY, 5))
+    assert reason is not None and "reached its max_daily_loss 500" in reason
+    assert check(b, order("a-AAPL-3-S0", Side.SELL, 10)) is None  # reducing is still allowed
+    assert check(b, order("b-AAPL-4-B0", Side.BUY, 5)) is None
+
+
+def test_books_total_pnl_is_realized_plus_unrealized_at_the_marks() -> None:
+    from steadyhand.portfolio.books import Books
+
+    books = Books.rebuild([("a-AAPL-1-B0", "AAPL", "buy", 10, "100"), ("a-AAPL-2-S0", "AAPL", "sell", 4, "103"),
+                           ("b-MSFT-1-B0", "MSFT", "buy", 2, "50")])
+    totals = books.total_pnl({"AAPL": 99.0})  # MSFT unmarked: valued at its cost
+    assert totals == {"a": Decimal("12") + 6 * (Decimal("99") - 100), "b": Decimal(0)}
