@@ -81,7 +81,11 @@ class Bot:
         self.started = threading.Event()
         self.admin_port = 0
 
-    def start(self, timeout: float = 60) -> Bot:
+    def start(self, timeout: float = 60, may_die_first: bool = False) -> Bot:
+        """Start ``steadyhand run`` and wait for its start banner. ``may_die_first``: a run armed to
+        die (a crash point that kills the group) may do so before the banner on a busy machine --
+        trading starts while the last children (the dashboard) still come up; then this returns
+        with the process gone instead of failing."""
         cmd = [sys.executable, "-m", "steadyhand.cli", "run", "--data-dir", str(self.data_dir), *self.args]
         if self.config_path is not None:
             cmd += ["--config", str(self.config_path)]
@@ -91,9 +95,12 @@ class Bot:
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                      env=self.env, start_new_session=True, cwd=REPO)
         threading.Thread(target=self._read, args=(self.proc,), daemon=True).start()
-        if not self.started.wait(timeout):
+        ended = (lambda: self.proc is not None and self.proc.poll() is not None) if may_die_first else (lambda: False)
+        if not procs.wait_until(lambda: self.started.is_set() or ended(), timeout, 0.05):
             self.kill_group()
             pytest.fail("steadyhand run did not start:\n" + "".join(self.output))
+        if not self.started.is_set():
+            return self  # died on purpose before its banner (may_die_first)
         self.admin_port = json.loads((self.data_dir / "run.json").read_text())["admin_port"]
         return self
 

@@ -30,7 +30,7 @@ def _crash_env(point: str) -> dict[str, str]:
 
 def _die_at(make_bot: Any, data_dir: Path, point: str) -> None:
     """Run until the point fires and takes the whole group down."""
-    bot = make_bot(args=FAST, env=_crash_env(point)).start()
+    bot = make_bot(args=FAST, env=_crash_env(point)).start(may_die_first=point.endswith(":group"))
     poll(lambda: crashpoints.fired_path(data_dir).exists(), timeout=30, what=f"{point} to fire")
     assert bot.proc.wait(10) == -signal.SIGKILL
     # nothing of the run survives the power cut (SIGKILLed processes take a moment to be gone)

@@ -30,7 +30,8 @@ def face(data_dir: Path) -> Iterator[dict[str, Any]]:
 
 
 def _die_at(make_bot: Any, data_dir: Path, config: str, point: str) -> None:
-    bot = make_bot(config=config, args=("--speed", SPEED), env={crashpoints.ENV: point}).start()
+    bot = make_bot(config=config, args=("--speed", SPEED), env={crashpoints.ENV: point}).start(
+        may_die_first=point.endswith(":group"))
     poll(lambda: crashpoints.fired_path(data_dir).exists(), timeout=60, what=f"{point} to fire")
     assert bot.proc.wait(10) == -signal.SIGKILL
     poll(lambda: not procs.run_processes(data_dir), timeout=5, what="every process of the run gone")

@@ -162,6 +162,12 @@ def test_rate_limit_answers_429(tmp_path: Path) -> None:
         with pytest.raises(APIError) as limited:
             client.get_clock()
         assert limited.value.status_code == 429
+        # The market data API has a budget of its own (as at Alpaca): bars still come.
+        data = StockHistoricalDataClient(KEY, SECRET, url_override=thread.server.urls["data_url"])
+        data._retry = 0
+        bars = data.get_stock_bars(StockBarsRequest(symbol_or_symbols="AAPL", timeframe=TimeFrame.Minute,
+                                                    start=thread.server.clock.now() - timedelta(minutes=5)))
+        assert bars is not None
 
 
 def test_clock_and_calendar(trading: TradingClient, exchange: ServerThread) -> None:

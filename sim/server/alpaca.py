@@ -124,6 +124,9 @@ def endpoint(handler: Callable[[Request], Awaitable[Reply]]) -> Callable[[Reques
     return run
 
 
+DATA_PATHS = ("/v2/stocks/", "/v1beta")  # Alpaca's market data API (data.alpaca.markets): its own rate budget
+
+
 class AlpacaGate:
     """ASGI middleware in front of every REST request (not ``/_admin/``, not the websockets):
     the API keys (401), the per-key rate limit (429), the request count, then an injected fault:
@@ -145,7 +148,7 @@ class AlpacaGate:
         if not server.authorized(key, headers.get("apca-api-secret-key", "")):
             await _error(401, "request is not authorized")(scope, receive, send)
             return
-        if not server.within_rate(key):
+        if not server.within_rate(key, "data" if path.startswith(DATA_PATHS) else "trading"):
             await _error(429, "rate limit exceeded")(scope, receive, send)
             return
         server.request_counts[f"{method} {path}"] += 1

@@ -169,7 +169,7 @@ class ExchangeServer:
         self.started_sim: datetime | None = None  # the simulated time this server started at
         self.alpaca = alpaca.AlpacaFace(self)
         self.app = self._build_app()
-        self._hits: dict[str, deque[float]] = {}
+        self._hits: dict[tuple[str, str], deque[float]] = {}  # (key, api) -> request times
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exchange-sim")
         self._uvicorn: _Uvicorn | None = None
         self._serving: asyncio.Task[None] | None = None
@@ -296,12 +296,14 @@ class ExchangeServer:
         ok_secret = hmac.compare_digest(secret.encode(), want_secret.encode())
         return ok_key and ok_secret
 
-    def within_rate(self, key: str) -> bool:
-        """Count one request of ``key``; False when it is over the per-minute limit."""
+    def within_rate(self, key: str, api: str = "trading") -> bool:
+        """Count one request of ``key`` to ``api``; False when it is over the per-minute limit.
+        As at Alpaca, the trading API and the market data API (``/v2/stocks/...``) each have their
+        own budget: the bot's bars and quotes do not use up its order requests."""
         if self.rate_limit_per_minute <= 0:
             return True
         now = time.monotonic()
-        hits = self._hits.setdefault(key, deque())
+        hits = self._hits.setdefault((key, api), deque())
         while hits and hits[0] <= now - 60.0:
             hits.popleft()
         if len(hits) >= self.rate_limit_per_minute:
