@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -108,7 +109,13 @@ class OmsActor(SteadyActor):
         self.reconciled = False
         self.last_report: dict[str, Any] | None = None
         self.last_snapshot = 0.0
-        self.queued: set[str] = set()  # journaled, waiting in a SubmitBacklog message
+        self.queued: set[str] = set()  # journaled, waiting in the backlog (client order ids)
+        # Journaled requests still to submit, each with its bar's sent_at: in memory, not in the
+        # SubmitBacklog message, which only wakes us (re-sending thousands of specs per chunk cost
+        # O(burst^2) pickling). Lost with the process like a message would be: the rows are
+        # PENDING_SUBMIT, settled by reconciliation.
+        self.backlog: deque[tuple[OrderSpec, float]] = deque()
+        self.wake_sent = False  # a SubmitBacklog to ourselves is on its way
         self.submit_times: dict[str, tuple[float, float]] = {}  # cid -> (sent, acked) wall times, until journaled
         self.circuit = Circuit()
         self.broker_calls = 0  # requests made to the broker by this process (reported per reconciliation)
@@ -177,35 +184,42 @@ class OmsActor(SteadyActor):
             self.event("requests_dropped", level="warning", reason=why_not, count=len(message.requests))
             return
         fresh = self._journal_pending(message.requests, message.bar_sent_at)
-        self.queued.update(r.client_order_id for r in fresh)
-        self._submit_some(tuple(fresh), message.bar_sent_at)
+        self._enqueue(fresh, message.bar_sent_at)
+        if not self.wake_sent:  # else the backlog's turn comes first; these follow it
+            self._submit_some()
 
-    def _submit_some(self, requests: tuple[OrderSpec, ...], bar_sent_at: float) -> None:
-        """Submit up to SUBMIT_CHUNK journaled requests as one batch; the rest follow in a message
-        to ourselves, so a burst (thousands of orders on one bar) never keeps this actor from its
-        heartbeat. Their rows were committed before this (``_journal_pending``): the batch keeps
-        the rule "journaled before the broker hears of it"."""
-        chunk = requests[:SUBMIT_CHUNK]
-        for request in chunk:
+    def _enqueue(self, requests: list[OrderSpec] | tuple[OrderSpec, ...], bar_sent_at: float) -> None:
+        self.queued.update(r.client_order_id for r in requests)
+        self.backlog.extend((r, bar_sent_at) for r in requests)
+
+    def _submit_some(self) -> None:
+        """Submit up to SUBMIT_CHUNK journaled requests of the backlog as one batch; a message to
+        ourselves wakes us for the rest, so a burst (thousands of orders on one bar) never keeps
+        this actor from its heartbeat. Their rows were committed before this
+        (``_journal_pending``): the batch keeps the rule "journaled before the broker hears of it"."""
+        self.wake_sent = False  # (set again below; never left set by a failed run, or the backlog would stall)
+        chunk = [self.backlog.popleft() for _ in range(min(SUBMIT_CHUNK, len(self.backlog)))]
+        for request, _ in chunk:
             self.queued.discard(request.client_order_id)
             crash_point("oms.after_journal")  # per order, all before the batch: none is at the broker
         acks: list[BrokerOrder] = []
         if chunk and not (self.circuit.open or self.stopping or self.trading_state is TradingState.HALTED):
-            acks = self._submit_batch(chunk, bar_sent_at)
+            acks = self._submit_batch(chunk)
         # else they stay PENDING_SUBMIT: the poll retries them, or reconciliation settles them
         self._apply_orders(acks)
         if acks:
             self.hurry("poll")  # out of the idle rate: these orders' fills are wanted now
-        rest = requests[SUBMIT_CHUNK:]
-        if rest:
-            self.send(self.myAddress, SubmitBacklog(rest, bar_sent_at))
-        if requests:
+        self.wake_sent = bool(self.backlog)
+        if self.wake_sent:
+            self.send(self.myAddress, SubmitBacklog(()))
+        if chunk:
             self.tell_peer("risk", self._open_orders())
 
-    def _submit_batch(self, specs: tuple[OrderSpec, ...], bar_sent_at: float) -> list[BrokerOrder]:
+    def _submit_batch(self, chunk: list[tuple[OrderSpec, float]]) -> list[BrokerOrder]:
         """Step 4 for a chunk: one ``Broker.submit_many`` (the sim: one exchange transaction). An
         order the batch did not settle (transient, unknown outcome, duplicate id) goes the one-by-one
         way: lookup by client id first, then retries. The acknowledgements, for ``_apply_orders``."""
+        specs = [spec for spec, _ in chunk]
         self.still_alive()
         self.broker_calls += 1
         sent_at = time.time()
@@ -217,7 +231,7 @@ class OmsActor(SteadyActor):
         else:
             self._broker_failed("submit_many", errors[0])
         acks: list[BrokerOrder] = []
-        for spec, result in zip(specs, results, strict=True):
+        for (spec, bar_sent_at), result in zip(chunk, results, strict=True):
             if isinstance(result, OrderRejected):
                 self._on_rejected(spec, result)
                 continue
@@ -254,7 +268,8 @@ class OmsActor(SteadyActor):
         self.hurry("poll")
 
     def on_submit_backlog(self, message: SubmitBacklog, sender: ActorAddress) -> None:
-        self._submit_some(message.requests, message.bar_sent_at)
+        self._enqueue(message.requests, message.bar_sent_at)  # () from this OMS: only a wake-up
+        self._submit_some()
 
     def _journal_pending(self, requests: tuple[OrderSpec, ...], signal_at: float = 0.0) -> list[OrderSpec]:
         """Step 3: durable PENDING_SUBMIT rows, one transaction per batch; duplicates dropped."""
