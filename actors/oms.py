@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
+from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -108,7 +109,13 @@ class OmsActor(SteadyActor):
         self.reconciled = False
         self.last_report: dict[str, Any] | None = None
         self.last_snapshot = 0.0
-        self.queued: set[str] = set()  # journaled, waiting in a SubmitBacklog message
+        self.queued: set[str] = set()  # journaled, waiting in the backlog (client order ids)
+        # Journaled requests still to submit, each with its bar's sent_at: in memory, not in the
+        # SubmitBacklog message, which only wakes us (re-sending thousands of specs per chunk cost
+        # O(burst^2) pickling). Lost with the process like a message would be: the rows are
+        # PENDING_SUBMIT, settled by reconciliation.
+        self.backlog: deque[tuple[OrderSpec, float]] = deque()
+        self.wake_sent = False  # a SubmitBacklog to ourselves is on its way
         self.submit_times: dict[str, tuple[float, float]] = {}  # cid -> (sent, acked) wall times, until journaled
         self.circuit = Circuit()
         self.broker_calls = 0  # requests made to the broker by this process (reported per reconciliation)
@@ -177,29 +184,66 @@ class OmsActor(SteadyActor):
             self.event("requests_dropped", level="warning", reason=why_not, count=len(message.requests))
             return
         fresh = self._journal_pending(message.requests, message.bar_sent_at)
-        self.queued.update(r.client_order_id for r in fresh)
-        self._submit_some(tuple(fresh), message.bar_sent_at)
+        self._enqueue(fresh, message.bar_sent_at)
+        if not self.wake_sent:  # else the backlog's turn comes first; these follow it
+            self._submit_some()
 
-    def _submit_some(self, requests: tuple[OrderSpec, ...], bar_sent_at: float) -> None:
-        """Submit up to SUBMIT_CHUNK journaled requests; the rest follow in a message to ourselves,
-        so a burst (thousands of orders on one bar) never keeps this actor from its heartbeat."""
-        acks: list[BrokerOrder] = []
-        for request in requests[:SUBMIT_CHUNK]:
+    def _enqueue(self, requests: list[OrderSpec] | tuple[OrderSpec, ...], bar_sent_at: float) -> None:
+        self.queued.update(r.client_order_id for r in requests)
+        self.backlog.extend((r, bar_sent_at) for r in requests)
+
+    def _submit_some(self) -> None:
+        """Submit up to SUBMIT_CHUNK journaled requests of the backlog as one batch; a message to
+        ourselves wakes us for the rest, so a burst (thousands of orders on one bar) never keeps
+        this actor from its heartbeat. Their rows were committed before this
+        (``_journal_pending``): the batch keeps the rule "journaled before the broker hears of it"."""
+        self.wake_sent = False  # (set again below; never left set by a failed run, or the backlog would stall)
+        chunk = [self.backlog.popleft() for _ in range(min(SUBMIT_CHUNK, len(self.backlog)))]
+        for request, _ in chunk:
             self.queued.discard(request.client_order_id)
-            crash_point("oms.after_journal")
-            if self.circuit.open or self.stopping or self.trading_state is TradingState.HALTED:
-                continue  # stays PENDING_SUBMIT: the poll retries it, or reconciliation settles it
-            order = self._submit(request, bar_sent_at)
-            if order is not None:
-                acks.append(order)
+            crash_point("oms.after_journal")  # per order, all before the batch: none is at the broker
+        acks: list[BrokerOrder] = []
+        if chunk and not (self.circuit.open or self.stopping or self.trading_state is TradingState.HALTED):
+            acks = self._submit_batch(chunk)
+        # else they stay PENDING_SUBMIT: the poll retries them, or reconciliation settles them
         self._apply_orders(acks)
         if acks:
             self.hurry("poll")  # out of the idle rate: these orders' fills are wanted now
-        rest = requests[SUBMIT_CHUNK:]
-        if rest:
-            self.send(self.myAddress, SubmitBacklog(rest, bar_sent_at))
-        if requests:
+        self.wake_sent = bool(self.backlog)
+        if self.wake_sent:
+            self.send(self.myAddress, SubmitBacklog(()))
+        if chunk:
             self.tell_peer("risk", self._open_orders())
+
+    def _submit_batch(self, chunk: list[tuple[OrderSpec, float]]) -> list[BrokerOrder]:
+        """Step 4 for a chunk: one ``Broker.submit_many`` (the sim: one exchange transaction). An
+        order the batch did not settle (transient, unknown outcome, duplicate id) goes the one-by-one
+        way: lookup by client id first, then retries. The acknowledgements, for ``_apply_orders``."""
+        specs = [spec for spec, _ in chunk]
+        self.still_alive()
+        self.broker_calls += 1
+        sent_at = time.time()
+        results = self.broker.submit_many(specs, self.still_alive)
+        acked_at = time.time()
+        errors = [r for r in results if isinstance(r, BrokerError)]
+        if len(errors) < len(results) or any(not isinstance(e, _TRANSIENT) for e in errors):
+            self._answered()
+        else:
+            self._broker_failed("submit_many", errors[0])
+        acks: list[BrokerOrder] = []
+        for (spec, bar_sent_at), result in zip(chunk, results, strict=True):
+            if isinstance(result, OrderRejected):
+                self._on_rejected(spec, result)
+                continue
+            if isinstance(result, BrokerError):
+                if self.circuit.open:
+                    continue  # stays PENDING_SUBMIT: the poll looks it up once the broker answers
+                order = self._send_to_broker(spec, bar_sent_at, looked_up=False)
+            else:
+                order = self._accepted(spec, result, sent_at, acked_at, bar_sent_at)
+            if order is not None:
+                acks.append(order)
+        return acks
 
     def on_replace(self, message: ReplaceOrder, sender: ActorAddress) -> None:
         """A strategy's replace, checked by risk: write-ahead journaled, then the broker (orders/amend.py)."""
@@ -224,7 +268,8 @@ class OmsActor(SteadyActor):
         self.hurry("poll")
 
     def on_submit_backlog(self, message: SubmitBacklog, sender: ActorAddress) -> None:
-        self._submit_some(message.requests, message.bar_sent_at)
+        self._enqueue(message.requests, message.bar_sent_at)  # () from this OMS: only a wake-up
+        self._submit_some()
 
     def _journal_pending(self, requests: tuple[OrderSpec, ...], signal_at: float = 0.0) -> list[OrderSpec]:
         """Step 3: durable PENDING_SUBMIT rows, one transaction per batch; duplicates dropped."""
@@ -254,21 +299,30 @@ class OmsActor(SteadyActor):
         try:
             order = self._submit_with_retries(spec, looked_up)
         except OrderRejected as exc:
-            self.mark(cid, OrderStatus.REJECTED, reason=str(exc))
-            self.alert(f"rejected:{spec.symbol}", Severity.HIGH, f"order rejected: {spec.symbol}",
-                       f"{cid}: {exc}")
-            self._rejected(str(exc))
+            self._on_rejected(spec, exc)
             return None
         except BrokerError as exc:
             self.event("submit_uncertain", level="warning", client_order_id=cid, error=repr(exc))
             return None  # still PENDING_SUBMIT: the poll looks it up and retries it later
-        self.submit_times[cid] = (sent_at, time.time())  # journaled with the ack (execution report)
+        return self._accepted(spec, order, sent_at, time.time(), bar_sent_at)
+
+    def _on_rejected(self, spec: OrderSpec, exc: OrderRejected) -> None:
+        """A rejection is final: the row ends REJECTED, a HIGH alert, and the breaker counts it."""
+        self.mark(spec.client_order_id, OrderStatus.REJECTED, reason=str(exc))
+        self.alert(f"rejected:{spec.symbol}", Severity.HIGH, f"order rejected: {spec.symbol}",
+                   f"{spec.client_order_id}: {exc}")
+        self._rejected(str(exc))
+
+    def _accepted(self, spec: OrderSpec, order: BrokerOrder, sent_at: float, acked_at: float,
+                  bar_sent_at: float) -> BrokerOrder:
+        """The broker took it: its one log line (PENDING_SUBMIT -> its status), for the caller to journal."""
+        self.submit_times[spec.client_order_id] = (sent_at, acked_at)  # journaled with the ack (execution report)
         crash_point("oms.after_submit")
         self.circuit.rejections = 0
         if self.circuit.kind == "rejecting":
             self._close_circuit()
         latency_ms = (time.time() - bar_sent_at) * 1000 if bar_sent_at else None
-        self.event("order_submitted", client_order_id=cid, broker_order_id=order.broker_order_id,
+        self.event("order_submitted", client_order_id=spec.client_order_id, broker_order_id=order.broker_order_id,
                    symbol=spec.symbol, side=spec.side.value, qty=spec.qty, status=order.status.value,
                    bar_to_ack_ms=latency_ms)
         return order
@@ -325,10 +379,14 @@ class OmsActor(SteadyActor):
         except _TRANSIENT as exc:
             self._broker_failed(op, exc)
             raise
+        self._answered()
+        return result
+
+    def _answered(self) -> None:
+        """The broker answered: the failure count restarts, an unreachable circuit closes."""
         self.circuit.failures = 0
         if self.circuit.kind == "unreachable":
             self._close_circuit()
-        return result
 
     def _broker_failed(self, op: str, exc: Exception) -> None:
         opens = self.circuit.failed(self.run.settings.oms.circuit_failures)
@@ -448,7 +506,7 @@ class OmsActor(SteadyActor):
         old = self.journal.apply(order, None if times is None else (*times, self.broker.name))
         if old is None:
             return False
-        if order.status != old:
+        if order.status != old and times is None:  # a submit's reply has its line already (order_submitted)
             self.event("order_status", client_order_id=order.client_order_id, symbol=order.symbol,
                        old=old.value, new=order.status.value, filled_qty=order.filled_qty)
         return True

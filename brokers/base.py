@@ -9,6 +9,7 @@ be looked up before anything else, a rejection is final.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol, runtime_checkable
@@ -70,6 +71,21 @@ def replacement_client_id(client_order_id: str) -> str:
     return f"{client_order_id}{REPLACE_SEP}1"
 
 
+def submit_each(broker: Broker, specs: Sequence[OrderSpec], between: Callable[[], None] | None = None,
+                ) -> list[BrokerOrder | BrokerError]:
+    """``Broker.submit_many`` for a broker without a batch call (Alpaca, IBKR): one ``submit``
+    after another, under that broker's own rate limit; each error is that order's result."""
+    results: list[BrokerOrder | BrokerError] = []
+    for spec in specs:
+        try:
+            results.append(broker.submit(spec))
+        except BrokerError as exc:
+            results.append(exc)
+        if between is not None:
+            between()
+    return results
+
+
 @runtime_checkable
 class Broker(Protocol):
     """What the OMS needs from a broker. Implementations are synchronous and used by one actor."""
@@ -79,6 +95,16 @@ class Broker(Protocol):
     def submit(self, spec: OrderSpec) -> BrokerOrder:
         """Place an order. Raises DuplicateClientOrderId, OrderRejected, TransientBrokerError,
         UnknownOutcome."""
+        ...
+
+    def submit_many(self, specs: Sequence[OrderSpec], between: Callable[[], None] | None = None,
+                    ) -> list[BrokerOrder | BrokerError]:
+        """Place several orders (a tick's chunk); one result per spec, in order: the order as
+        :meth:`submit` returns it, or the BrokerError :meth:`submit` would have raised for it
+        (DuplicateClientOrderId, OrderRejected, TransientBrokerError, UnknownOutcome). Raises
+        nothing for one order's outcome. The sim takes them in one exchange transaction (an
+        UnknownOutcome then stands for the whole batch); a broker without a batch call submits
+        one by one (:func:`submit_each`), calling ``between`` after each (the OMS's busy-pong)."""
         ...
 
     def cancel(self, broker_order_id: str) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -27,6 +27,7 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 from steadyhand.brokers.base import (
+    BrokerError,
     BrokerUpdates,
     DuplicateClientOrderId,
     NotCancelable,
@@ -339,29 +340,71 @@ class SimExchange(BookReads):
         return order
 
     def _submit(self, spec: OrderSpec, otype: OrderType, tif: TimeInForce, side: Side) -> BrokerOrder:
-        with self._write() as conn:
+        with self._write():
             now = self._now()
             self._catch_up(now)
-            if conn.execute(
-                "SELECT 1 FROM orders WHERE client_order_id = ?", (spec.client_order_id,)
-            ).fetchone():
-                raise DuplicateClientOrderId(spec.client_order_id)
-            quote = self._reference_quote(spec.symbol, now)  # in memory: costs no round trip
-            if side is Side.BUY:
-                self._check_buying_power(spec, otype, quote)
-            # A day order belongs to the session it is submitted in, or (submitted while closed)
-            # to the next one.
-            expires_at = market_hours.next_close(now) if tif is TimeInForce.DAY else None
-            broker_order_id = self._insert_order(spec, otype, tif, side, now, expires_at)
-            self._changed("order", broker_order_id, iso(now))
+            broker_order_id, quote = self._place(spec, otype, tif, side, now)
             self._hook("submit:before_commit")
             row = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))[0]
         self._hook("submit:after_commit")
-        order = _row_to_order(row)
-        if quote is None:
-            return order
-        # The quote the order met at submission (the execution report's bid/ask/mid at submit).
-        return replace(order, quote=TopOfBook(spec.symbol, quote.ts, quote.bid, quote.ask, "sim"))
+        return _with_quote(_row_to_order(row), quote)
+
+    def _place(self, spec: OrderSpec, otype: OrderType, tif: TimeInForce, side: Side,
+               now: datetime) -> tuple[str, Quote | None]:
+        """Check and insert one new order (inside a write transaction, caught up to ``now``): its
+        broker order id and the quote it met. Raises DuplicateClientOrderId, OrderRejected."""
+        if self._conn.execute("SELECT 1 FROM orders WHERE client_order_id = ?", (spec.client_order_id,)).fetchone():
+            raise DuplicateClientOrderId(spec.client_order_id)
+        quote = self._reference_quote(spec.symbol, now)  # in memory: costs no round trip
+        if side is Side.BUY:
+            self._check_buying_power(spec, otype, quote)
+        # A day order belongs to the session it is submitted in, or (submitted while closed)
+        # to the next one.
+        expires_at = market_hours.next_close(now) if tif is TimeInForce.DAY else None
+        broker_order_id = self._insert_order(spec, otype, tif, side, now, expires_at)
+        self._changed("order", broker_order_id, iso(now))
+        return broker_order_id, quote
+
+    def submit_many(self, specs: Sequence[OrderSpec], between: Callable[[], None] | None = None,
+                    ) -> list[BrokerOrder | BrokerError]:
+        """A tick's orders in ONE transaction (one catch-up, one commit): the Broker protocol's
+        batch. A switched-on fault hits the batch as one request. ``between`` is not needed."""
+        try:
+            lose_reply = self._injected("submit")
+        except BrokerError as exc:  # error, disconnect, reject: the same answer for every order
+            return [exc for _ in specs]
+        results: list[BrokerOrder | BrokerError] = []
+        placed: dict[int, tuple[str, Quote | None]] = {}
+        duplicates: list[str] = []
+        with self._write():
+            now = self._now()
+            self._catch_up(now)
+            for i, spec in enumerate(specs):
+                results.append(OrderRejected("not placed"))  # replaced below
+                try:
+                    placed[i] = self._place(spec, *self._validate(spec), now)
+                except DuplicateClientOrderId as exc:
+                    duplicates.append(spec.client_order_id)
+                    results[i] = exc
+                except OrderRejected as exc:
+                    results[i] = exc
+            self._conn.executemany("INSERT INTO duplicate_submits (client_order_id, ts) VALUES (?, ?)",
+                                   [(cid, iso(wall_now())) for cid in duplicates])
+            self._hook("submit:before_commit")
+            rows = {r["broker_order_id"]: r for r in self._placed_rows([bid for bid, _ in placed.values()])}
+        self._hook("submit:after_commit")
+        for i, (broker_order_id, quote) in placed.items():
+            results[i] = (UnknownOutcome(f"timed out (simulated fault) submitting {specs[i].client_order_id}")
+                          if lose_reply else _with_quote(_row_to_order(rows[broker_order_id]), quote))
+        return results
+
+    def _placed_rows(self, broker_order_ids: list[str]) -> list[sqlite3.Row]:
+        rows: list[sqlite3.Row] = []
+        for at in range(0, len(broker_order_ids), 500):  # under SQLite's bound-parameter limit
+            part = broker_order_ids[at:at + 500]
+            rows += self._rows(f"SELECT * FROM orders WHERE broker_order_id IN ({','.join('?' * len(part))})",
+                               tuple(part))
+        return rows
 
     def _insert_order(self, spec: OrderSpec, otype: OrderType, tif: TimeInForce, side: Side, now: datetime,
                       expires_at: datetime | None, replaces: str | None = None) -> str:
@@ -616,6 +659,13 @@ class SimExchange(BookReads):
 
     def close(self) -> None:
         self._conn.close()
+
+
+def _with_quote(order: BrokerOrder, quote: Quote | None) -> BrokerOrder:
+    """The quote the order met at submission (the execution report's bid/ask/mid at submit)."""
+    if quote is None:
+        return order
+    return replace(order, quote=TopOfBook(order.symbol, quote.ts, quote.bid, quote.ask, "sim"))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ class JournalCheckingBroker:
         self.name = inner.name
         self.checked: list[str] = []
 
-    def submit(self, spec: OrderSpec) -> BrokerOrder:
+    def _check(self, spec: OrderSpec) -> None:
         other = sqlite3.connect(self.db_path)  # a different connection sees only committed data
         try:
             row = other.execute("SELECT status FROM orders WHERE client_order_id = ?",
@@ -41,7 +41,15 @@ class JournalCheckingBroker:
             other.close()
         assert row == ("pending_submit",), f"{spec.client_order_id} not journaled before submit: {row}"
         self.checked.append(spec.client_order_id)
+
+    def submit(self, spec: OrderSpec) -> BrokerOrder:
+        self._check(spec)
         return self.inner.submit(spec)
+
+    def submit_many(self, specs: Any, between: Any = None) -> list[Any]:
+        for spec in specs:  # a batch: every row committed before the broker hears of any
+            self._check(spec)
+        return self.inner.submit_many(specs, between)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -12,18 +12,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
 import numpy as np
 import pytest
-from steadyhand.brokers.base import Broker, DuplicateClientOrderId, NotCancelable, OrderNotFound, OrderRejected
+from steadyhand.brokers.base import (
+    Broker,
+    DuplicateClientOrderId,
+    NotCancelable,
+    OrderNotFound,
+    OrderRejected,
+    TransientBrokerError,
+    UnknownOutcome,
+    submit_each,
+)
 from steadyhand.domain import Bar, OrderSpec, OrderStatus, OrderType, Side, TimeInForce
 from steadyhand.domain import market_hours as mh
 from steadyhand.sim.clock import anchor_clock
 from steadyhand.sim.exchange import SimExchange
+from steadyhand.sim.faults import clear_fault, set_fault
 from steadyhand.sim.market import Quote, SyntheticMarket, quote_arrays
 from steadyhand.sim.replay import ReplayMarket
 
@@ -597,6 +607,7 @@ from steadyhand.domain import Side
 from steadyhand.brokers.base import DuplicateClientOrderId
 from steadyhand.domain import OrderSpec
 from steadyhand.sim.exchange import SimExchange
+from steadyhand.sim.faults import clear_fault, set_fault
 from steadyhand.sim.clock import SimClock
 from steadyhand.sim.market import SyntheticMarket
 db, name, anchor_sim, anchor_real = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
@@ -848,3 +859,62 @@ def test_fill_sequences_count_up_by_fill_number(make: Callable[..., SimExchange]
 
     by_id = ex.orders_by_id([order.broker_order_id, "unknown"])
     assert list(by_id) == [order.broker_order_id] and by_id[order.broker_order_id].status is OrderStatus.FILLED
+
+
+# --- submit_many: a tick's orders in one transaction (issue 16) -------------------------------
+
+
+def test_submit_many_answers_each_order_in_order(make: Callable[..., SimExchange]) -> None:
+    ex = make()
+    ex.submit(spec("old"))
+    results = ex.submit_many([spec("a"), spec("old"), spec("bad", symbol="ZZZ"), spec("b", symbol="BBB")])
+    assert [type(r) for r in results][1:3] == [DuplicateClientOrderId, OrderRejected]
+    for cid, result in (("a", results[0]), ("b", results[3])):
+        assert not isinstance(result, Exception)
+        assert result == replace(ex.get_by_client_id(cid), quote=result.quote)  # type: ignore[arg-type]
+        assert result.client_order_id == cid and result.status is OrderStatus.SUBMITTED
+        assert result.quote is not None  # the quote it met, as submit reports it
+    assert ex.get_by_client_id("bad") is None
+    assert ex.duplicate_submits() == ["old"]
+
+
+def test_submit_many_is_one_transaction(make: Callable[..., SimExchange]) -> None:
+    class Boom(Exception):
+        pass
+
+    def hook(point: str) -> None:
+        if point == "submit:before_commit":
+            raise Boom(point)
+
+    with pytest.raises(Boom):
+        make(fault=hook).submit_many([spec("x1"), spec("x2", symbol="BBB")])
+    ex = make()
+    assert ex.get_by_client_id("x1") is None and ex.get_by_client_id("x2") is None  # all or nothing
+
+
+def test_submit_many_meets_a_fault_as_one_request(make: Callable[..., SimExchange], tmp_path: Path) -> None:
+    ex = make()
+    set_fault(tmp_path, "error", delay_s=0.0, ops=("submit",))
+    assert all(isinstance(r, TransientBrokerError) for r in ex.submit_many([spec("e1"), spec("e2")]))
+    assert ex.get_by_client_id("e1") is None  # nothing happened
+    set_fault(tmp_path, "timeout", delay_s=0.0, ops=("submit",))
+    assert all(isinstance(r, UnknownOutcome) for r in ex.submit_many([spec("t1"), spec("t2")]))
+    clear_fault(tmp_path)
+    assert ex.get_by_client_id("t1") is not None and ex.get_by_client_id("t2") is not None  # only the reply lost
+
+
+def test_submit_each_submits_one_by_one_and_keeps_each_error() -> None:
+    placed: list[str] = []
+    pongs: list[int] = []
+
+    class OneByOne:
+        def submit(self, s: OrderSpec) -> str:
+            if s.symbol == "ZZZ":
+                raise OrderRejected("unknown symbol")
+            placed.append(s.client_order_id)
+            return s.client_order_id
+
+    results = submit_each(OneByOne(), [spec("a"), spec("z", symbol="ZZZ"), spec("b")],  # type: ignore[arg-type]
+                          between=lambda: pongs.append(1))
+    assert results[0] == "a" and isinstance(results[1], OrderRejected) and results[2] == "b"  # type: ignore[comparison-overlap]
+    assert placed == ["a", "b"] and len(pongs) == 3

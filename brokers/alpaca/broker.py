@@ -29,7 +29,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -63,6 +63,7 @@ from steadyhand.brokers.base import (
     TransientBrokerError,
     UnknownOutcome,
     replacement_client_id,
+    submit_each,
 )
 from steadyhand.config import AlpacaSettings, Settings
 from steadyhand.domain import (
@@ -519,6 +520,11 @@ class AlpacaBroker:
         return fills
 
     # --- Broker ---------------------------------------------------------------------------------------
+
+    def submit_many(self, specs: Sequence[OrderSpec], between: Callable[[], None] | None = None,
+                    ) -> list[BrokerOrder | BrokerError]:
+        """One by one under the rate limit: no batch order call (``base.submit_each``)."""
+        return submit_each(self, specs, between)
 
     def submit(self, spec: OrderSpec) -> BrokerOrder:
         request = _order_request(spec)

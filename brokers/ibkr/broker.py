@@ -33,7 +33,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -50,6 +50,7 @@ from steadyhand.brokers.base import (
     OrderRejected,
     TransientBrokerError,
     UnknownOutcome,
+    submit_each,
 )
 from steadyhand.brokers.ibkr import wire
 from steadyhand.brokers.ibkr.ids import IbkrIds
@@ -359,6 +360,11 @@ class IbkrBroker:
             raise TransientBrokerError(f"ibkr: no answer within {self.timeout_s:.1f} s") from None
         except ConnectionError as exc:
             raise (UnknownOutcome if submit else TransientBrokerError)(f"ibkr: {exc}") from exc
+
+    def submit_many(self, specs: Sequence[OrderSpec], between: Callable[[], None] | None = None,
+                    ) -> list[BrokerOrder | BrokerError]:
+        """One by one under the rate limit: no batch order call (``base.submit_each``)."""
+        return submit_each(self, specs, between)
 
     def submit(self, spec: OrderSpec) -> BrokerOrder:
         return self._run(lambda: self._submit(spec), submit=True)
