@@ -21,8 +21,9 @@ from alpaca.trading.enums import QueryOrderStatus
 from alpaca.trading.requests import GetOrdersRequest
 from alpaca_exchange import KEY, SECRET, admin, alpaca_settings, inject, module_exchange, start_exchange, wait_for
 from steadyhand.brokers import make_broker
-from steadyhand.brokers.alpaca.broker import AlpacaBroker, RateLimiter
+from steadyhand.brokers.alpaca.broker import AlpacaBroker
 from steadyhand.brokers.alpaca.feed import AlpacaBarSource
+from steadyhand.brokers.alpaca.transport import RateLimiter
 from steadyhand.brokers.base import (
     Broker,
     BrokerError,

@@ -78,7 +78,7 @@ class _Collector:
         return self
 
     def stop(self) -> None:
-        from steadyhand.brokers.alpaca.broker import StreamRunner
+        from steadyhand.brokers.alpaca.transport import StreamRunner
 
         runner = StreamRunner(self.stream, "test-stream")
         runner.thread = self.thread  # stop the thread we started

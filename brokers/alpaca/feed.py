@@ -33,7 +33,7 @@ from alpaca.data.live import StockDataStream
 from alpaca.data.requests import StockBarsRequest
 from alpaca.data.timeframe import TimeFrame
 from steadyhand.brokers.alpaca import wire
-from steadyhand.brokers.alpaca.broker import (
+from steadyhand.brokers.alpaca.transport import (
     RateLimiter,
     StreamRunner,
     credentials,
