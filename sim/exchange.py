@@ -469,13 +469,7 @@ class SimExchange(BookReads):
         order is terminal), OrderRejected (the new terms are invalid)."""
         with self._write() as conn:
             now = self._now()
-            self._catch_up(now)
-            rows = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))
-            if not rows:
-                raise OrderNotFound(broker_order_id)
-            old = _row_to_order(rows[0])
-            if old.status.is_terminal:
-                raise NotCancelable(f"{broker_order_id} is {old.status.value}: it cannot be modified")
+            _, old = self._working_order(broker_order_id, now, "modified")
             spec = OrderSpec(old.client_order_id, old.symbol, old.side, old.qty if qty is None else qty,
                              old.type, old.time_in_force, old.limit_price if limit_price is None else limit_price,
                              old.stop_price if stop_price is None else stop_price)
@@ -490,6 +484,18 @@ class SimExchange(BookReads):
             row = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))[0]
         return _row_to_order(row)
 
+    def _working_order(self, broker_order_id: str, now: datetime, verb: str) -> tuple[sqlite3.Row, BrokerOrder]:
+        """Inside a write transaction: the book caught up to ``now``, then the order that is to be
+        ``verb`` (its row and itself). Raises OrderNotFound, NotCancelable (already terminal)."""
+        self._catch_up(now)
+        rows = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))
+        if not rows:
+            raise OrderNotFound(broker_order_id)
+        order = _row_to_order(rows[0])
+        if order.status.is_terminal:
+            raise NotCancelable(f"{broker_order_id} is {order.status.value}: it cannot be {verb}")
+        return rows[0], order
+
     def replace(self, broker_order_id: str, qty: int | None = None, limit_price: Decimal | None = None,
                 stop_price: Decimal | None = None, *, client_order_id: str | None = None) -> BrokerOrder:
         """The Broker protocol's replace, in Alpaca's shape (DESIGN §5): in one transaction the old
@@ -502,13 +508,7 @@ class SimExchange(BookReads):
         lose_reply = self._injected("replace")
         with self._write() as conn:
             now = self._now()
-            self._catch_up(now)
-            rows = self._rows("SELECT * FROM orders WHERE broker_order_id = ?", (broker_order_id,))
-            if not rows:
-                raise OrderNotFound(broker_order_id)
-            old = _row_to_order(rows[0])
-            if old.status.is_terminal:
-                raise NotCancelable(f"{broker_order_id} is {old.status.value}: it cannot be replaced")
+            old_row, old = self._working_order(broker_order_id, now, "replaced")
             total = old.qty if qty is None else qty
             if isinstance(total, int) and not isinstance(total, bool) and total <= old.filled_qty:
                 raise OrderRejected(f"qty {total} is not above the {old.filled_qty} already filled")
@@ -521,7 +521,7 @@ class SimExchange(BookReads):
                 raise DuplicateClientOrderId(spec.client_order_id)
             if side is Side.BUY:
                 self._check_buying_power(spec, otype, self._reference_quote(spec.symbol, now))
-            expires = rows[0]["expires_at"]  # a day order stays in its session
+            expires = old_row["expires_at"]  # a day order stays in its session
             new_id = self._insert_order(spec, otype, tif, side, now, None if expires is None else parse_iso(expires),
                                         replaces=broker_order_id)
             conn.execute("UPDATE orders SET status = ?, replaced_by = ?, updated_at = ?, reason = ? "
