@@ -22,7 +22,6 @@ is on the broker's clock (the simulated clock on the sim), from its acceptance t
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -31,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from steadyhand.reports import emit
 from steadyhand.state import store
 
 COMPONENTS = ("delay", "spread", "execution", "total")
@@ -312,16 +312,4 @@ def cmd_report_execution(args: argparse.Namespace) -> int:
             report = execution_report(db, args.since)
         finally:
             db.close()
-    if args.html:
-        try:
-            write_html(report, Path(args.html))
-        except OSError as exc:  # a directory that is not there or not writable: say so, print nothing half
-            print(f"steadyhand: cannot write {args.html}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps(report))
-    else:
-        print_text(report)
-        if args.html:
-            print(f"written: {args.html}")
-    return 0
+    return emit(args, report, write_html, print_text)

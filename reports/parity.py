@@ -25,6 +25,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from steadyhand.reports import emit
 from steadyhand.state import store
 
 
@@ -280,16 +281,4 @@ def cmd_report_parity(args: argparse.Namespace) -> int:
         return 1
     finally:
         db.close()
-    if args.html:
-        try:
-            write_html(report, Path(args.html))
-        except OSError as exc:  # a directory that is not there or not writable: say so, print nothing half
-            print(f"steadyhand: cannot write {args.html}: {exc.strerror or exc}", file=sys.stderr)
-            return 1
-    if args.json:
-        print(json.dumps({k: v for k, v in report.items() if k != "equity"}))
-    else:
-        print_text(report)
-        if args.html:
-            print(f"written: {args.html}")
-    return 0
+    return emit(args, report, write_html, print_text, {k: v for k, v in report.items() if k != "equity"})
