@@ -22,9 +22,10 @@ from steadyhand.dashboard.stream import STAGES, Hub, LogTailer, frame_of_event
 from steadyhand.dashboard.views import slippage_bps
 from steadyhand.runtime.logs import setup_actor_logging
 
+# ×90: an early close (3.5 h) stays open 140 s of wall time, longer than this test takes when busy.
 FAST = """
 [sim]
-speed = 240.0
+speed = 90.0
 [strategy]
 fast = 2
 slow = 4
