@@ -83,6 +83,8 @@ class LiveStrategy:
         self.cancelling: set[str] = set()  # cancel sent: no new order until the OMS reports none pending
         self.ignored_unknown = 0
         self.ignored_old = 0
+        # The shipped SMA, unmodified, with windows of exactly slow + 1: its rows straight from the arrays.
+        self._sma = strategy if (_plain_sma(strategy) and self.window == strategy.slow + 1) else None  # type: ignore[attr-defined]
 
     # -- feeding -------------------------------------------------------------------------------
 
@@ -111,6 +113,9 @@ class LiveStrategy:
         result = TickResult()
         if not fresh:
             return result
+        if self._sma is not None:
+            self._sma_tick(fresh, positions, result)
+            return result
         rows = check_targets(self.strategy.latest(self.frame()), self.name)
         # Only rows with an opinion, at a bar of this tick; the last row of a symbol wins.
         rows = rows[rows["target"].notna().to_numpy()]
@@ -125,6 +130,21 @@ class LiveStrategy:
                 continue
             self._act(bar, Row(*hit[1]), int(positions.get(bar.symbol, 0)), result)
         return result
+
+    def _sma_tick(self, fresh: list[Bar], positions: Mapping[str, int], result: TickResult) -> None:
+        """The shipped SMA's rows read off the windows (what ``latest(frame())`` gives, without the
+        frame or ``check_targets``: a pandas frame per tick cost more than the rest of the tick)."""
+        sma = self._sma
+        assert sma is not None
+        sig = sma.window_signals(self._values[3])
+        short = float(-sma.qty if sma.allow_short else 0)
+        for bar in fresh:
+            s = int(sig[self._index[bar.symbol]])
+            if s:
+                kind = "golden" if s > 0 else "death"
+                row = Row(float(sma.qty) if s > 0 else short, "market", math.nan, math.nan, "day",
+                          f"sma {sma.fast}/{sma.slow} {kind} cross")
+                self._act(bar, row, int(positions.get(bar.symbol, 0)), result)
 
     # -- deciding ------------------------------------------------------------------------------
 
@@ -229,3 +249,11 @@ def _by_ts(bars: Iterable[Bar]) -> list[list[Bar]]:
     for bar in batch:
         groups.setdefault(bar.ts, []).append(bar)
     return [groups[ts] for ts in sorted(groups)]
+
+
+def _plain_sma(strategy: Strategy) -> bool:
+    """The shipped SmaCross (or a subclass that changes neither ``latest`` nor ``targets``)."""
+    from steadyhand.strategies.sma import SmaCross
+
+    cls = type(strategy)
+    return isinstance(strategy, SmaCross) and cls.latest is SmaCross.latest and cls.targets is SmaCross.targets

@@ -215,6 +215,15 @@ class SmaCross(Strategy):
         sig = _crossings(_window_sums(values, fast, 2) / fast, _window_sums(values, slow, 2) / slow)[-1]
         return self._frame(bars["ts"].array[order[ends - 1]], np.asarray(names, dtype=object), sig)
 
+    def window_signals(self, closes: np.ndarray) -> np.ndarray:
+        """``latest``'s crossing per symbol straight from the live windows (symbols x ``slow + 1``
+        closes, newest last, NaN where not yet filled): the same additions in the same order, no
+        frame. Internal fast path of ``strategies/live.py``, used only while ``latest`` is this one."""
+        values = closes.T.copy()  # time-major, contiguous: the row slices below are fast
+        values[~np.isfinite(values)] = np.nan
+        fast, slow = self.fast, self.slow
+        return _crossings(_window_sums(values, fast, 2) / fast, _window_sums(values, slow, 2) / slow)[-1]
+
     def _frame(self, ts: Any, symbols: np.ndarray, sig: np.ndarray) -> pd.DataFrame:
         short = -self.qty if self.allow_short else 0
         target = np.where(sig > 0, float(self.qty), np.where(sig < 0, float(short), np.nan))
