@@ -154,3 +154,33 @@ def test_no_new_order_until_the_cancel_is_reported() -> None:
     assert live.on_bars([bar(len(closes) - 1, closes[-1])], {"A": 0}).signals == []
     live.on_open_orders({})  # the cancel went through
     assert live.cancelling == set()
+
+
+class _FramedSma(SmaCross):
+    """The shipped SMA forced through the documented path (its own ``latest``, so no fast path)."""
+
+    def latest(self, bars: pd.DataFrame) -> pd.DataFrame:
+        return super().latest(bars)
+
+
+@pytest.mark.parametrize("allow_short", [False, True])
+def test_the_shipped_smas_fast_path_makes_the_framed_paths_signals(allow_short: bool) -> None:
+    """The live SMA reads crossings off its windows (no frame per tick): on a random walk with
+    missing bars it must make exactly the signals the plug-in path makes, tick for tick."""
+    symbols = [f"S{i:02d}" for i in range(12)]
+    rng = np.random.default_rng(7)
+    closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.004, (260, len(symbols))), axis=0)).round(2)
+    fast, framed = (LiveStrategy(cls(3, 8, 5, allow_short), symbols, name="sma") for cls in (SmaCross, _FramedSma))
+    assert fast._sma is not None and framed._sma is None  # the paths under comparison
+    made = 0
+    for k in range(len(closes)):
+        ts = T0 + timedelta(minutes=k)
+        tick = [Bar(s, ts, p, p, p, p, 100) for s, p in zip(symbols, closes[k].tolist(), strict=True)
+                if rng.random() > 0.1]  # a tenth of the bars missing
+        got, want = fast.on_bars(tick, {}), framed.on_bars(tick, {})
+        assert [(s.intent_id, s.side, s.qty) for s in got.signals] == \
+               [(s.intent_id, s.side, s.qty) for s in want.signals], k
+        made += len(got.signals)
+        for live in (fast, framed):
+            live.on_open_orders({})
+    assert made > 20  # the walk crosses often enough for the comparison to mean something
