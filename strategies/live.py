@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from steadyhand.domain import Bar, OrderType, Side, Signal, TimeInForce
 from steadyhand.strategies.base import Strategy, check_targets
-from steadyhand.strategies.sma import intent_id
+from steadyhand.strategies.sma import SmaCross, intent_id
 
 _NS = 1_000_000_000
 
@@ -83,8 +83,7 @@ class LiveStrategy:
         self.cancelling: set[str] = set()  # cancel sent: no new order until the OMS reports none pending
         self.ignored_unknown = 0
         self.ignored_old = 0
-        # The shipped SMA, unmodified, with windows of exactly slow + 1: its rows straight from the arrays.
-        self._sma = strategy if (_plain_sma(strategy) and self.window == strategy.slow + 1) else None  # type: ignore[attr-defined]
+        self._sma = _shipped_sma(strategy, self.window)  # its rows straight from the arrays, when set
 
     # -- feeding -------------------------------------------------------------------------------
 
@@ -114,7 +113,7 @@ class LiveStrategy:
         if not fresh:
             return result
         if self._sma is not None:
-            self._sma_tick(fresh, positions, result)
+            self._sma_tick(self._sma, fresh, positions, result)
             return result
         rows = check_targets(self.strategy.latest(self.frame()), self.name)
         # Only rows with an opinion, at a bar of this tick; the last row of a symbol wins.
@@ -131,19 +130,14 @@ class LiveStrategy:
             self._act(bar, Row(*hit[1]), int(positions.get(bar.symbol, 0)), result)
         return result
 
-    def _sma_tick(self, fresh: list[Bar], positions: Mapping[str, int], result: TickResult) -> None:
+    def _sma_tick(self, sma: SmaCross, fresh: list[Bar], positions: Mapping[str, int], result: TickResult) -> None:
         """The shipped SMA's rows read off the windows (what ``latest(frame())`` gives, without the
         frame or ``check_targets``: a pandas frame per tick cost more than the rest of the tick)."""
-        sma = self._sma
-        assert sma is not None
-        sig = sma.window_signals(self._values[3])
-        short = float(-sma.qty if sma.allow_short else 0)
+        sig = sma.window_signals(self._values[3])  # [3]: the closes
         for bar in fresh:
-            s = int(sig[self._index[bar.symbol]])
-            if s:
-                kind = "golden" if s > 0 else "death"
-                row = Row(float(sma.qty) if s > 0 else short, "market", math.nan, math.nan, "day",
-                          f"sma {sma.fast}/{sma.slow} {kind} cross")
+            if s := int(sig[self._index[bar.symbol]]):
+                target, reason = sma.cross_target(s > 0)
+                row = Row(target, "market", math.nan, math.nan, "day", reason)
                 self._act(bar, row, int(positions.get(bar.symbol, 0)), result)
 
     # -- deciding ------------------------------------------------------------------------------
@@ -251,9 +245,10 @@ def _by_ts(bars: Iterable[Bar]) -> list[list[Bar]]:
     return [groups[ts] for ts in sorted(groups)]
 
 
-def _plain_sma(strategy: Strategy) -> bool:
-    """The shipped SmaCross (or a subclass that changes neither ``latest`` nor ``targets``)."""
-    from steadyhand.strategies.sma import SmaCross
-
+def _shipped_sma(strategy: Strategy, window: int) -> SmaCross | None:
+    """``strategy`` if it is the shipped SmaCross (or a subclass that changes neither ``latest`` nor
+    ``targets``) with windows of exactly ``slow + 1``: the fast path's condition. Else None."""
     cls = type(strategy)
-    return isinstance(strategy, SmaCross) and cls.latest is SmaCross.latest and cls.targets is SmaCross.targets
+    if not isinstance(strategy, SmaCross) or cls.latest is not SmaCross.latest or cls.targets is not SmaCross.targets:
+        return None
+    return strategy if window == strategy.slow + 1 else None

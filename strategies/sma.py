@@ -210,26 +210,32 @@ class SmaCross(Strategy):
         keep = back <= self.slow
         values = np.full((self.slow + 1, len(names)), np.nan)
         values[self.slow - back[keep], codes[order][keep]] = bars["close"].to_numpy(dtype=np.float64)[order][keep]
-        values[~np.isfinite(values)] = np.nan
-        fast, slow = self.fast, self.slow
-        sig = _crossings(_window_sums(values, fast, 2) / fast, _window_sums(values, slow, 2) / slow)[-1]
+        sig = self._newest_crossings(values)
         return self._frame(bars["ts"].array[order[ends - 1]], np.asarray(names, dtype=object), sig)
 
     def window_signals(self, closes: np.ndarray) -> np.ndarray:
         """``latest``'s crossing per symbol straight from the live windows (symbols x ``slow + 1``
-        closes, newest last, NaN where not yet filled): the same additions in the same order, no
-        frame. Internal fast path of ``strategies/live.py``, used only while ``latest`` is this one."""
-        values = closes.T.copy()  # time-major, contiguous: the row slices below are fast
+        closes, newest last, NaN where not yet filled), without a frame. Internal fast path of
+        ``strategies/live.py``, used only while ``latest`` is this one."""
+        return self._newest_crossings(closes.T.copy())  # time-major, contiguous: fast row slices
+
+    def cross_target(self, golden: bool) -> tuple[float, str]:
+        """The target and reason of a golden (else death) cross: one wording for frames and the fast path."""
+        target = float(self.qty) if golden else float(-self.qty if self.allow_short else 0)
+        return target, f"sma {self.fast}/{self.slow} {'golden' if golden else 'death'} cross"
+
+    def _newest_crossings(self, values: np.ndarray) -> np.ndarray:
+        """The crossing on the newest row of time-major ``values`` (``slow + 1`` rows; cleaned in place)."""
         values[~np.isfinite(values)] = np.nan
         fast, slow = self.fast, self.slow
         return _crossings(_window_sums(values, fast, 2) / fast, _window_sums(values, slow, 2) / slow)[-1]
 
     def _frame(self, ts: Any, symbols: np.ndarray, sig: np.ndarray) -> pd.DataFrame:
-        short = -self.qty if self.allow_short else 0
-        target = np.where(sig > 0, float(self.qty), np.where(sig < 0, float(short), np.nan))
+        (up, up_reason), (down, down_reason) = self.cross_target(True), self.cross_target(False)
+        target = np.where(sig > 0, up, np.where(sig < 0, down, np.nan))
         reason = np.full(len(sig), "", dtype=object)
-        reason[sig > 0] = f"sma {self.fast}/{self.slow} golden cross"
-        reason[sig < 0] = f"sma {self.fast}/{self.slow} death cross"
+        reason[sig > 0] = up_reason
+        reason[sig < 0] = down_reason
         return pd.DataFrame({"ts": ts, "symbol": symbols, "target": target, "reason": reason})
 
 
