@@ -62,12 +62,9 @@ from steadyhand.brokers import make_broker
 from steadyhand.brokers.base import (
     Broker,
     BrokerError,
-    DuplicateClientOrderId,
     NotCancelable,
     OrderNotFound,
     OrderRejected,
-    TransientBrokerError,
-    UnknownOutcome,
 )
 from steadyhand.domain import (
     BrokerOrder,
@@ -84,20 +81,19 @@ from steadyhand.orders import amend
 from steadyhand.orders import reconcile as reconciliation
 from steadyhand.orders.circuit import Circuit
 from steadyhand.orders.journal import OrderJournal, is_store_fault, spec_from_row
+from steadyhand.orders.submission import TRANSIENT, submit_with_retries
 from steadyhand.runtime.crashpoints import crash_point
 from steadyhand.sim.lockstep import is_lockstep
 from steadyhand.state import store
-from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 from thespian.actors import ActorAddress
 
 PENDING_RETRY_AFTER_S = 1.0  # wall seconds before a PENDING_SUBMIT row is looked up and retried
 SNAPSHOT_EVERY_S = 10.0  # broker positions sent to the portfolio for comparison
-SUBMIT_ATTEMPTS = 3  # tenacity: per submission, inside one handler (short waits: the actor blocks)
 PROBE_EVERY_S = 1.0  # while the circuit is open, the poll probes the broker this often
 RECONCILE_RETRY_S = 1.0  # a reconciliation the broker could not answer is tried again after this
 SUBMIT_CHUNK = 100  # submissions per handler run (the rest follow in a message to ourselves)
 IDLE_POLL_S = 2.0  # poll period while the market is closed and nothing of ours is working
-_TRANSIENT = (TransientBrokerError, UnknownOutcome)
+BURST_POLL_EVERY_S = 1.0  # while a backlog goes out, the poll runs at most this often (see poll)
 
 
 class OmsActor(SteadyActor):
@@ -109,6 +105,7 @@ class OmsActor(SteadyActor):
         self.reconciled = False
         self.last_report: dict[str, Any] | None = None
         self.last_snapshot = 0.0
+        self.last_poll = 0.0  # monotonic time of the last poll that ran
         self.queued: set[str] = set()  # journaled, waiting in the backlog (client order ids)
         # Journaled requests still to submit, each with its bar's sent_at: in memory, not in the
         # SubmitBacklog message, which only wakes us (re-sending thousands of specs per chunk cost
@@ -212,7 +209,10 @@ class OmsActor(SteadyActor):
         self.wake_sent = bool(self.backlog)
         if self.wake_sent:
             self.send(self.myAddress, SubmitBacklog(()))
-        if chunk:
+        if chunk and (not self.backlog or len(acks) < len(chunk)):
+            # Risk counts each approval itself, and an accepted row stays open: mid-burst the open
+            # set changes only by a rejection (or an unsettled order). Re-reading every open row
+            # after each chunk made a burst O(burst^2 / SUBMIT_CHUNK); now once at its end.
             self.tell_peer("risk", self._open_orders())
 
     def _submit_batch(self, chunk: list[tuple[OrderSpec, float]]) -> list[BrokerOrder]:
@@ -226,7 +226,7 @@ class OmsActor(SteadyActor):
         results = self.broker.submit_many(specs, self.still_alive)
         acked_at = time.time()
         errors = [r for r in results if isinstance(r, BrokerError)]
-        if len(errors) < len(results) or any(not isinstance(e, _TRANSIENT) for e in errors):
+        if len(errors) < len(results) or any(not isinstance(e, TRANSIENT) for e in errors):
             self._answered()
         else:
             self._broker_failed("submit_many", errors[0])
@@ -297,7 +297,7 @@ class OmsActor(SteadyActor):
         cid = spec.client_order_id
         sent_at = time.time()
         try:
-            order = self._submit_with_retries(spec, looked_up)
+            order = submit_with_retries(self.call, spec, looked_up, give_up=lambda: self.circuit.open)
         except OrderRejected as exc:
             self._on_rejected(spec, exc)
             return None
@@ -330,33 +330,7 @@ class OmsActor(SteadyActor):
     def _apply_orders(self, orders: list[BrokerOrder]) -> None:
         """Journal a batch of broker acknowledgements in one transaction (one fsync, not one each)."""
         if orders:
-            with self.journal.transaction():
-                for order in orders:
-                    self.apply_order(order)
-
-    def _submit_with_retries(self, spec: OrderSpec, looked_up: bool) -> BrokerOrder:
-        cid = spec.client_order_id
-        retrying = Retrying(
-            stop=stop_after_attempt(SUBMIT_ATTEMPTS) | (lambda _state: self.circuit.open),
-            wait=wait_exponential(multiplier=0.05, max=0.4),
-            retry=retry_if_exception_type(_TRANSIENT),
-            reraise=True,
-        )
-        for attempt in retrying:
-            with attempt:
-                if not looked_up:  # before any resubmission: did an earlier try get there?
-                    found = self.call("get_by_client_id", cid)
-                    if found is not None:
-                        return found
-                looked_up = False
-                try:
-                    return self.call("submit", spec)
-                except DuplicateClientOrderId:
-                    found = self.call("get_by_client_id", cid)  # accepted earlier: adopt, never resubmit
-                    if found is None:
-                        raise UnknownOutcome(f"{cid}: duplicate id but not found") from None
-                    return found
-        raise AssertionError("unreachable")  # pragma: no cover
+            self.apply_orders(orders)
 
     def find(self, cid: str) -> BrokerOrder | None:
         """The broker's order for ``cid``; None only when the broker says it has none.
@@ -376,7 +350,7 @@ class OmsActor(SteadyActor):
         self.broker_calls += 1
         try:
             result = getattr(self.broker, op)(*args)
-        except _TRANSIENT as exc:
+        except TRANSIENT as exc:
             self._broker_failed(op, exc)
             raise
         self._answered()
@@ -421,6 +395,11 @@ class OmsActor(SteadyActor):
     # --- broker updates ---------------------------------------------------------------------
 
     def poll(self) -> None:
+        if self.backlog and not self.circuit.open and time.monotonic() - self.last_poll < BURST_POLL_EVERY_S:
+            # A burst goes out first: each poll between its chunks delayed the rest of it by a
+            # fills' round; the fills wait at most BURST_POLL_EVERY_S (plus a chunk) instead.
+            return
+        self.last_poll = time.monotonic()
         if self.circuit.open:
             now = time.monotonic()
             if self.circuit.cooled_down(now):
@@ -453,9 +432,7 @@ class OmsActor(SteadyActor):
         with self.journal.transaction():  # one commit for the whole poll: fills and states together
             new_fills = self.record_fills(updates.fills, notify=False)
             changed = bool(new_fills)
-            for order in updates.orders:
-                self.still_alive()
-                changed |= self.apply_order(order)
+            changed |= self.apply_orders(updates.orders)
         self._notify_fills(new_fills)  # after the commit: the portfolio reads the journal
         self.cursor = updates.cursor  # only now: a crash or store fault above re-reads them
         return changed, len(updates.fills)
@@ -463,6 +440,8 @@ class OmsActor(SteadyActor):
     def _retry_pending(self) -> None:
         if self.stopping or self.trading_state is TradingState.HALTED:
             return  # nothing new goes out; reconciliation settles what is left
+        if self.backlog:
+            return  # its rows are PENDING_SUBMIT and on their way; the others wait for the next poll
         cutoff = store.iso(datetime.now(UTC) - timedelta(seconds=PENDING_RETRY_AFTER_S))
         rows = [r for r in self.journal.pending_since(cutoff, SUBMIT_CHUNK + len(self.queued))
                 if r["client_order_id"] not in self.queued][:SUBMIT_CHUNK]  # queued ones are on their way
@@ -502,14 +481,18 @@ class OmsActor(SteadyActor):
 
     def apply_order(self, order: BrokerOrder) -> bool:
         """Move the journal row to the broker's state; True when something changed."""
-        times = self.submit_times.pop(order.client_order_id, None)  # a submit's reply: its times and quote too
-        old = self.journal.apply(order, None if times is None else (*times, self.broker.name))
-        if old is None:
-            return False
-        if order.status != old and times is None:  # a submit's reply has its line already (order_submitted)
-            self.event("order_status", client_order_id=order.client_order_id, symbol=order.symbol,
-                       old=old.value, new=order.status.value, filled_qty=order.filled_qty)
-        return True
+        return self.apply_orders([order])
+
+    def apply_orders(self, orders: list[BrokerOrder] | tuple[BrokerOrder, ...]) -> bool:
+        """Move the journal rows to the broker's states, in one transaction; True when something changed."""
+        times = [self.submit_times.pop(o.client_order_id, None) for o in orders]  # a submit's reply: its times
+        olds = self.journal.apply_many([(order, None if t is None else (*t, self.broker.name))
+                                        for order, t in zip(orders, times, strict=True)])
+        for order, t, old in zip(orders, times, olds, strict=True):
+            if old is not None and order.status != old and t is None:  # a submit's reply has its line already
+                self.event("order_status", client_order_id=order.client_order_id, symbol=order.symbol,
+                           old=old.value, new=order.status.value, filled_qty=order.filled_qty)
+        return any(old is not None for old in olds)
 
     def record_fills(self, fills: tuple[Fill, ...] | list[Fill], notify: bool = True) -> list[Fill]:
         """Each fill once; the new ones go to the portfolio and risk (``notify``: now, else the
@@ -632,8 +615,6 @@ class OmsActor(SteadyActor):
         self.broker.close()
 
     # --- helpers ----------------------------------------------------------------------------
-
-
 
     def mark(self, cid: str, status: OrderStatus, reason: str) -> None:
         self.journal.mark(cid, status, reason)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import Counter
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -194,38 +195,68 @@ class OrderJournal:
         """Move our row to the broker's state; the row's old status when something changed, else
         None (not ours, nothing new, or not forward). ``submit``: (sent, acked, broker) of the
         submit call this order is the reply to, journaled with it (see :meth:`record_submit`)."""
-        row = self.row(order.client_order_id)
-        if row is None:
-            return None  # not ours (reconciliation decides about unknown orders)
-        old = OrderStatus(row["status"])
-        same = (old == order.status and row["filled_qty"] == order.filled_qty
-                and row["broker_order_id"] == order.broker_order_id and _same_terms(row, order))
-        if same or not advances(old, order.status):
-            if submit is not None:
-                self.record_submit(order, *submit)
-            return None
-        # The terms follow the broker's too: an order amended in place (IB) has new ones.
-        sql = ("UPDATE orders SET broker_order_id = ?, status = ?, filled_qty = ?, avg_fill_price = ?,"
-               " submitted_at = ?, updated_at = ?, reason = ?, qty = ?, limit_price = ?, stop_price = ?")
-        values = [order.broker_order_id, order.status.value, order.filled_qty, _text(order.avg_fill_price),
-                  row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(), order.reason or row["reason"],
-                  order.qty, _text(order.limit_price), _text(order.stop_price)]
-        if submit is not None and row["sent_at"] is None:  # the first submission's times and quote only
-            sql += ", sent_at = ?, acked_at = ?, bid_at_submit = ?, ask_at_submit = ?, quote_ts = ?, quote_source = ?"
-            values += _submit_values(order, *submit)
-        with store.transaction(self.db):
-            self.db.execute(sql + " WHERE client_order_id = ?", [*values, order.client_order_id])
-        return old
+        return self.apply_many([(order, submit)])[0]
+
+    def apply_many(self, items: Sequence[tuple[BrokerOrder, tuple[float, float, str] | None]],
+                   ) -> list[OrderStatus | None]:
+        """:meth:`apply` for several orders in one transaction: one ``SELECT … IN`` for their rows
+        and one ``executemany`` per statement shape (a chunk of acks: two statements, not 200).
+        Each order's old status or None, in order."""
+        cids = [order.client_order_id for order, _ in items]
+        if len(set(cids)) < len(cids):  # an order twice: each compared with what the one before wrote
+            return [self.apply_many([item])[0] for item in items]
+        rows = self._rows_of(cids)
+        olds: list[OrderStatus | None] = []
+        updates: dict[str, list[list[Any]]] = {}
+        for order, submit in items:
+            row = rows.get(order.client_order_id)
+            if row is None:
+                olds.append(None)  # not ours (reconciliation decides about unknown orders)
+                continue
+            old = OrderStatus(row["status"])
+            same = (old == order.status and row["filled_qty"] == order.filled_qty
+                    and row["broker_order_id"] == order.broker_order_id and _same_terms(row, order))
+            if same or not advances(old, order.status):
+                olds.append(None)
+                if submit is not None and row["sent_at"] is None:
+                    updates.setdefault(_RECORD_SUBMIT, []).append(
+                        [*_submit_values(order, *submit), order.client_order_id])
+                continue
+            # The terms follow the broker's too: an order amended in place (IB) has new ones.
+            sql = _APPLY
+            values = [order.broker_order_id, order.status.value, order.filled_qty, _text(order.avg_fill_price),
+                      row["submitted_at"] or store.iso(order.submitted_at), store.now_iso(),
+                      order.reason or row["reason"], order.qty, _text(order.limit_price), _text(order.stop_price)]
+            if submit is not None and row["sent_at"] is None:  # the first submission's times and quote only
+                sql = _APPLY_WITH_SUBMIT
+                values += _submit_values(order, *submit)
+            updates.setdefault(sql, []).append([*values, order.client_order_id])
+            olds.append(old)
+        if updates:
+            with store.transaction(self.db):
+                for sql, batch in updates.items():
+                    self.db.conn.executemany(sql, batch)
+        return olds
+
+    def _rows_of(self, cids: Sequence[str]) -> dict[str, Any]:
+        """The journal rows of ``cids`` (those that exist), by client order id."""
+        cursor = self.db.conn.cursor()
+        cursor.row_factory = sqlite3.Row
+        found: dict[str, Any] = {}
+        unique = list(dict.fromkeys(cids))
+        for at in range(0, len(unique), 500):  # under SQLite's bound-parameter limit
+            part = unique[at:at + 500]
+            for row in cursor.execute(
+                    f"SELECT * FROM orders WHERE client_order_id IN ({','.join('?' * len(part))})", part):
+                found[row["client_order_id"]] = row
+        return found
 
     def record_submit(self, order: BrokerOrder, sent_at: float, acked_at: float, broker: str = "") -> None:
         """When the submit call went out and came back (wall epoch), and the quote the broker gave
         with its reply (none: ``quote_source`` says ``none:<broker>``); the first submission's are
         kept (a retry after a lookup does not move them)."""
         with store.transaction(self.db):
-            self.db.execute(
-                "UPDATE orders SET sent_at = ?, acked_at = ?, bid_at_submit = ?, ask_at_submit = ?, quote_ts = ?,"
-                " quote_source = ? WHERE client_order_id = ? AND sent_at IS NULL",
-                [*_submit_values(order, sent_at, acked_at, broker), order.client_order_id])
+            self.db.execute(_RECORD_SUBMIT, [*_submit_values(order, sent_at, acked_at, broker), order.client_order_id])
 
     # --- replace (orders/amend.py drives these) ---------------------------------------------------
 
@@ -354,7 +385,15 @@ def spec_from_row(row: dict[str, Any]) -> OrderSpec:
     )
 
 
-def _same_terms(row: sqlite3.Row, order: BrokerOrder) -> bool:
+_APPLY = ("UPDATE orders SET broker_order_id = ?, status = ?, filled_qty = ?, avg_fill_price = ?, submitted_at = ?,"
+          " updated_at = ?, reason = ?, qty = ?, limit_price = ?, stop_price = ?")
+_SUBMIT_COLUMNS = "sent_at = ?, acked_at = ?, bid_at_submit = ?, ask_at_submit = ?, quote_ts = ?, quote_source = ?"
+_APPLY_WITH_SUBMIT = f"{_APPLY}, {_SUBMIT_COLUMNS} WHERE client_order_id = ?"
+_APPLY += " WHERE client_order_id = ?"
+_RECORD_SUBMIT = f"UPDATE orders SET {_SUBMIT_COLUMNS} WHERE client_order_id = ? AND sent_at IS NULL"
+
+
+def _same_terms(row: Any, order: BrokerOrder) -> bool:
     def dec(text: str | None) -> Decimal | None:
         return None if text is None else Decimal(text)
     return (row["qty"] == order.qty and dec(row["limit_price"]) == order.limit_price
