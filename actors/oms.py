@@ -203,7 +203,7 @@ class OmsActor(SteadyActor):
         if chunk and not (self.circuit.open or self.stopping or self.trading_state is TradingState.HALTED):
             acks = self._submit_batch(chunk)
         # else they stay PENDING_SUBMIT: the poll retries them, or reconciliation settles them
-        self._apply_orders(acks)
+        self.apply_orders(acks)
         if acks:
             self.hurry("poll")  # out of the idle rate: these orders' fills are wanted now
         self.wake_sent = bool(self.backlog)
@@ -218,7 +218,7 @@ class OmsActor(SteadyActor):
     def _submit_batch(self, chunk: list[tuple[OrderSpec, float]]) -> list[BrokerOrder]:
         """Step 4 for a chunk: one ``Broker.submit_many`` (the sim: one exchange transaction). An
         order the batch did not settle (transient, unknown outcome, duplicate id) goes the one-by-one
-        way: lookup by client id first, then retries. The acknowledgements, for ``_apply_orders``."""
+        way: lookup by client id first, then retries. The acknowledgements, for ``apply_orders``."""
         specs = [spec for spec, _ in chunk]
         self.still_alive()
         self.broker_calls += 1
@@ -290,7 +290,7 @@ class OmsActor(SteadyActor):
                         looked_up: bool = False) -> BrokerOrder | None:
         """Submit with retries; ``looked_up``: we know the broker does not have this id yet.
 
-        Returns the broker's acknowledgement for the caller to journal (``_apply_orders``: one
+        Returns the broker's acknowledgement for the caller to journal (``apply_orders``: one
         commit for a whole chunk), or None when rejected or the outcome is unknown. Until it is
         journaled the row stays PENDING_SUBMIT, which is safe: a crash in between is the
         ``oms.after_submit`` case, settled by looking the id up at the broker."""
@@ -326,11 +326,6 @@ class OmsActor(SteadyActor):
                    symbol=spec.symbol, side=spec.side.value, qty=spec.qty, status=order.status.value,
                    bar_to_ack_ms=latency_ms)
         return order
-
-    def _apply_orders(self, orders: list[BrokerOrder]) -> None:
-        """Journal a batch of broker acknowledgements in one transaction (one fsync, not one each)."""
-        if orders:
-            self.apply_orders(orders)
 
     def find(self, cid: str) -> BrokerOrder | None:
         """The broker's order for ``cid``; None only when the broker says it has none.
@@ -443,8 +438,7 @@ class OmsActor(SteadyActor):
         if self.backlog:
             return  # its rows are PENDING_SUBMIT and on their way; the others wait for the next poll
         cutoff = store.iso(datetime.now(UTC) - timedelta(seconds=PENDING_RETRY_AFTER_S))
-        rows = [r for r in self.journal.pending_since(cutoff, SUBMIT_CHUNK + len(self.queued))
-                if r["client_order_id"] not in self.queued][:SUBMIT_CHUNK]  # queued ones are on their way
+        rows = self.journal.pending_since(cutoff, SUBMIT_CHUNK)  # (nothing is queued: the backlog is empty)
         for row in rows:
             if self.circuit.open:
                 return
@@ -484,7 +478,8 @@ class OmsActor(SteadyActor):
         return self.apply_orders([order])
 
     def apply_orders(self, orders: list[BrokerOrder] | tuple[BrokerOrder, ...]) -> bool:
-        """Move the journal rows to the broker's states, in one transaction; True when something changed."""
+        """Move the journal rows to the broker's states, in one transaction (a chunk's acks: one
+        fsync, not one each); True when something changed."""
         times = [self.submit_times.pop(o.client_order_id, None) for o in orders]  # a submit's reply: its times
         olds = self.journal.apply_many([(order, None if t is None else (*t, self.broker.name))
                                         for order, t in zip(orders, times, strict=True)])
@@ -564,7 +559,7 @@ class OmsActor(SteadyActor):
             requests.append(OrderSpec(client_order_id=f"flat-{message.command_id[:12]}-{position.symbol}",
                                       symbol=position.symbol, side=side, qty=abs(position.qty)))
         fresh = self._journal_pending(tuple(requests))
-        self._apply_orders([o for o in map(self._submit, fresh) if o is not None])
+        self.apply_orders([o for o in map(self._submit, fresh) if o is not None])
         self.tell_peer("risk", self._open_orders())
         self.send(sender, FlattenCompleted(message.command_id, count, tuple(r.client_order_id for r in requests)))
 

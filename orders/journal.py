@@ -194,7 +194,9 @@ class OrderJournal:
     def apply(self, order: BrokerOrder, submit: tuple[float, float, str] | None = None) -> OrderStatus | None:
         """Move our row to the broker's state; the row's old status when something changed, else
         None (not ours, nothing new, or not forward). ``submit``: (sent, acked, broker) of the
-        submit call this order is the reply to, journaled with it (see :meth:`record_submit`)."""
+        submit call this order is the reply to: when it went out and came back (wall epoch) and the
+        quote the broker gave with its reply (none: ``quote_source`` says ``none:<broker>``),
+        journaled with it; the first submission's are kept (a retry after a lookup does not move them)."""
         return self.apply_many([(order, submit)])[0]
 
     def apply_many(self, items: Sequence[tuple[BrokerOrder, tuple[float, float, str] | None]],
@@ -205,7 +207,8 @@ class OrderJournal:
         cids = [order.client_order_id for order, _ in items]
         if len(set(cids)) < len(cids):  # an order twice: each compared with what the one before wrote
             return [self.apply_many([item])[0] for item in items]
-        rows = self._rows_of(cids)
+        found = store.rows_where_in(self.db.conn, "orders", "client_order_id", cids)
+        rows = {row["client_order_id"]: row for row in found}
         olds: list[OrderStatus | None] = []
         updates: dict[str, list[list[Any]]] = {}
         for order, submit in items:
@@ -237,26 +240,6 @@ class OrderJournal:
                 for sql, batch in updates.items():
                     self.db.conn.executemany(sql, batch)
         return olds
-
-    def _rows_of(self, cids: Sequence[str]) -> dict[str, Any]:
-        """The journal rows of ``cids`` (those that exist), by client order id."""
-        cursor = self.db.conn.cursor()
-        cursor.row_factory = sqlite3.Row
-        found: dict[str, Any] = {}
-        unique = list(dict.fromkeys(cids))
-        for at in range(0, len(unique), 500):  # under SQLite's bound-parameter limit
-            part = unique[at:at + 500]
-            for row in cursor.execute(
-                    f"SELECT * FROM orders WHERE client_order_id IN ({','.join('?' * len(part))})", part):
-                found[row["client_order_id"]] = row
-        return found
-
-    def record_submit(self, order: BrokerOrder, sent_at: float, acked_at: float, broker: str = "") -> None:
-        """When the submit call went out and came back (wall epoch), and the quote the broker gave
-        with its reply (none: ``quote_source`` says ``none:<broker>``); the first submission's are
-        kept (a retry after a lookup does not move them)."""
-        with store.transaction(self.db):
-            self.db.execute(_RECORD_SUBMIT, [*_submit_values(order, sent_at, acked_at, broker), order.client_order_id])
 
     # --- replace (orders/amend.py drives these) ---------------------------------------------------
 

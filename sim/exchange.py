@@ -60,7 +60,7 @@ from steadyhand.sim.faults import FAULTS_FILE, FaultSwitch
 from steadyhand.sim.market import MarketModel, Quote, QuoteArrays, load_market, may_quote_between, quote_arrays
 from steadyhand.sim.matching import CENT, CHUNK, LIMIT_TYPES, STOP_TYPES, MatchEvent, OpenOrder, cents, match
 from steadyhand.sim.schema import EXCHANGE_DB, get_meta, iso, open_exchange_db, parse_iso, set_meta, wall_now
-from steadyhand.state.store import transaction
+from steadyhand.state.store import rows_where_in, transaction
 
 PRICE_PLACES = Decimal("0.000001")  # average entry prices keep sub-cent precision
 
@@ -392,20 +392,13 @@ class SimExchange(BookReads):
             self._conn.executemany("INSERT INTO duplicate_submits (client_order_id, ts) VALUES (?, ?)",
                                    [(cid, iso(wall_now())) for cid in duplicates])
             self._hook("submit:before_commit")
-            rows = {r["broker_order_id"]: r for r in self._placed_rows([bid for bid, _ in placed.values()])}
+            rows = {r["broker_order_id"]: r for r in rows_where_in(self._conn, "orders", "broker_order_id",
+                                                                    [bid for bid, _ in placed.values()])}
         self._hook("submit:after_commit")
         for i, (broker_order_id, quote) in placed.items():
             results[i] = (UnknownOutcome(f"timed out (simulated fault) submitting {specs[i].client_order_id}")
                           if lose_reply else _with_quote(_row_to_order(rows[broker_order_id]), quote))
         return results
-
-    def _placed_rows(self, broker_order_ids: list[str]) -> list[sqlite3.Row]:
-        rows: list[sqlite3.Row] = []
-        for at in range(0, len(broker_order_ids), 500):  # under SQLite's bound-parameter limit
-            part = broker_order_ids[at:at + 500]
-            rows += self._rows(f"SELECT * FROM orders WHERE broker_order_id IN ({','.join('?' * len(part))})",
-                               tuple(part))
-        return rows
 
     def _insert_order(self, spec: OrderSpec, otype: OrderType, tif: TimeInForce, side: Side, now: datetime,
                       expires_at: datetime | None, replaces: str | None = None) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -345,6 +345,18 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def rows_where_in(conn: sqlite3.Connection, table: str, column: str, values: Sequence[Any]) -> list[sqlite3.Row]:
+    """``SELECT * FROM table WHERE column IN (values)`` as ``sqlite3.Row``s (read by column name,
+    without sqlite-utils' per-row dicts), in parts under SQLite's bound-parameter limit."""
+    cursor = conn.cursor()
+    cursor.row_factory = sqlite3.Row
+    rows: list[sqlite3.Row] = []
+    for at in range(0, len(values), 500):
+        part = list(values[at:at + 500])
+        rows += cursor.execute(f"SELECT * FROM {table} WHERE {column} IN ({','.join('?' * len(part))})", part)
+    return rows
 
 
 def open_store(
